@@ -1,0 +1,31 @@
+"""regime-dmm: market regimes with a Deep Markov Model in Pyro, regimes marginalised exactly.
+
+>>> import regime_dmm as rd
+>>> fit = rd.fit()                       # embedded simulated two-market data
+>>> fit.regimes_frame().head()           # date, market, regime, prob_calm, ...
+"""
+
+from .config import FitConfig, ModelConfig, PenaltyConfig, TrainConfig
+from .data import load_prices, simulate_default
+from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, TrainingError
+from .fitting import fit
+from .results import RegimeFit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FitConfig",
+    "ModelConfig",
+    "PenaltyConfig",
+    "RegimeDMMError",
+    "RegimeFit",
+    "TrainConfig",
+    "TrainingError",
+    "fit",
+    "load_prices",
+    "simulate_default",
+    "__version__",
+]

@@ -1,0 +1,189 @@
+"""Configuration of a fit: model, penalties, training. Plain dataclasses, YAML in and out.
+
+Every option has a default that works on the embedded data; a YAML file may set any
+subset, in sections ``model``, ``penalties``, ``training`` (unknown keys are refused
+with the closest valid name), and the CLI flags override both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_NAMES = {
+    2: ("calm", "volatile"),
+    3: ("calm", "volatile", "panic"),
+    4: ("calm", "neutral", "volatile", "panic"),
+}
+DEFAULT_PRIOR = {"calm": 2.0, "neutral": 2.0, "volatile": 1.0, "panic": 0.5}
+
+
+@dataclass
+class ModelConfig:
+    """What the model is. Regimes are ordered from least to most volatile."""
+
+    num_regimes: int = 4
+    regime_names: tuple[str, ...] | None = None  # default: calm/neutral/volatile/panic for K=4
+    classic: bool = False  # plain Gaussian Markov-switching model of the return (MLE)
+    emission: str = "gaussian"  # "gaussian" or "studentt"
+    # Emitted features. The networks always see the lagged return and realised volatility;
+    # emitting "vol" too is an option (it lowers accuracy on the embedded data: see README).
+    features: tuple[str, ...] = ("return",)
+    vol_window: int = 10  # days in the realised-volatility feature
+    normalise: bool = True  # z-score each feature per market (statistics are kept)
+    history: int = 5  # lagged days fed to the networks
+    hidden_size: int = 16
+    covariate_transitions: bool = True  # transition logits adjusted by a network of history
+    emission_network: bool = True  # regime emission locations shifted by a network of history
+    network_prior_scale: float = 0.1  # sd of the Gaussian prior on network weights (0 = none)
+    regime_prior: tuple[float, ...] | None = None  # Dirichlet weights; default calm 2, neutral 2, volatile 1, panic 0.5
+    stickiness: float = 10.0  # extra Dirichlet weight on the diagonal of the transition matrix
+
+    def names(self) -> tuple[str, ...]:
+        if self.regime_names is not None:
+            return tuple(self.regime_names)
+        if self.num_regimes in DEFAULT_NAMES:
+            return DEFAULT_NAMES[self.num_regimes]
+        return tuple(f"regime_{k}" for k in range(self.num_regimes))
+
+    def prior_weights(self) -> tuple[float, ...]:
+        if self.regime_prior is not None:
+            return tuple(float(w) for w in self.regime_prior)
+        names = self.names()
+        if all(n in DEFAULT_PRIOR for n in names):
+            return tuple(DEFAULT_PRIOR[n] for n in names)
+        step = 1.5 / max(self.num_regimes - 1, 1)
+        return tuple(2.0 - step * k for k in range(self.num_regimes))
+
+
+@dataclass
+class PenaltyConfig:
+    """Weights of the anti-collapse penalties (``pyro.factor`` terms, in nats)."""
+
+    diversity_weight: float = 0.2
+    diversity_threshold: float = 0.5  # no penalty while no regime exceeds this usage
+    separation_weight: float = 0.1
+    separation_scale: float = 0.5  # distance (normalised units) at which alike-ness fades
+    entropy_weight: float = 0.5
+    entropy_target: float = 0.7  # nats
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained."""
+
+    inference: str = "exact"  # "exact" (regimes marginalised) or "relaxed" (Gumbel-Softmax)
+    guide: str = "map"  # "map" (MAP of the globals) or "normal" (mean-field normal)
+    epochs: int = 300
+    lr: float = 1e-3
+    clip_norm: float = 5.0
+    restarts: int = 3
+    seed: int = 0
+    warmup_fraction: float = 0.2  # beta = 0 for this share of the epochs
+    ramp_fraction: float = 0.2  # then a linear ramp to 1 over this share
+    tau_start: float = 1.0
+    tau_floor: float = 0.5
+    patience: int = 30  # early stopping: epochs without relative improvement > tolerance
+    tolerance: float = 1e-5
+    min_observations: int = 30
+    dtype: str = "float64"
+
+
+@dataclass
+class FitConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    penalties: PenaltyConfig = field(default_factory=PenaltyConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "FitConfig":
+        m, p, t = self.model, self.penalties, self.training
+        checks = [
+            (m.num_regimes >= 2, f"model.num_regimes must be >= 2, got {m.num_regimes}"),
+            (len(m.names()) == m.num_regimes,
+             f"model.regime_names has {len(m.names())} names for {m.num_regimes} regimes"),
+            (len(set(m.names())) == m.num_regimes, "model.regime_names must be distinct"),
+            (len(m.prior_weights()) == m.num_regimes,
+             f"model.regime_prior has {len(m.prior_weights())} weights for {m.num_regimes} regimes"),
+            (all(w > 0 for w in m.prior_weights()), "model.regime_prior weights must be > 0"),
+            (m.emission in ("gaussian", "studentt"), f"model.emission must be gaussian or studentt, got {m.emission!r}"),
+            (set(m.features) <= {"return", "vol"} and "return" in m.features,
+             f"model.features must contain 'return' and may contain 'vol', got {list(m.features)}"),
+            (m.vol_window >= 1, f"model.vol_window must be >= 1, got {m.vol_window}"),
+            (m.history >= 1, f"model.history must be >= 1, got {m.history}"),
+            (m.stickiness >= 0, f"model.stickiness must be >= 0, got {m.stickiness}"),
+            (t.inference in ("exact", "relaxed"), f"training.inference must be exact or relaxed, got {t.inference!r}"),
+            (t.guide in ("map", "normal"), f"training.guide must be map or normal, got {t.guide!r}"),
+            (t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}"),
+            (t.lr > 0, f"training.lr must be > 0, got {t.lr}"),
+            (t.restarts >= 1, f"training.restarts must be >= 1, got {t.restarts}"),
+            (0 <= t.warmup_fraction < 1, "training.warmup_fraction must be in [0, 1)"),
+            (0 <= t.ramp_fraction <= 1, "training.ramp_fraction must be in [0, 1]"),
+            (t.tau_start >= t.tau_floor > 0, "training.tau_floor must be in (0, tau_start]"),
+            (t.dtype in ("float32", "float64"), f"training.dtype must be float32 or float64, got {t.dtype!r}"),
+            (0 < p.diversity_threshold < 1, "penalties.diversity_threshold must be in (0, 1)"),
+            (min(p.diversity_weight, p.separation_weight, p.entropy_weight) >= 0, "penalty weights must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for section in out.values():
+            for key, value in section.items():
+                if isinstance(value, tuple):
+                    section[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, origin: str = "configuration") -> "FitConfig":
+        data = data or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: expected a mapping with sections model/penalties/training")
+        sections = {"model": ModelConfig, "penalties": PenaltyConfig, "training": TrainConfig}
+        built = {}
+        for name, value in data.items():
+            if name not in sections:
+                raise ConfigError(f"{origin}: unknown section {name!r}{_hint(name, sections)}")
+        for name, klass in sections.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: section {name!r} must be a mapping")
+            known = {f.name for f in dataclasses.fields(klass)}
+            for key in values:
+                if key not in known:
+                    raise ConfigError(f"{origin}: unknown option {name}.{key}{_hint(key, known)}")
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            built[name] = klass(**kwargs)
+        return cls(**built).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "FitConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        return cls.from_dict(data, origin=str(path))
+
+    def replace(self, **sections: dict[str, Any]) -> "FitConfig":
+        """A copy with some options changed, e.g. ``cfg.replace(training={"epochs": 50})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return FitConfig.from_dict(data)
+
+
+def _hint(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(options))})"

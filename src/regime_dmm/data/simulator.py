@@ -1,0 +1,317 @@
+"""Seeded simulator of the embedded default data set.
+
+Two markets, each a Gaussian hidden Markov model on daily log returns with four
+regimes ``("calm", "neutral", "volatile", "panic")`` (volatility strictly
+increasing in that order):
+
+* ``traditional_cre``: business days from 2015-01-02, long-run regime usage
+  about 70/20/8/2 %;
+* ``tokenized_reit``: every calendar day (traded on-chain 7 days a week) from
+  2019-06-01, usage about 35/45/15/5 % and roughly 12x the return volatility.
+
+Transition matrices are built as ``P = diag(1 - lam) + lam[:, None] * pi[None, :]``
+with per-regime leave rates ``lam`` and ``pi ∝ u * lam``, whose stationary
+distribution is exactly the target usage ``u``; the first regime is drawn from it.
+Prices start at 100 and follow ``p_t = p_{t-1} * exp(r_t)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from regime_dmm.errors import ConfigError
+
+__all__ = [
+    "REGIMES",
+    "MarketSpec",
+    "DEFAULT_SPECS",
+    "SimulatedData",
+    "transition_matrix",
+    "stationary_distribution",
+    "simulate_markets",
+    "simulate_default",
+    "write_csv",
+]
+
+#: Regime names, in order of increasing volatility.
+REGIMES: tuple[str, ...] = ("calm", "neutral", "volatile", "panic")
+
+#: Price of every market on its first date.
+START_PRICE = 100.0
+
+
+@dataclass(frozen=True)
+class MarketSpec:
+    """Parameters of one simulated market (``K`` regimes).
+
+    Attributes
+    ----------
+    name: market name.
+    start: first date (anything :func:`pandas.Timestamp` accepts).
+    freq: ``"B"`` (business days) or ``"D"`` (every calendar day).
+    usage: ``(K,)`` target long-run share of days in each regime (sums to 1).
+    leave_rates: ``(K,)`` per-day probability of leaving each regime, in (0, 1];
+        the expected stay is about ``1 / leave_rate`` days.
+    means: ``(K,)`` mean daily log return in each regime.
+    sds: ``(K,)`` standard deviation of the daily log return, strictly increasing.
+    """
+
+    name: str
+    start: str
+    freq: str
+    usage: tuple[float, ...]
+    leave_rates: tuple[float, ...]
+    means: tuple[float, ...]
+    sds: tuple[float, ...]
+
+
+#: The two markets of the embedded default data set.
+DEFAULT_SPECS: tuple[MarketSpec, ...] = (
+    MarketSpec(
+        name="traditional_cre",
+        start="2015-01-02",
+        freq="B",
+        usage=(0.70, 0.20, 0.08, 0.02),
+        leave_rates=(0.03, 0.06, 0.10, 0.15),
+        means=(0.0004, 0.0001, -0.0006, -0.003),
+        sds=(0.005, 0.011, 0.022, 0.045),
+    ),
+    MarketSpec(
+        name="tokenized_reit",
+        start="2019-06-01",
+        freq="D",
+        usage=(0.35, 0.45, 0.15, 0.05),
+        leave_rates=(0.06, 0.05, 0.10, 0.15),
+        means=(0.006, 0.002, -0.008, -0.03),
+        sds=(0.05, 0.10, 0.20, 0.40),
+    ),
+)
+
+
+@dataclass
+class SimulatedData:
+    """Output of the simulator.
+
+    Attributes
+    ----------
+    frame:
+        Long DataFrame ``date`` (datetime64[ns]), ``market`` (str), ``price``
+        (float64): the input format of :func:`~regime_dmm.data.loader.load_prices`.
+        ``n_days`` rows per market.
+    regimes:
+        Regime names (``K``).
+    true_regimes:
+        Per market, ``(n_days - 1,)`` int regime index of each return date
+        (the dates of ``frame`` for that market without the first one).
+    params:
+        Per market, numpy arrays ``initial`` ``(K,)``, ``transition`` ``(K, K)``,
+        ``mean`` ``(K,)`` and ``sd`` ``(K,)`` in daily log-return units.
+    """
+
+    frame: pd.DataFrame
+    regimes: tuple[str, ...]
+    true_regimes: dict[str, np.ndarray]
+    params: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """Market names in frame order."""
+        return tuple(self.true_regimes)
+
+
+# ---------------------------------------------------------------------------
+# Markov chain helpers
+# ---------------------------------------------------------------------------
+
+
+def transition_matrix(usage: Sequence[float], leave_rates: Sequence[float]) -> np.ndarray:
+    """Transition matrix with stationary distribution exactly ``usage``.
+
+    ``P = diag(1 - lam) + lam[:, None] * pi[None, :]`` with ``pi ∝ usage * lam``.
+    Leaving regime ``k`` (probability ``lam_k``) re-draws the regime from ``pi``
+    (possibly ``k`` again). Then ``u P = u - u*lam + (u . lam) pi = u``.
+
+    Returns ``(K, K)``, rows summing to 1.
+    """
+    u = np.asarray(usage, dtype=np.float64)
+    lam = np.asarray(leave_rates, dtype=np.float64)
+    pi = u * lam
+    pi = pi / pi.sum()
+    return np.diag(1.0 - lam) + lam[:, None] * pi[None, :]
+
+
+def stationary_distribution(transition: np.ndarray) -> np.ndarray:
+    """Stationary distribution ``(K,)`` of a ``(K, K)`` row-stochastic matrix.
+
+    Solves ``u (P - I) = 0`` with ``sum(u) = 1`` by least squares.
+    """
+    P = np.asarray(transition, dtype=np.float64)
+    K = P.shape[0]
+    A = np.vstack([P.T - np.eye(K), np.ones((1, K))])
+    b = np.zeros(K + 1)
+    b[-1] = 1.0
+    u, *_ = np.linalg.lstsq(A, b, rcond=None)
+    return u
+
+
+def _as_spec(spec: MarketSpec | Mapping[str, Any], K: int) -> MarketSpec:
+    """Accept a :class:`MarketSpec` or a mapping of its fields; validate it."""
+    if isinstance(spec, Mapping):
+        try:
+            spec = MarketSpec(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"bad market spec {dict(spec)!r}: {exc}") from exc
+    name = spec.name
+    if spec.freq not in ("B", "D"):
+        raise ConfigError(f"market '{name}': freq must be 'B' or 'D', got {spec.freq!r}")
+    try:
+        pd.Timestamp(spec.start)
+    except Exception as exc:
+        raise ConfigError(f"market '{name}': cannot parse start date {spec.start!r}") from exc
+    arrays = {
+        key: np.asarray(getattr(spec, key), dtype=np.float64)
+        for key in ("usage", "leave_rates", "means", "sds")
+    }
+    for key, arr in arrays.items():
+        if arr.shape != (K,) or not np.all(np.isfinite(arr)):
+            raise ConfigError(
+                f"market '{name}': {key} must be {K} finite numbers, got {getattr(spec, key)!r}"
+            )
+    u, lam, sd = arrays["usage"], arrays["leave_rates"], arrays["sds"]
+    if np.any(u <= 0) or abs(u.sum() - 1.0) > 1e-6:
+        raise ConfigError(f"market '{name}': usage must be positive and sum to 1, got {tuple(u)}")
+    if np.any(lam <= 0) or np.any(lam > 1):
+        raise ConfigError(f"market '{name}': leave_rates must lie in (0, 1], got {tuple(lam)}")
+    if np.any(sd <= 0) or np.any(np.diff(sd) <= 0):
+        raise ConfigError(
+            f"market '{name}': sds must be positive and strictly increasing, got {tuple(sd)}"
+        )
+    return spec
+
+
+def _sample_chain(rng: np.random.Generator, initial: np.ndarray, P: np.ndarray, n: int) -> np.ndarray:
+    """Sample ``n`` regime indices of a Markov chain; returns ``(n,)`` int64."""
+    cum_p = np.cumsum(P, axis=1)
+    cum_p[:, -1] = 1.0
+    cum_init = np.cumsum(initial)
+    cum_init[-1] = 1.0
+    uniforms = rng.random(n)
+    z = np.empty(n, dtype=np.int64)
+    state = int(np.searchsorted(cum_init, uniforms[0], side="right"))
+    z[0] = state
+    rows = [row for row in cum_p]  # per-row views, avoids re-indexing in the loop
+    for t in range(1, n):
+        state = int(np.searchsorted(rows[state], uniforms[t], side="right"))
+        z[t] = state
+    return z
+
+
+# ---------------------------------------------------------------------------
+# simulation
+# ---------------------------------------------------------------------------
+
+
+def simulate_markets(
+    specs: Sequence[MarketSpec | Mapping[str, Any]],
+    seed: int = 0,
+    n_days: int = 2501,
+    regimes: Sequence[str] = REGIMES,
+) -> SimulatedData:
+    """Simulate several markets, each a Gaussian HMM on daily log returns.
+
+    Parameters
+    ----------
+    specs:
+        One :class:`MarketSpec` (or mapping of its fields) per market.
+    seed:
+        Seed of :func:`numpy.random.default_rng`; the same seed gives identical output.
+    n_days:
+        Number of prices per market (``n_days - 1`` returns), ``>= 2``.
+    regimes:
+        Regime names (``K``); every spec gives ``K`` values per parameter.
+
+    Returns
+    -------
+    SimulatedData
+    """
+    if isinstance(n_days, bool) or not isinstance(n_days, numbers.Integral) or n_days < 2:
+        raise ConfigError(f"n_days must be an integer >= 2, got {n_days!r}")
+    regimes = tuple(regimes)
+    K = len(regimes)
+    checked = [_as_spec(s, K) for s in specs]
+    if not checked:
+        raise ConfigError("simulate_markets needs at least one market spec")
+    names = [s.name for s in checked]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"market names must be unique, got {names}")
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    true_regimes: dict[str, np.ndarray] = {}
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for spec in checked:
+        P = transition_matrix(spec.usage, spec.leave_rates)
+        initial = np.asarray(spec.usage, dtype=np.float64)
+        initial = initial / initial.sum()
+        mean = np.asarray(spec.means, dtype=np.float64)
+        sd = np.asarray(spec.sds, dtype=np.float64)
+
+        n_returns = n_days - 1
+        z = _sample_chain(rng, initial, P, n_returns)
+        returns = mean[z] + sd[z] * rng.standard_normal(n_returns)
+        log_prices = np.log(START_PRICE) + np.concatenate([[0.0], np.cumsum(returns)])
+        prices = np.exp(log_prices)
+        prices[0] = START_PRICE
+
+        try:
+            if spec.freq == "B":
+                dates = pd.bdate_range(start=spec.start, periods=n_days)
+            else:
+                dates = pd.date_range(start=spec.start, periods=n_days, freq="D")
+        except Exception as exc:  # out of the datetime64[ns] range
+            raise ConfigError(
+                f"market '{spec.name}': cannot build {n_days} dates from {spec.start}: {exc}"
+            ) from exc
+
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": dates.astype("datetime64[ns]"),
+                    "market": spec.name,
+                    "price": prices,
+                }
+            )
+        )
+        true_regimes[spec.name] = z
+        params[spec.name] = {"initial": initial, "transition": P, "mean": mean, "sd": sd}
+
+    frame = pd.concat(frames, ignore_index=True)
+    frame["market"] = frame["market"].astype(str)
+    frame.attrs["value_column"] = "price"
+    return SimulatedData(frame=frame, regimes=regimes, true_regimes=true_regimes, params=params)
+
+
+def simulate_default(seed: int = 0, n_days: int = 2501) -> SimulatedData:
+    """The embedded default data set: :data:`DEFAULT_SPECS` simulated with ``seed``.
+
+    ``n_days`` prices (``n_days - 1`` returns) per market; 2,500 returns by default.
+    """
+    return simulate_markets(DEFAULT_SPECS, seed=seed, n_days=n_days)
+
+
+def write_csv(data: SimulatedData, path: str | Path) -> Path:
+    """Write ``data.frame`` as a ``date,market,price`` CSV (dates as YYYY-MM-DD).
+
+    Prices are written at full precision so the file reloads to the same returns.
+    Parent folders are created. Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.frame[["date", "market", "price"]].to_csv(path, index=False, date_format="%Y-%m-%d")
+    return path

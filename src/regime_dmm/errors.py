@@ -1,0 +1,26 @@
+"""Error types raised by regime-dmm.
+
+Every error a user can cause (bad data, bad configuration, a bad checkpoint) is a
+subclass of :class:`RegimeDMMError`; the CLI turns these into a one-line message and
+exit code 2. Anything else escaping is a bug.
+"""
+
+
+class RegimeDMMError(Exception):
+    """Base class of the package's own, user-facing errors."""
+
+
+class DataError(RegimeDMMError, ValueError):
+    """The input data is unusable; the message names the market, row or date."""
+
+
+class ConfigError(RegimeDMMError, ValueError):
+    """A configuration value is missing, misspelt or out of range."""
+
+
+class CheckpointError(RegimeDMMError):
+    """A model file is missing, truncated, tampered with or not ours."""
+
+
+class TrainingError(RegimeDMMError, RuntimeError):
+    """Training could not produce a sound model (for example repeated non-finite losses)."""

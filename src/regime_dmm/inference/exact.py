@@ -1,0 +1,191 @@
+"""Exact inference for a K-regime Markov chain with arbitrary per-step log-likelihoods.
+
+One core that every model, guide, summary and forecast calls (after dynamax's
+``hidden_markov_model/inference.py``): the models only produce *log-potentials*,
+
+* ``log_init``  ``(B, K)``: log p(z_0 = k),
+* ``log_trans`` ``(B, T, K, K)``: log p(z_t = j | z_{t-1} = i) in ``[..., t, i, j]``
+  (row-normalised; entry ``t = 0`` is ignored; entries may vary in time),
+* ``obs_ll``    ``(B, T, K)``: log p(x_t | z_t = k, x_{<t}),
+
+and this module turns them into the marginal likelihood, filtered, smoothed and
+pairwise marginals, the Viterbi path and forecasts. Ragged batches are padded at the
+end with ``obs_ll = 0`` (and row-normalised transitions): padded steps add nothing to
+``log Z`` and leave the marginals of the real steps unchanged.
+
+``log Z`` goes through :class:`pyro.distributions.DiscreteHMM` (a parallel scan of depth
+O(log T)); the marginals come from a Hillis-Steele prefix/suffix scan in log space, also
+O(log T) deep, and are differentiable, so penalties on regime usage and entropy can be
+trained through them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+
+__all__ = [
+    "HMMPosterior",
+    "log_normalizer",
+    "posterior",
+    "viterbi",
+    "forecast",
+    "stationary_distribution",
+    "brute_force",
+]
+
+
+def _logmatmulexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log(exp(x) @ exp(y))`` over the last two dims, stable for ``-inf`` entries."""
+    finfo = torch.finfo(x.dtype)
+    x_shift = x.detach().amax(-1, keepdim=True).clamp(min=finfo.min)
+    y_shift = y.detach().amax(-2, keepdim=True).clamp(min=finfo.min)
+    prod = torch.matmul((x - x_shift).exp(), (y - y_shift).exp())
+    return prod.clamp(min=finfo.tiny).log() + x_shift + y_shift
+
+
+def _first_step_logits(log_init: torch.Tensor, log_trans: torch.Tensor) -> torch.Tensor:
+    """DiscreteHMM applies one transition before y_1: put p(z_0) into every row of step 0."""
+    first = log_init[..., None, None, :].expand(log_trans[..., :1, :, :].shape)
+    return torch.cat([first, log_trans[..., 1:, :, :]], dim=-3)
+
+
+def log_normalizer(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> torch.Tensor:
+    """log p(x_{1:T}) ``(B,)``: the regimes summed out exactly with ``DiscreteHMM``."""
+    batch, steps, k = obs_ll.shape
+    hmm = dist.DiscreteHMM(
+        torch.zeros(batch, k, dtype=obs_ll.dtype),
+        _first_step_logits(log_init, log_trans),
+        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll),
+        duration=steps,
+    )
+    return hmm.log_prob(torch.zeros(batch, steps, dtype=obs_ll.dtype))
+
+
+class HMMPosterior(NamedTuple):
+    """Exact posterior of the regimes. Shapes: B series, T steps, K regimes."""
+
+    log_z: torch.Tensor  # (B,) log p(x_{1:T})
+    log_filtered: torch.Tensor  # (B, T, K) log p(z_t | x_{1:t})
+    log_smoothed: torch.Tensor  # (B, T, K) log p(z_t | x_{1:T})
+    log_pairwise: torch.Tensor  # (B, T, K, K) log p(z_{t-1}=i, z_t=j | x_{1:T}); t = 0 is -inf
+
+    @property
+    def smoothed(self) -> torch.Tensor:
+        return self.log_smoothed.exp()
+
+    @property
+    def filtered(self) -> torch.Tensor:
+        return self.log_filtered.exp()
+
+
+def _inclusive_scan(mats: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Hillis-Steele scan of log-matrix products along dim -3.
+
+    Forward: ``out[t] = m[1] (x) ... (x) m[t]``; reverse: ``out[t] = m[t] (x) ... (x) m[T-1]``.
+    """
+    out = mats
+    steps = mats.shape[-3]
+    shift = 1
+    while shift < steps:
+        if reverse:
+            head = _logmatmulexp(out[..., :-shift, :, :], out[..., shift:, :, :])
+            out = torch.cat([head, out[..., -shift:, :, :]], dim=-3)
+        else:
+            tail = _logmatmulexp(out[..., :-shift, :, :], out[..., shift:, :, :])
+            out = torch.cat([out[..., :shift, :, :], tail], dim=-3)
+        shift *= 2
+    return out
+
+
+def posterior(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> HMMPosterior:
+    """Forward-backward by parallel scans; differentiable in all three inputs."""
+    batch, steps, k = obs_ll.shape
+    # Step matrices M_t[i, j] = log A_t[i, j] + obs_t[j] for t >= 1.
+    mats = log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :]
+    alpha0 = log_init + obs_ll[..., 0, :]  # (B, K)
+    if steps > 1:
+        prefix = _inclusive_scan(mats)  # (B, T-1, K, K)
+        alpha_rest = torch.logsumexp(alpha0[..., None, :, None] + prefix, dim=-2)  # (B,T-1,K)
+        log_alpha = torch.cat([alpha0[..., None, :], alpha_rest], dim=-2)
+        suffix = _inclusive_scan(mats, reverse=True)  # suffix[t] = M_{t+1} ... M_{T-1}
+        beta_head = torch.logsumexp(suffix, dim=-1)  # (B, T-1, K): beta_0 .. beta_{T-2}
+        log_beta = torch.cat([beta_head, torch.zeros_like(alpha0)[..., None, :]], dim=-2)
+    else:
+        log_alpha = alpha0[..., None, :]
+        log_beta = torch.zeros_like(log_alpha)
+    log_z = torch.logsumexp(log_alpha[..., -1, :], dim=-1)
+    log_filtered = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+    log_smoothed = log_alpha + log_beta - log_z[..., None, None]
+    pair_rest = (
+        log_alpha[..., :-1, :, None]
+        + mats
+        + log_beta[..., 1:, None, :]
+        - log_z[..., None, None, None]
+    )
+    pair_first = torch.full_like(log_trans[..., :1, :, :], -float("inf"))
+    log_pairwise = torch.cat([pair_first, pair_rest], dim=-3)
+    return HMMPosterior(log_z, log_filtered, log_smoothed, log_pairwise)
+
+
+def viterbi(log_init: np.ndarray, log_trans: np.ndarray, obs_ll: np.ndarray) -> np.ndarray:
+    """Most probable regime path of one series (max-product), ``(T,)`` int.
+
+    Shapes: ``log_init (K,)``, ``log_trans (T, K, K)`` (entry 0 unused), ``obs_ll (T, K)``.
+    """
+    log_init = np.asarray(log_init, dtype=np.float64)
+    log_trans = np.asarray(log_trans, dtype=np.float64)
+    obs_ll = np.asarray(obs_ll, dtype=np.float64)
+    steps, k = obs_ll.shape
+    back = np.zeros((steps, k), dtype=np.int64)
+    delta = log_init + obs_ll[0]
+    for t in range(1, steps):
+        cand = delta[:, None] + log_trans[t]
+        back[t] = np.argmax(cand, axis=0)
+        delta = cand[back[t], np.arange(k)] + obs_ll[t]
+    path = np.empty(steps, dtype=np.int64)
+    path[-1] = int(np.argmax(delta))
+    for t in range(steps - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
+
+
+def forecast(filtered_last: np.ndarray, transition: np.ndarray, horizon: int) -> np.ndarray:
+    """p(z_{T+h} | x_{1:T}) for h = 1..horizon, ``(horizon, K)``, from p(z_T | x_{1:T})."""
+    probs = np.empty((horizon, len(filtered_last)))
+    current = np.asarray(filtered_last, dtype=np.float64)
+    for h in range(horizon):
+        current = current @ transition
+        probs[h] = current
+    return probs
+
+
+def stationary_distribution(transition: np.ndarray) -> np.ndarray:
+    """Left eigenvector of a row-stochastic matrix for eigenvalue 1, normalised."""
+    k = transition.shape[0]
+    system = np.vstack([transition.T - np.eye(k), np.ones((1, k))])
+    rhs = np.zeros(k + 1)
+    rhs[-1] = 1.0
+    solution, *_ = np.linalg.lstsq(system, rhs, rcond=None)
+    solution = np.clip(solution, 0.0, None)
+    return solution / solution.sum()
+
+
+def brute_force(log_init: np.ndarray, log_trans: np.ndarray, obs_ll: np.ndarray):
+    """Enumerate all K^T paths of one series: (log Z, smoothed (T,K), best path). Tests only."""
+    import itertools
+
+    steps, k = obs_ll.shape
+    paths = np.array(list(itertools.product(range(k), repeat=steps)))
+    scores = log_init[paths[:, 0]] + obs_ll[np.arange(steps), paths].sum(1)
+    for t in range(1, steps):
+        scores = scores + log_trans[t, paths[:, t - 1], paths[:, t]]
+    log_z = np.logaddexp.reduce(scores)
+    weights = np.exp(scores - log_z)
+    smoothed = np.zeros((steps, k))
+    for t in range(steps):
+        np.add.at(smoothed[t], paths[:, t], weights)
+    return log_z, smoothed, paths[np.argmax(scores)]

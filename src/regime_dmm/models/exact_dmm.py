@@ -1,0 +1,144 @@
+"""The exact-regime Deep Markov Model.
+
+Per market m (plate of M series, ragged lengths padded):
+
+    p_m      ~ Dirichlet(a)                       initial regime distribution
+    A_m[i]   ~ Dirichlet(a + s * e_i)             base transition matrix (sticky)
+    sigma_m  = sigma_m1 * exp(cumsum(0, d_m2..d_mK)), d > 0    ordered return scales
+    nu_m     = nu_m1 + cumsum(0, e_m2..e_mK),     e > 0        ordered volatility levels
+    P(z_t = j | z_{t-1} = i, h_t) = softmax_j(log A_m[i, j] + TransitionNet(h_t)[i, j])
+    x_t | z_t = k, h_t ~ Normal / StudentT(loc_mk + EmissionNet(h_t)_k, scale_mk)
+
+with ``x_t = [return, log realised volatility]`` normalised per market and ``h_t`` the
+L previous days. Regimes are summed out exactly (:mod:`regime_dmm.inference`), and are
+ordered by volatility by construction: ``calm`` is always the least volatile regime.
+The default regime prior ``a`` is calm 2, neutral 2, volatile 1, panic 0.5.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from ..config import FitConfig
+from .base import ModelData, Potentials, RegimeModel
+from .networks import EmissionNet, TransitionNet
+
+
+def ordered_levels(base: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``base (M,), steps (M, K-1) > 0`` -> increasing ``(M, K)``."""
+    zero = torch.zeros_like(base)[..., None]
+    return base[..., None] + torch.cumsum(torch.cat([zero, steps], dim=-1), dim=-1)
+
+
+class ExactRegimeDMM(RegimeModel):
+    """Deep Markov Model with exactly marginalised regimes (see module docstring)."""
+
+    def __init__(self, config: FitConfig, num_markets: int, num_features: int):
+        super().__init__()
+        mc = config.model
+        self.config = config
+        self.num_markets = num_markets
+        self.num_regimes = mc.num_regimes
+        self.num_features = num_features
+        self.student_t = mc.emission == "studentt"
+        history_size = 2 * mc.history  # lagged return and realised volatility
+        self.transition_net = (
+            TransitionNet(history_size, mc.num_regimes, mc.hidden_size) if mc.covariate_transitions else None
+        )
+        self.emission_net = (
+            EmissionNet(history_size, mc.num_regimes, num_features, mc.hidden_size) if mc.emission_network else None
+        )
+
+    def _prior_concentration(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        k, m = self.num_regimes, self.num_markets
+        weights = torch.tensor(self.config.model.prior_weights(), dtype=dtype)
+        init_conc = weights.expand(m, k)
+        trans_conc = weights + self.config.model.stickiness * torch.eye(k, dtype=dtype)
+        return init_conc, trans_conc.expand(m, k, k)
+
+    def sample_globals(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        k, m = self.num_regimes, self.num_markets
+        one = torch.ones((), dtype=dtype)
+        init_conc, trans_conc = self._prior_concentration(dtype)
+        g = {
+            "initial": pyro.sample("initial", dist.Dirichlet(init_conc).to_event(1)),
+            "transition": pyro.sample("transition", dist.Dirichlet(trans_conc).to_event(2)),
+            "ret_loc": pyro.sample("ret_loc", dist.Normal(0 * one, one).expand([m, k]).to_event(2)),
+            "ret_scale_base": pyro.sample("ret_scale_base", dist.LogNormal(-0.5 * one, one).expand([m]).to_event(1)),
+            "ret_scale_steps": pyro.sample(
+                "ret_scale_steps", dist.Gamma(2.0 * one, 3.0 * one).expand([m, k - 1]).to_event(2)
+            ),
+        }
+        if self.num_features > 1:
+            g["vol_loc_base"] = pyro.sample("vol_loc_base", dist.Normal(-1.0 * one, one).expand([m]).to_event(1))
+            g["vol_loc_steps"] = pyro.sample(
+                "vol_loc_steps", dist.Gamma(2.0 * one, 2.0 * one).expand([m, k - 1]).to_event(2)
+            )
+            g["vol_scale"] = pyro.sample(
+                "vol_scale", dist.LogNormal(-0.7 * one, one).expand([m, k]).to_event(2)
+            )
+        if self.student_t:
+            g["df"] = pyro.sample("df", dist.Gamma(2.0 * one, 0.1 * one).expand([m]).to_event(1))
+        return g
+
+    def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base emission locations and scales ``(M, K, F)`` in normalised units."""
+        ret_scale = g["ret_scale_base"][..., None] * torch.exp(
+            torch.cumsum(torch.cat([torch.zeros_like(g["ret_scale_base"])[..., None], g["ret_scale_steps"]], -1), -1)
+        )
+        locs, scales = [g["ret_loc"]], [ret_scale]
+        if self.num_features > 1:
+            locs.append(ordered_levels(g["vol_loc_base"], g["vol_loc_steps"]))
+            scales.append(g["vol_scale"])
+        return torch.stack(locs, -1), torch.stack(scales, -1)
+
+    def network_log_prior(self) -> torch.Tensor:
+        """Gaussian prior on the networks' weights (MAP = weight decay), in nats.
+
+        Without it, a transition network fed the last days' returns learns to flip the
+        regime on every large move: higher likelihood, meaningless regimes.
+        """
+        scale = self.config.model.network_prior_scale
+        total = torch.zeros(())
+        for net in (self.transition_net, self.emission_net):
+            if net is not None and scale > 0:
+                for w in net.parameters():
+                    total = total - 0.5 * (w / scale).pow(2).sum()
+        return total
+
+    def log_potentials(self, data: ModelData) -> Potentials:
+        if self.transition_net is not None:
+            pyro.module("transition_net", self.transition_net)
+        if self.emission_net is not None:
+            pyro.module("emission_net", self.emission_net)
+        if self.transition_net is not None or self.emission_net is not None:
+            pyro.factor("network_prior", self.network_log_prior())
+        g = self.sample_globals(data.x.dtype)
+        loc, scale = self.emission_base(g)
+        log_a = g["transition"].clamp(min=1e-30).log()  # (M, K, K)
+        steps = data.x.shape[-2]
+        log_a = log_a[..., None, :, :].expand(-1, steps, -1, -1)
+        if self.transition_net is not None:
+            log_a = torch.log_softmax(log_a + self.transition_net(data.history), dim=-1)
+        loc_t = loc[..., None, :, :]  # (M, 1, K, F)
+        scale_t = scale[..., None, :, :]
+        if self.emission_net is not None:
+            loc_t = loc_t + self.emission_net(data.history)
+        x = data.x[..., None, :]  # (M, T, 1, F)
+        if self.student_t:
+            df = 2.0 + g["df"][..., None, None]
+            ll_ret = dist.StudentT(df, loc_t[..., 0], scale_t[..., 0]).log_prob(x[..., 0])
+        else:
+            ll_ret = dist.Normal(loc_t[..., 0], scale_t[..., 0]).log_prob(x[..., 0])
+        obs_ll = ll_ret
+        if self.num_features > 1:
+            obs_ll = obs_ll + dist.Normal(loc_t[..., 1:], scale_t[..., 1:]).log_prob(x[..., 1:]).sum(-1)
+        obs_ll = obs_ll * data.mask[..., None].to(obs_ll.dtype)
+        log_init = g["initial"].clamp(min=1e-30).log()
+        return Potentials(log_init, log_a, obs_ll, loc, scale)
+
+    def base_transition(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
+        return g["transition"]

@@ -1,0 +1,1 @@
+"""Training: penalties, annealing schedules, the SVI loop."""

@@ -1,0 +1,50 @@
+"""Anti-collapse penalties, in nats, subtracted from the objective as ``pyro.factor`` terms.
+
+* diversity: ``w * sum_m sum_k relu(u_mk - c) / (1 - c)``; zero while no regime's usage
+  ``u`` exceeds the threshold ``c`` (0.5), 0.12 at 80 % usage with ``w = 0.2``.
+* separation: ``w * sum_m mean_{k<l} exp(-d_mkl^2 / (2 s^2))`` where ``d`` is the distance
+  between regimes k and l in (mean return, log return scale), normalised units: regimes
+  with alike emissions cost up to ``w``; well separated ones cost nothing.
+* entropy: ``w * sum_m (H_m - target)^2`` with ``H_m`` the mean posterior entropy (nats)
+  of market m's regimes.
+
+Usage and entropy come from the exact posterior, so the penalties are differentiable
+through the forward-backward recursions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PenaltyWeights:
+    diversity: float = 0.0
+    diversity_threshold: float = 0.5
+    separation: float = 0.0
+    separation_scale: float = 0.5
+    entropy: float = 0.0
+    entropy_target: float = 0.7
+
+
+def diversity_penalty(usage: torch.Tensor, weight: float, threshold: float = 0.5) -> torch.Tensor:
+    """``usage (M, K)`` -> scalar."""
+    excess = torch.relu(usage - threshold) / (1.0 - threshold)
+    return weight * excess.sum()
+
+
+def separation_penalty(loc: torch.Tensor, scale: torch.Tensor, weight: float, length: float = 0.5) -> torch.Tensor:
+    """``loc, scale (M, K, F)`` (feature 0 is the return) -> scalar."""
+    point = torch.stack([loc[..., 0], scale[..., 0].log()], dim=-1)  # (M, K, 2)
+    k = point.shape[-2]
+    d2 = (point[..., :, None, :] - point[..., None, :, :]).pow(2).sum(-1)  # (M, K, K)
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
+    alike = torch.exp(-d2[..., upper] / (2.0 * length**2))  # (M, pairs)
+    return weight * alike.mean(-1).sum()
+
+
+def entropy_penalty(entropy: torch.Tensor, weight: float, target: float = 0.7) -> torch.Tensor:
+    """``entropy (M,)`` mean posterior entropy per market -> scalar."""
+    return weight * (entropy - target).pow(2).sum()
