@@ -140,11 +140,13 @@ def compute_results(
     model: RegimeModel, globals_: dict[str, torch.Tensor], data: ModelData, panel: Panel, regimes: tuple[str, ...]
 ) -> list[MarketResult]:
     """Exact posterior quantities at the given global parameters, in float64."""
-    with torch.no_grad(), poutine.trace():  # the trace absorbs the model's pyro.factor sites
-        pot = poutine.condition(model.log_potentials, data=globals_)(data)
-        pot = type(pot)(*(t.detach() for t in pot))
-        g = poutine.trace(poutine.condition(model.sample_globals, data=globals_)).get_trace(data.x.dtype).nodes
-        g = {k.split(".", 1)[-1]: v["value"].detach() for k, v in g.items() if v["type"] in ("sample", "param")}
+    with torch.no_grad():
+        # One traced call: the return value is the potentials, the sites are the globals
+        # (the trace also absorbs the model's pyro.factor sites).
+        trace = poutine.trace(poutine.condition(model.log_potentials, data=globals_)).get_trace(data)
+        pot = type(trace.nodes["_RETURN"]["value"])(*(t.detach() for t in trace.nodes["_RETURN"]["value"]))
+        g = {k.split(".", 1)[-1]: v["value"].detach() for k, v in trace.nodes.items()
+             if v["type"] == "param" or (v["type"] == "sample" and k in globals_)}
         post = posterior(pot.log_init, pot.log_trans, pot.obs_ll)
     out = []
     for m, series in enumerate(panel.series):

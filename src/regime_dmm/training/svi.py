@@ -124,7 +124,7 @@ def train_svi(
         row = {
             "restart": restart,
             "epoch": epoch,
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "log_likelihood": float(diag["log_likelihood"].sum()),
             "recon": float(diag["recon"]),
             "kl": float(diag["kl"]),

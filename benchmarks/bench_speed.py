@@ -1,0 +1,179 @@
+"""Speed benchmark of regime_dmm.
+
+(a) Wall time and log-likelihood of ``rd.fit()`` with the default configuration
+    (embedded simulated data, 2 markets x 2,500 days, K=4, all restarts included).
+(b) Forward+backward time of ``regime_dmm.inference.log_normalizer`` (log Z through
+    pyro's DiscreteHMM) for several series lengths, float64 and float32, and the time
+    of ``regime_dmm.inference.posterior`` (smoothed/filtered/pairwise marginals).
+
+Timings are medians over ``--repeats`` runs after one warm-up run. Run one benchmark at
+a time on an otherwise idle machine; ``torch.get_num_threads()`` is printed because the
+numbers depend on it.
+
+    python benchmarks/bench_speed.py                 # everything
+    python benchmarks/bench_speed.py --skip-fit      # kernels only
+    python benchmarks/bench_speed.py --lengths 1000 10000 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+import regime_dmm as rd
+from regime_dmm.inference import log_normalizer, posterior
+
+
+def make_potentials(batch: int, steps: int, k: int, dtype: torch.dtype, seed: int = 0):
+    """Random, properly normalised, time-varying log-potentials (leaf tensors with grad)."""
+    gen = torch.Generator().manual_seed(seed)
+    log_init = torch.log_softmax(torch.randn(batch, k, generator=gen, dtype=dtype), -1)
+    trans_logits = torch.randn(batch, steps, k, k, generator=gen, dtype=dtype) + 3.0 * torch.eye(k, dtype=dtype)
+    log_trans = torch.log_softmax(trans_logits, -1)
+    obs_ll = -0.5 * torch.randn(batch, steps, k, generator=gen, dtype=dtype) ** 2 - 1.0
+    return tuple(t.detach().requires_grad_(True) for t in (log_init, log_trans, obs_ll))
+
+
+def _zero_grads(tensors) -> None:
+    for t in tensors:
+        t.grad = None
+
+
+def time_call(fn, repeats: int) -> tuple[float, float, float]:
+    """(median, min, max) seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+def bench_log_normalizer(batch: int, steps: int, k: int, dtype: torch.dtype, repeats: int):
+    inputs = make_potentials(batch, steps, k, dtype)
+
+    def forward():
+        with torch.no_grad():
+            log_normalizer(*inputs)
+
+    def forward_backward():
+        _zero_grads(inputs)
+        log_normalizer(*inputs).sum().backward()
+
+    fwd = time_call(forward, repeats)
+    fb = time_call(forward_backward, repeats)
+    return fwd, fb
+
+
+def bench_posterior(batch: int, steps: int, k: int, dtype: torch.dtype, repeats: int):
+    inputs = make_potentials(batch, steps, k, dtype)
+
+    def forward():
+        with torch.no_grad():
+            posterior(*inputs)
+
+    def forward_backward():  # e.g. a penalty on regime usage trained through the marginals
+        _zero_grads(inputs)
+        post = posterior(*inputs)
+        (post.log_z.sum() + post.smoothed.mean(1).pow(2).sum()).backward()
+
+    fwd = time_call(forward, repeats)
+    fb = time_call(forward_backward, repeats)
+    return fwd, fb
+
+
+def bench_default_fit() -> None:
+    print("== (a) rd.fit() with the default FitConfig (embedded data) ==")
+    cfg = rd.FitConfig()
+    tc, mc = cfg.training, cfg.model
+    print(f"config: K={mc.num_regimes}, inference={tc.inference}, guide={tc.guide}, epochs={tc.epochs}, "
+          f"restarts={tc.restarts}, dtype={tc.dtype}, seed={tc.seed}")
+    start = time.perf_counter()
+    fit = rd.fit(config=cfg)
+    wall = time.perf_counter() - start
+    print(f"wall time: {wall:.1f} s")
+    print(f"log-likelihood (sum over markets, input units): {fit.log_likelihood:.3f}")
+    for m in fit.markets:
+        print(f"  {m.name:>16s}: T={len(m.dates)}, log-likelihood {m.log_likelihood:.3f}, "
+              f"usage {[round(float(u), 3) for u in m.usage]}")
+    for r in fit.restarts:
+        print(f"  restart {r}")
+    if fit.truth is not None:
+        acc = []
+        for m, truth in zip(fit.markets, _truth_paths(fit)):
+            if truth is not None and len(truth) == len(m.smoothed):
+                acc.append(float((m.smoothed.argmax(-1) == truth).mean()))
+        if acc:
+            print(f"  accuracy of the most probable smoothed regime vs. the true regimes: "
+                  f"{', '.join(f'{a:.3f}' for a in acc)}")
+    print()
+
+
+def _truth_paths(fit):
+    """True regime paths of the embedded simulation (dict market -> (n_days-1,) int), aligned to the fitted days."""
+    truth = getattr(fit.truth, "true_regimes", None) or {}
+    out = []
+    for m in fit.markets:
+        path = truth.get(m.name)
+        out.append(None if path is None else path[-len(m.dates):])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-fit", action="store_true", help="skip (a), the default fit")
+    parser.add_argument("--skip-kernels", action="store_true", help="skip (b), the inference kernels")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 5000, 10000, 100000])
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (3 for T >= 100000)")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
+          f"python {platform.python_version()}, {platform.machine()}")
+    print()
+    if not args.skip_fit:
+        bench_default_fit()
+    if args.skip_kernels:
+        return
+
+    print(f"== (b) log_normalizer (B={args.batch}, K={args.k}); median [min-max] of repeats after a warm-up ==")
+    header = f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s} {'f+b us/step':>12s}"
+    print(header)
+    print("-" * len(header))
+    for steps in args.lengths:
+        for dtype in (torch.float64, torch.float32):
+            reps = args.repeats if steps < 100000 else min(args.repeats, 3)
+            fwd, fb = bench_log_normalizer(args.batch, steps, args.k, dtype, reps)
+            print(f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {reps:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s} "
+                  f"{1e6 * fb[0] / steps:>12.2f}")
+    print()
+
+    steps = 5000
+    print(f"== posterior() marginals (B={args.batch}, T={steps}, K={args.k}) ==")
+    header = f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s}"
+    print(header)
+    print("-" * len(header))
+    for dtype in (torch.float64, torch.float32):
+        fwd, fb = bench_posterior(args.batch, steps, args.k, dtype, args.repeats)
+        print(f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {args.repeats:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s}")
+
+    # Consistency: the two routes to log Z agree.
+    inputs = make_potentials(args.batch, steps, args.k, torch.float64)
+    with torch.no_grad():
+        diff = (log_normalizer(*inputs) - posterior(*inputs).log_z).abs().max().item()
+    print(f"max |log_normalizer - posterior.log_z| (float64, T={steps}): {diff:.3e}")
+
+
+def _fmt(stats: tuple[float, float, float]) -> str:
+    med, lo, hi = (1e3 * s for s in stats)
+    return f"{med:.2f} [{lo:.2f}-{hi:.2f}]"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Writing a fit to disk: CSV, JSON, the checkpoint and the plots, all or nothing.
+
+Everything is written into a temporary folder beside the destination and moved into
+place at the end, so a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError, RegimeDMMError
+from .results import RegimeFit
+
+CHECKPOINT_NAME = "model.pt"
+CHECKPOINT_FORMAT = "regime-dmm-checkpoint/1"
+
+
+def checkpoint_payload(fit: RegimeFit) -> dict:
+    """Tensors and plain data only, so it loads with ``torch.load(weights_only=True)``."""
+    params = {}
+    if fit.param_state is not None:
+        params = {name: t.detach().clone() for name, t in fit.param_state["params"].items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "package_version": __version__,
+        "config": fit.config.to_dict(),
+        "regimes": list(fit.regimes),
+        "markets": [m.name for m in fit.markets],
+        "seed": fit.seed,
+        "params": params,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (no code execution); clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, tampered with, pickled code, not a torch file
+        raise CheckpointError(f"{path}: not a readable regime-dmm checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a regime-dmm checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    if payload.get("package_version") != __version__:
+        raise CheckpointError(
+            f"{path}: written by regime-dmm {payload.get('package_version')}, this is {__version__}"
+        )
+    return payload
+
+
+def write_outputs(fit: RegimeFit, out_dir: str | Path, *, overwrite: bool = False, plots: bool = True) -> Path:
+    """Write regimes.csv, summary.json, history.csv, model.pt and PNG plots into ``out_dir``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
+        raise RegimeDMMError(f"output folder {out_dir} exists and is not empty: use --overwrite or another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        fit.regimes_frame().to_csv(tmp / "regimes.csv", index=False, float_format="%.6f")
+        with open(tmp / "summary.json", "w", encoding="utf-8") as fh:
+            json.dump(fit.summary(), fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        fit.history.to_csv(tmp / "history.csv", index=False, float_format="%.8g")
+        torch.save(checkpoint_payload(fit), tmp / CHECKPOINT_NAME)
+        if plots:
+            from .plots import save_all
+
+            save_all(fit, tmp)
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, backup)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+

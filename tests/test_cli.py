@@ -1,0 +1,100 @@
+"""The command line end to end on small data, and its error handling."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import regime_dmm as rd
+from regime_dmm.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "prices.csv"
+    rc = main(["simulate", "--out", str(path), "--seed", "2"])
+    assert rc == 0
+    frame = pd.read_csv(path)
+    # keep 300 days per market to stay fast
+    frame = frame.groupby("market").head(300)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_fit_writes_every_output(small_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["fit", "--data", str(small_csv), "--out", str(out), "--epochs", "30", "--restarts", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Epoch 30/30 | Loss:" in printed and "Ent:" in printed and "Beta:" in printed
+    assert "Transition matrix, traditional_cre" in printed
+    for name in ("regimes.csv", "summary.json", "history.csv", "model.pt", "regimes.png", "transitions.png",
+                 "usage.png", "training.png"):
+        assert (out / name).stat().st_size > 0, name
+    regimes = pd.read_csv(out / "regimes.csv")
+    assert list(regimes.columns[:3]) == ["date", "market", "regime"]
+    prob_cols = [f"prob_{n}" for n in ("calm", "neutral", "volatile", "panic")]
+    assert [c for c in regimes.columns if c.startswith("prob_")] == prob_cols
+    assert regimes[prob_cols].sum(axis=1).sub(1).abs().max() < 1e-5
+    assert set(regimes["market"]) == {"traditional_cre", "tokenized_reit"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["regimes"] == ["calm", "neutral", "volatile", "panic"]
+    for market in ("traditional_cre", "tokenized_reit"):
+        entry = summary["markets"][market]
+        assert set(entry) >= {"usage", "transition_matrix", "expected_duration", "emission", "current_regime"}
+        assert entry["current_regime"] in summary["regimes"]
+        rows = entry["transition_matrix"]
+        assert all(abs(sum(r) - 1) < 1e-5 for r in rows)
+    assert summary["settings"]["training"]["epochs"] == 30 and summary["seed"] == 0
+    history = pd.read_csv(out / "history.csv")
+    for col in ("loss", "recon", "kl", "entropy", "diversity", "separation", "beta", "tau", "grad_norm"):
+        assert col in history.columns
+    assert len(history) == 30
+
+
+def test_classic_and_regimes_flags(small_csv, tmp_path):
+    out = tmp_path / "classic"
+    assert main(["fit", "--data", str(small_csv), "--out", str(out), "--classic", "--regimes", "2",
+                 "--restarts", "2", "--no-plots", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["regimes"] == ["calm", "volatile"]
+    assert summary["settings"]["model"]["classic"] is True
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("date,market,prcie\n2020-01-01,a,1\n", "price"),
+    ("", "empty"),
+    ("date,market,price\nnot-a-date,a,1\n", "not-a-date"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, content, needle):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    out = tmp_path / "never"
+    rc = main(["fit", "--data", str(bad), "--out", str(out), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err
+    assert not out.exists()
+
+
+def test_existing_output_folder_is_refused(small_csv, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["fit", "--data", str(small_csv), "--out", str(out), "--quiet"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_config_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("training:\n  epochz: 3\n")
+    assert main(["fit", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run([sys.executable, "-m", "regime_dmm.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "fit" in proc.stdout

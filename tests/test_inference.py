@@ -1,0 +1,78 @@
+"""The exact-inference core against brute-force enumeration of all K^T paths."""
+
+import numpy as np
+import pytest
+import torch
+
+from regime_dmm.inference import (
+    brute_force, forecast, log_normalizer, posterior, stationary_distribution, viterbi,
+)
+
+
+def random_potentials(seed, batch=2, steps=6, k=3):
+    g = torch.Generator().manual_seed(seed)
+    log_init = torch.randn(batch, k, generator=g, dtype=torch.float64).log_softmax(-1)
+    log_trans = torch.randn(batch, steps, k, k, generator=g, dtype=torch.float64).log_softmax(-1)
+    obs_ll = 2 * torch.randn(batch, steps, k, generator=g, dtype=torch.float64)
+    return log_init, log_trans, obs_ll
+
+
+@pytest.mark.parametrize("seed,steps,k", [(0, 1, 2), (1, 5, 2), (2, 6, 3), (3, 4, 4), (4, 7, 3)])
+def test_log_z_marginals_and_viterbi_match_enumeration(seed, steps, k):
+    log_init, log_trans, obs_ll = random_potentials(seed, steps=steps, k=k)
+    post = posterior(log_init, log_trans, obs_ll)
+    log_z_hmm = log_normalizer(log_init, log_trans, obs_ll)
+    for b in range(log_init.shape[0]):
+        ref_z, ref_smoothed, ref_path = brute_force(log_init[b].numpy(), log_trans[b].numpy(), obs_ll[b].numpy())
+        assert post.log_z[b].item() == pytest.approx(ref_z, abs=1e-10)
+        assert log_z_hmm[b].item() == pytest.approx(ref_z, abs=1e-7)
+        np.testing.assert_allclose(post.smoothed[b].numpy(), ref_smoothed, atol=1e-10)
+        np.testing.assert_array_equal(viterbi(log_init[b].numpy(), log_trans[b].numpy(), obs_ll[b].numpy()), ref_path)
+
+
+def test_filtered_last_step_is_enumeration_of_prefix():
+    log_init, log_trans, obs_ll = random_potentials(5, steps=6, k=3)
+    post = posterior(log_init, log_trans, obs_ll)
+    for t in range(6):
+        _, ref, _ = brute_force(log_init[0].numpy(), log_trans[0, : t + 1].numpy(), obs_ll[0, : t + 1].numpy())
+        np.testing.assert_allclose(post.filtered[0, t].numpy(), ref[-1], atol=1e-10)
+
+
+def test_pairwise_marginals_are_consistent_and_match_gradient():
+    log_init, log_trans, obs_ll = random_potentials(6, steps=6, k=3)
+    post = posterior(log_init, log_trans, obs_ll)
+    pair = post.log_pairwise.exp()[:, 1:]
+    np.testing.assert_allclose(pair.sum((-1, -2)).numpy(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(pair.sum(-2).numpy(), post.smoothed[:, 1:].numpy(), atol=1e-12)
+    np.testing.assert_allclose(pair.sum(-1).numpy(), post.smoothed[:, :-1].numpy(), atol=1e-12)
+    # smoothed marginals are the gradient of log Z w.r.t. the emission log-likelihoods
+    obs = obs_ll.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(log_normalizer(log_init, log_trans, obs).sum(), obs)
+    np.testing.assert_allclose(grad.numpy(), post.smoothed.numpy(), atol=1e-7)
+
+
+def test_padding_at_the_end_changes_nothing():
+    log_init, log_trans, obs_ll = random_potentials(7, batch=1, steps=5, k=3)
+    padded_obs = torch.cat([obs_ll, torch.zeros(1, 3, 3, dtype=torch.float64)], dim=1)
+    padded_trans = torch.cat([log_trans, log_trans[:, :3]], dim=1)
+    a = posterior(log_init, log_trans, obs_ll)
+    b = posterior(log_init, padded_trans, padded_obs)
+    assert a.log_z.item() == pytest.approx(b.log_z.item(), abs=1e-12)
+    np.testing.assert_allclose(a.smoothed.numpy(), b.smoothed[:, :5].numpy(), atol=1e-12)
+    assert log_normalizer(log_init, padded_trans, padded_obs).item() == pytest.approx(a.log_z.item(), abs=1e-7)
+
+
+def test_long_series_stays_finite_and_normalised():
+    log_init, log_trans, obs_ll = random_potentials(8, batch=1, steps=20_000, k=4)
+    post = posterior(log_init, log_trans, 20 * obs_ll)
+    assert torch.isfinite(post.log_z).all()
+    np.testing.assert_allclose(post.smoothed.sum(-1).numpy(), 1.0, atol=1e-9)
+
+
+def test_forecast_converges_to_stationary_distribution():
+    trans = np.array([[0.9, 0.08, 0.02], [0.1, 0.8, 0.1], [0.05, 0.25, 0.7]])
+    pi = stationary_distribution(trans)
+    np.testing.assert_allclose(pi @ trans, pi, atol=1e-12)
+    probs = forecast(np.array([1.0, 0.0, 0.0]), trans, 400)
+    np.testing.assert_allclose(probs[0], trans[0])
+    np.testing.assert_allclose(probs[-1], pi, atol=1e-10)

@@ -1,0 +1,57 @@
+"""End to end: regimes of simulated two-market data against the truth and the oracle.
+
+The oracle is forward-backward with the TRUE parameters (the best any method can do).
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+import regime_dmm as rd
+from regime_dmm.inference import posterior
+
+
+def oracle_states(returns, params):
+    k = len(params["sd"])
+    ll = norm.logpdf(returns[:, None], params["mean"][None], params["sd"][None])
+    steps = len(returns)
+    log_trans = torch.tensor(np.log(params["transition"])).expand(steps, k, k)
+    post = posterior(torch.tensor(np.log(params["initial"]))[None], log_trans[None], torch.tensor(ll)[None])
+    return post.smoothed[0].numpy().argmax(-1)
+
+
+@pytest.fixture(scope="module")
+def default_fit():
+    cfg = rd.FitConfig().replace(training={"restarts": 1, "seed": 0})
+    return rd.fit(None, cfg)
+
+
+def test_named_regime_accuracy_is_near_the_oracle(default_fit):
+    truth = default_fit.truth
+    for m in default_fit.markets:
+        true = truth.true_regimes[m.name]
+        assert len(true) == len(m.returns)
+        ours = (m.smoothed.argmax(-1) == true).mean()
+        best = (oracle_states(m.returns, truth.params[m.name]) == true).mean()
+        assert ours >= 0.9 * best, (m.name, ours, best)
+        assert (m.usage > 0.01).all(), (m.name, m.usage)  # all four regimes in use
+        assert set(np.unique(m.smoothed.argmax(-1))) == {0, 1, 2, 3}
+
+
+def test_usage_and_durations_close_to_truth(default_fit):
+    truth = default_fit.truth
+    for m in default_fit.markets:
+        true = truth.true_regimes[m.name]
+        true_usage = np.bincount(true, minlength=4) / len(true)
+        assert np.abs(m.usage - true_usage).max() < 0.08, (m.name, m.usage, true_usage)
+        true_diag = np.diag(truth.params[m.name]["transition"])
+        assert np.abs(np.diag(m.transition) - true_diag)[:3].max() < 0.1
+
+
+def test_same_seed_same_result():
+    cfg = rd.FitConfig().replace(training={"restarts": 1, "epochs": 20})
+    data = rd.simulate_default(1, n_days=300).frame
+    a = rd.fit(data, cfg).regimes_frame()
+    b = rd.fit(data, cfg).regimes_frame()
+    assert a.equals(b)
