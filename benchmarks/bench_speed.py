@@ -18,6 +18,7 @@ numbers depend on it.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -135,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"python {platform.python_version()}, {platform.machine()}")
+          f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    _print_load("at start")
     print()
     if not args.skip_fit:
         bench_default_fit()
@@ -168,6 +170,18 @@ def main() -> None:
     with torch.no_grad():
         diff = (log_normalizer(*inputs) - posterior(*inputs).log_z).abs().max().item()
     print(f"max |log_normalizer - posterior.log_z| (float64, T={steps}): {diff:.3e}")
+    _print_load("at end")
+
+
+def _print_load(when: str) -> None:
+    """Other processes on the machine distort the timings (torch threads oversubscribe the cores)."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        return
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: the machine is busy; timings will be inflated (run the benchmark on an idle machine)")
 
 
 def _fmt(stats: tuple[float, float, float]) -> str:

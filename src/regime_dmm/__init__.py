@@ -5,13 +5,13 @@
 >>> fit.regimes_frame().head()           # date, market, regime, prob_calm, ...
 """
 
+from ._version import __version__
 from .config import FitConfig, ModelConfig, PenaltyConfig, TrainConfig
 from .data import load_prices, simulate_default
 from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, TrainingError
-from .fitting import fit
+from .fitting import FitInterrupted, fit, resume_fit
 from .results import RegimeFit
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
@@ -24,7 +24,9 @@ __all__ = [
     "RegimeFit",
     "TrainConfig",
     "TrainingError",
+    "FitInterrupted",
     "fit",
+    "resume_fit",
     "load_prices",
     "simulate_default",
     "__version__",

@@ -7,6 +7,7 @@ one line ``error: ...`` and exit with code 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 
 from .config import FitConfig
 from .errors import RegimeDMMError
+
+CHECKPOINT = "checkpoint.pt"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--guide", choices=["map", "normal"], help="guide for the global parameters")
     fit.add_argument("--out", default="regime_dmm_out", help="output folder (default: regime_dmm_out)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    fit.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
+    fit.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                     help="write DIR/checkpoint.pt every N epochs (default 50)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     fit.add_argument("--quiet", action="store_true", help="no per-epoch log and no progress bar")
 
@@ -71,17 +77,42 @@ def _print_matrix(names, matrix) -> str:
 
 
 def cmd_fit(args) -> int:
-    from .fitting import fit
+    from .fitting import FitInterrupted, fit, load_resume_state, resume_fit
     from .outputs import write_outputs
 
-    config = _config(args)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite and any(out.iterdir()):
+    out = Path(args.resume or args.out)
+    checkpoint = out / CHECKPOINT
+    if args.resume:
+        load_resume_state(checkpoint)  # fail early, with a clear message, on a bad checkpoint
+    elif out.exists() and not args.overwrite and any(out.iterdir()):
         raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
-    if args.data is None:
+    if args.checkpoint_every < 1:
+        raise RegimeDMMError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    config = None if args.resume else _config(args)
+    if args.data is None and not args.resume:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit; true regimes known)")
     log = None if args.quiet else print
-    result = fit(args.data, config, progress=not args.quiet and sys.stderr.isatty(), log=log)
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    kwargs = dict(progress=not args.quiet and sys.stderr.isatty(), log=log, checkpoint=checkpoint,
+                  checkpoint_every=args.checkpoint_every, stop_requested=lambda: stop["signal"] is not None)
+    try:
+        if args.resume:
+            result = resume_fit(checkpoint, data=args.data, **kwargs)
+        else:
+            result = fit(args.data, config, **kwargs)
+    except FitInterrupted as exc:
+        signum = stop["signal"] or signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}; checkpoint saved in {checkpoint}", file=sys.stderr)
+        print(f"resume with: regime-dmm fit --resume {out}", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print()
     from .plots import usage_bars_text
 
@@ -93,7 +124,7 @@ def cmd_fit(args) -> int:
         print(f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
               f" (p = {m.current_probs.max():.2f})")
     print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
-    write_outputs(result, out, overwrite=args.overwrite, plots=not args.no_plots)
+    write_outputs(result, out, overwrite=True, plots=not args.no_plots)
     print(f"wrote {out}/: regimes.csv summary.json history.csv model.pt" + ("" if args.no_plots else " *.png"))
     return 0
 
@@ -125,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside training: nothing to save
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -1,9 +1,17 @@
-"""``fit``: prices in, exact regimes out. Data -> features -> model/guide -> SVI -> results."""
+"""``fit``: prices in, exact regimes out. Data -> features -> model/guide -> SVI -> results.
+
+Restarts run one after another from data-driven, jittered starting values; the restart
+with the best final objective is kept. With a checkpoint path the whole run state
+(finished restarts, the best so far, the restart in progress with its optimiser and
+RNG state) is written atomically every ``checkpoint_every`` epochs, and
+:func:`resume_fit` continues it to the same result as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -11,18 +19,29 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
+from pyro.infer import Trace_ELBO
 
+from ._version import __version__
 from .config import FitConfig
 from .data import build_features, load_prices, make_panel, simulate_default
-from .errors import TrainingError
+from .errors import CheckpointError, RegimeDMMError, TrainingError
 from .guides import make_guide, point_estimate
-from .models import ClassicMarkovSwitching, ExactRegimeDMM, ModelData
+from .models import AnnealState, ClassicMarkovSwitching, ExactRegimeDMM, ModelData
 from .models.init_values import initial_values, warm_start
 from .results import RegimeFit, compute_results
 from .training.annealing import default_schedules
-from .training.svi import train_lbfgs, train_svi
+from .training.svi import LoopState, train_lbfgs, train_svi
 
 DataSource = str | Path | pd.DataFrame | None
+RESUME_FORMAT = "regime-dmm-resume/1"
+
+
+class FitInterrupted(RegimeDMMError):
+    """Training was stopped on request (SIGINT/SIGTERM); a checkpoint was saved."""
+
+    def __init__(self, message: str, checkpoint: Path | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 def effective_config(config: FitConfig) -> FitConfig:
@@ -41,7 +60,8 @@ def prepare(data: DataSource, config: FitConfig, seed: int):
     truth = None
     if data is None:
         truth = simulate_default(seed=seed)
-        frame, source, simulated = load_prices(truth.frame, min_observations=config.training.min_observations), "simulated (embedded default: traditional_cre, tokenized_reit)", True
+        frame = load_prices(truth.frame, min_observations=config.training.min_observations)
+        source, simulated = "simulated (embedded default: traditional_cre, tokenized_reit)", True
     else:
         frame = load_prices(data, min_observations=config.training.min_observations)
         source = str(data) if not isinstance(data, pd.DataFrame) else "DataFrame"
@@ -51,10 +71,56 @@ def prepare(data: DataSource, config: FitConfig, seed: int):
     return make_panel(series), source, simulated, truth
 
 
+def fingerprint(panel) -> str:
+    """Hash of the data a fit saw (markets, dates, features)."""
+    h = hashlib.sha256()
+    for s in panel.series:
+        h.update(s.name.encode())
+        h.update(np.asarray(s.dates.asi8).tobytes())
+        h.update(np.ascontiguousarray(s.features).tobytes())
+    return h.hexdigest()
+
+
 def build_model(config: FitConfig, panel, init_values: dict[str, torch.Tensor], dtype: torch.dtype):
     if config.model.classic:
         return ClassicMarkovSwitching(config, panel.num_markets, init_values)
     return ExactRegimeDMM(config, panel.num_markets, len(config.model.features)).to(dtype)
+
+
+def _materialise(model, guide, data: ModelData) -> None:
+    """Run model and guide once so that every parameter exists in the param store."""
+    with torch.no_grad():
+        if isinstance(model, ClassicMarkovSwitching):
+            model.log_potentials(data)
+        else:
+            Trace_ELBO().differentiable_loss(model.model, guide, data, AnnealState())
+
+
+def _snapshot() -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+
+
+def _restore(values: dict[str, torch.Tensor]) -> None:
+    store = dict(pyro.get_param_store().named_parameters())
+    missing = set(store) ^ set(values)
+    if missing:
+        raise CheckpointError(f"checkpoint parameters do not match the model: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, p in store.items():
+            if p.shape != values[name].shape:
+                raise CheckpointError(f"checkpoint parameter {name} has shape {tuple(values[name].shape)}, "
+                                      f"the model expects {tuple(p.shape)}")
+            p.copy_(values[name])
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def fit(
@@ -63,72 +129,154 @@ def fit(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    stop_requested: Callable[[], bool] | None = None,
+    _resume: dict | None = None,
 ) -> RegimeFit:
     """Fit the regime model to ``data`` (a CSV path or long DataFrame; None = embedded default).
 
-    Runs ``config.training.restarts`` restarts from data-driven, jittered starting values
-    and keeps the one with the best final objective.
+    ``checkpoint``: file to keep the run state in (every ``checkpoint_every`` epochs, at
+    the end of each restart, and when ``stop_requested()`` turns true, which then raises
+    :class:`FitInterrupted`).
     """
     config = effective_config(config or FitConfig())
     tc = config.training
     seed = tc.seed
     panel, source, simulated, truth = prepare(data, config, seed)
+    print_ = log or (lambda _msg: None)
     dtype = getattr(torch, tc.dtype)
     model_data = ModelData.from_panel(panel, config.model.history, dtype, emitted=config.model.features)
     schedules = default_schedules(config)
-    best = None
-    restarts: list[dict] = []
-    histories: list[pd.DataFrame] = []
-    all_faults: list[dict] = []
+    data_hash = fingerprint(panel)
+    run = {"completed": [], "best": None, "current": None}
+    if _resume is not None:
+        if _resume["data"]["fingerprint"] != data_hash:
+            raise CheckpointError("the data differ from the data the checkpointed run was fitted on")
+        run = _resume["run"]
+    checkpoint = Path(checkpoint) if checkpoint else None
+    data_path = None if data is None or isinstance(data, pd.DataFrame) else str(Path(data).resolve())
+
+    def save() -> None:
+        if checkpoint is not None:
+            _atomic_save({
+                "format": RESUME_FORMAT, "package_version": __version__, "config": config.to_dict(),
+                "data": {"path": data_path, "simulated": simulated, "fingerprint": data_hash}, "run": run,
+            }, checkpoint)
+
+    done = {entry["restart"] for entry in run["completed"]}
     for restart in range(tc.restarts):
+        if restart in done:
+            continue
         pyro.clear_param_store()
         pyro.set_rng_seed(seed * 1009 + restart)
         rng = np.random.default_rng([seed, restart])
-        if config.model.classic:
-            init = initial_values(panel, config, rng, dtype)
+        current = run["current"] if run["current"] and run["current"]["restart"] == restart else None
+        if config.model.classic or current is not None:
+            init = initial_values(panel, config, rng, dtype)  # resumed: values come from the checkpoint
         else:  # start the DMM from a maximum-likelihood HMM of the returns
             init = warm_start(panel, model_data, config, rng, dtype)
             pyro.clear_param_store()
         model = build_model(config, panel, init, dtype)
         guide = make_guide(model, tc.guide, init)
+        loop = None
+        if current is not None:
+            _materialise(model, guide, model_data)
+            _restore(current["params"])
+            torch.set_rng_state(current["torch_rng"])
+            loop = LoopState(**current["loop"])
+            print_(f"[restart {restart}] resumed after epoch {loop.epoch}")
+
+        def on_epoch(state: LoopState, restart=restart) -> None:
+            stop = stop_requested is not None and stop_requested()
+            if checkpoint is not None and (stop or state.epoch % checkpoint_every == 0):
+                run["current"] = {"restart": restart, "loop": state.to_dict(), "params": _snapshot(),
+                                  "torch_rng": torch.get_rng_state()}
+                save()
+            if stop:
+                raise FitInterrupted(f"stopped at restart {restart}, epoch {state.epoch}", checkpoint)
+
         try:
             if config.model.classic:
                 outcome = train_lbfgs(model, model_data, restart=restart)
             else:
                 outcome = train_svi(
                     model, guide, model_data, config, schedules, list(panel.markets),
-                    restart=restart, log=log, progress=progress,
+                    restart=restart, log=log, progress=progress, loop=loop, on_epoch=on_epoch,
                 )
         except TrainingError as exc:
-            restarts.append({"restart": restart, "status": "failed", "reason": str(exc)})
-            if log:
-                log(f"[restart {restart}] failed: {exc}")
+            print_(f"[restart {restart}] failed: {exc}")
+            run["completed"].append({"restart": restart, "summary": {"restart": restart, "status": "failed",
+                                                                     "reason": str(exc)}, "history": [], "faults": []})
+            run["current"] = None
+            save()
             continue
-        all_faults.extend(outcome.faults)
-        final_ll = outcome.history[-1]["log_likelihood"]
-        restarts.append({
+        summary = {
             "restart": restart, "status": "ok", "final_loss": round(outcome.final_loss, 6),
-            "log_likelihood_normalised": round(final_ll, 6), "epochs": outcome.epochs_run,
-            "stopped_early": outcome.stopped_early,
-        })
-        histories.append(pd.DataFrame(outcome.history))
-        if best is None or outcome.final_loss < best[0]:
-            best = (outcome.final_loss, restart, model, guide, pyro.get_param_store().get_state())
-    if best is None:
-        raise TrainingError("every restart failed: " + "; ".join(r["reason"] for r in restarts))
-    _, best_restart, model, guide, state = best
-    pyro.get_param_store().set_state(state)
-    for r in restarts:
-        r["best"] = r["restart"] == best_restart
+            "log_likelihood_normalised": round(outcome.history[-1]["log_likelihood"], 6),
+            "epochs": outcome.epochs_run, "stopped_early": outcome.stopped_early,
+        }
+        run["completed"].append({"restart": restart, "summary": summary, "history": outcome.history,
+                                 "faults": outcome.faults})
+        if run["best"] is None or outcome.final_loss < run["best"]["loss"]:
+            run["best"] = {"restart": restart, "loss": outcome.final_loss, "params": _snapshot()}
+        run["current"] = None
+        save()
+    if run["best"] is None:
+        raise TrainingError("every restart failed: " + "; ".join(e["summary"]["reason"] for e in run["completed"]))
+    return _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_)
+
+
+def _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_) -> RegimeFit:
+    """Rebuild the best restart's model and guide and compute the exact posterior."""
+    best = run["best"]
+    pyro.clear_param_store()
+    init = initial_values(panel, config, np.random.default_rng([config.training.seed, best["restart"]]), dtype)
+    model = build_model(config, panel, init, dtype)
+    guide = make_guide(model, config.training.guide, init)
+    _materialise(model, guide, model_data)
+    _restore(best["params"])
     globals_ = point_estimate(guide, model_data)
     markets = compute_results(model, globals_, model_data, panel, config.model.names())
+    completed = sorted(run["completed"], key=lambda e: e["restart"])
+    restarts = [dict(e["summary"], best=e["restart"] == best["restart"]) for e in completed]
+    histories = [pd.DataFrame(e["history"]) for e in completed if e["history"]]
+    faults = [f for e in completed for f in e["faults"]]
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    if log:
-        log(f"best restart: {best_restart} (log-likelihood {sum(m.log_likelihood for m in markets):.3f})")
+    print_(f"best restart: {best['restart']} (log-likelihood {sum(m.log_likelihood for m in markets):.3f})")
     return RegimeFit(
         config=config, regimes=config.model.names(), markets=markets, history=history, restarts=restarts,
-        seed=seed, data_source=source, simulated=simulated, faults=all_faults, truth=truth,
-        model=model, guide=guide, panel=panel, param_state=state,
+        seed=config.training.seed, data_source=source, simulated=simulated, faults=faults, truth=truth,
+        model=model, guide=guide, panel=panel, param_state=pyro.get_param_store().get_state(),
     )
 
 
+def load_resume_state(path: str | Path) -> dict:
+    """Read a run checkpoint with ``weights_only=True``; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint to resume at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable regime-dmm checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a regime-dmm run checkpoint")
+    if payload.get("package_version") != __version__:
+        raise CheckpointError(f"{path}: written by regime-dmm {payload.get('package_version')}, this is {__version__}")
+    for key in ("config", "data", "run"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint is missing {key!r}")
+    return payload
+
+
+def resume_fit(path: str | Path, data: DataSource = None, **kwargs) -> RegimeFit:
+    """Continue the run checkpointed at ``path`` (same config; data from the checkpoint unless given)."""
+    payload = load_resume_state(path)
+    config = FitConfig.from_dict(payload["config"])
+    if data is None and not payload["data"]["simulated"]:
+        data = payload["data"]["path"]
+        if data is None:
+            raise CheckpointError("the checkpointed run was fitted on a DataFrame: pass the same data to resume")
+    kwargs.setdefault("checkpoint", path)
+    return fit(data, config, _resume=payload, **kwargs)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError, RegimeDMMError
 from .results import RegimeFit
 

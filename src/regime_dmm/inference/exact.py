@@ -59,8 +59,9 @@ def log_normalizer(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torc
     hmm = dist.DiscreteHMM(
         torch.zeros(batch, k, dtype=obs_ll.dtype),
         _first_step_logits(log_init, log_trans),
-        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll),
+        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll, validate_args=False),
         duration=steps,
+        validate_args=False,  # non-finite values must reach the training loop, which handles them
     )
     return hmm.log_prob(torch.zeros(batch, steps, dtype=obs_ll.dtype))
 

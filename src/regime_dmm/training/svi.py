@@ -40,6 +40,24 @@ class TrainOutcome:
     faults: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped (checkpointed)."""
+
+    lr: float
+    epoch: int = 0  # last completed epoch
+    best: float = math.inf
+    since_best: int = 0
+    consecutive_faults: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+    faults: list[dict] = field(default_factory=list)
+    optimizer: dict | None = None  # ClippedAdam state_dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 def _module_of(name: str) -> str:
     if name.startswith("transition_net"):
         return "transition"
@@ -70,29 +88,35 @@ def train_svi(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     max_faults: int = 5,
+    loop: LoopState | None = None,
+    on_epoch: Callable[[LoopState], None] | None = None,
 ) -> TrainOutcome:
-    """Run SVI for ``config.training.epochs`` epochs (or until the loss plateaus)."""
+    """Run SVI for ``config.training.epochs`` epochs (or until the loss plateaus).
+
+    ``loop`` continues a checkpointed run; ``on_epoch(loop)`` is called after every
+    completed epoch (checkpoints, interrupts).
+    """
     tc = config.training
     elbo = Trace_ELBO(num_particles=1)
     state = AnnealState()
-    history: list[dict] = []
-    faults: list[dict] = []
+    loop = loop or LoopState(lr=tc.lr)
+    log_every = max(1, tc.epochs // 10)
+    bar = _progress(tc.epochs, restart, progress, initial=loop.epoch)
     optimizer = None
     params: dict[str, torch.Tensor] = {}
-    lr = tc.lr
-    best, since_best = math.inf, 0
-    log_every = max(1, tc.epochs // 10)
-    bar = _progress(tc.epochs, restart, progress)
-    stopped_early = False
-    consecutive = 0
-    epoch = 0
-    for epoch in range(1, tc.epochs + 1):
+    for epoch in range(loop.epoch + 1, tc.epochs + 1):
+        if loop.stopped_early:
+            break
         for schedule in schedules:
             schedule(epoch, tc.epochs, state)
-        loss = elbo.differentiable_loss(model.model, guide, data, state)
+        # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
+        with pyro.validation_enabled(False):
+            loss = elbo.differentiable_loss(model.model, guide, data, state)
         if optimizer is None:  # parameters exist once model and guide have run
             params = dict(pyro.get_param_store().named_parameters())
-            optimizer = ClippedAdam(list(params.values()), lr=lr, clip_norm=tc.clip_norm)
+            optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
+            if loop.optimizer is not None:
+                optimizer.load_state_dict(loop.optimizer)
         optimizer.zero_grad()
         problem = None
         if not torch.isfinite(loss):
@@ -102,24 +126,37 @@ def train_svi(
             bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
             if bad:
                 problem = "gradient of " + ", ".join(bad[:3])
+        if problem is None:
+            norms = _grad_norms(params)
+            before = {n: p.detach().clone() for n, p in params.items()}
+            optimizer.step()
+            broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
+            if broken:  # roll back to the last finite state
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(before[n])
+                problem = "parameter " + ", ".join(broken[:3])
         if problem is not None:
-            consecutive += 1
-            lr /= 2.0
+            loop.consecutive_faults += 1
+            loop.lr /= 2.0
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            event = {"epoch": epoch, "restart": restart, "non_finite": problem, "action": f"step skipped, lr -> {lr:.3g}"}
-            faults.append(event)
+                group["lr"] = loop.lr
+            event = {"restart": restart, "epoch": epoch, "non_finite": problem,
+                     "action": f"step skipped, lr -> {loop.lr:.3g}"}
+            loop.faults.append(event)
             if log:
                 log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {event['action']}")
-            if consecutive >= max_faults:
+            if loop.consecutive_faults >= max_faults:
                 raise TrainingError(
-                    f"{consecutive} consecutive non-finite steps (last: {problem}) at epoch {epoch}: "
-                    "check the scale of the data (normalisation on?) and lower training.lr"
+                    f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
+                    f"at epoch {epoch}: check the scale of the data (normalisation on?) and lower training.lr"
                 )
+            loop.epoch = epoch
+            loop.optimizer = optimizer.state_dict()
+            if on_epoch:
+                on_epoch(loop)
             continue
-        consecutive = 0
-        norms = _grad_norms(params)
-        optimizer.step()
+        loop.consecutive_faults = 0
         diag = model.last_diagnostics
         row = {
             "restart": restart,
@@ -134,13 +171,13 @@ def train_svi(
             "entropy_penalty": float(diag["entropy_penalty"]),
             "beta": state.beta,
             "tau": state.tau,
-            "lr": lr,
+            "lr": loop.lr,
             **norms,
         }
         for m, name in enumerate(markets):
             for k, value in enumerate(diag["usage"][m].tolist()):
                 row[f"usage[{name}][{k}]"] = value
-        history.append(row)
+        loop.history.append(row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.1f}", beta=f"{state.beta:.2f}")
@@ -148,20 +185,24 @@ def train_svi(
             log(f"[restart {restart}] " + format_epoch(row, tc.epochs))
         # Early stopping only once the objective is the full ELBO (beta = 1).
         if state.beta >= 1.0:
-            if row["loss"] < best - tc.tolerance * abs(best if math.isfinite(best) else row["loss"]):
-                best, since_best = row["loss"], 0
+            ref = loop.best if math.isfinite(loop.best) else row["loss"]
+            if row["loss"] < loop.best - tc.tolerance * abs(ref):
+                loop.best, loop.since_best = row["loss"], 0
             else:
-                since_best += 1
-                if since_best >= tc.patience:
-                    stopped_early = True
+                loop.since_best += 1
+                if loop.since_best >= tc.patience:
+                    loop.stopped_early = True
                     if log:
                         log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (plateau: stopped early)")
-                    break
+        loop.epoch = epoch
+        loop.optimizer = optimizer.state_dict()
+        if on_epoch:
+            on_epoch(loop)
     if bar is not None:
         bar.close()
-    if not history:
-        raise TrainingError("no finite training step: check the data's scale and training.lr")
-    return TrainOutcome(history, history[-1]["loss"], epoch, stopped_early, faults)
+    if not loop.history:
+        raise TrainingError(f"restart {restart}: no finite training step: check the data's scale and training.lr")
+    return TrainOutcome(loop.history, loop.history[-1]["loss"], loop.epoch, loop.stopped_early, loop.faults)
 
 
 def train_lbfgs(model: RegimeModel, data: ModelData, *, max_iter: int = 500, restart: int = 0) -> TrainOutcome:
@@ -204,9 +245,9 @@ def _grad_norms(params: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def _progress(total: int, restart: int, enabled: bool):
+def _progress(total: int, restart: int, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"restart {restart}", leave=False, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=f"restart {restart}", leave=False, file=sys.stderr)
