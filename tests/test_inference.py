@@ -76,3 +76,14 @@ def test_forecast_converges_to_stationary_distribution():
     probs = forecast(np.array([1.0, 0.0, 0.0]), trans, 400)
     np.testing.assert_allclose(probs[0], trans[0])
     np.testing.assert_allclose(probs[-1], pi, atol=1e-10)
+
+
+def test_one_step_predictive_densities_sum_to_log_z_and_match_prefixes():
+    log_init, log_trans, obs_ll = random_potentials(9, batch=1, steps=6, k=3)
+    post = posterior(log_init, log_trans, obs_ll)
+    assert post.log_predictive.sum().item() == pytest.approx(post.log_z.item(), abs=1e-10)
+    prev = 0.0
+    for t in range(6):
+        z, _, _ = brute_force(log_init[0].numpy(), log_trans[0, : t + 1].numpy(), obs_ll[0, : t + 1].numpy())
+        assert post.log_predictive[0, t].item() == pytest.approx(z - prev, abs=1e-10)
+        prev = z

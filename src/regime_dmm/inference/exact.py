@@ -73,6 +73,7 @@ class HMMPosterior(NamedTuple):
     log_filtered: torch.Tensor  # (B, T, K) log p(z_t | x_{1:t})
     log_smoothed: torch.Tensor  # (B, T, K) log p(z_t | x_{1:T})
     log_pairwise: torch.Tensor  # (B, T, K, K) log p(z_{t-1}=i, z_t=j | x_{1:T}); t = 0 is -inf
+    log_predictive: torch.Tensor  # (B, T) one-step-ahead log p(x_t | x_{1:t-1}); sums to log_z
 
     @property
     def smoothed(self) -> torch.Tensor:
@@ -129,7 +130,9 @@ def posterior(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Ten
     )
     pair_first = torch.full_like(log_trans[..., :1, :, :], -float("inf"))
     log_pairwise = torch.cat([pair_first, pair_rest], dim=-3)
-    return HMMPosterior(log_z, log_filtered, log_smoothed, log_pairwise)
+    log_evidence = torch.logsumexp(log_alpha, dim=-1)  # (B, T) log p(x_{1:t})
+    log_predictive = torch.cat([log_evidence[..., :1], log_evidence.diff(dim=-1)], dim=-1)
+    return HMMPosterior(log_z, log_filtered, log_smoothed, log_pairwise, log_predictive)
 
 
 def viterbi(log_init: np.ndarray, log_trans: np.ndarray, obs_ll: np.ndarray) -> np.ndarray:
