@@ -145,7 +145,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="regime_dmm training.seed and numpy seed of statsmodels")
     parser.add_argument("--tools", nargs="+", default=["regime_dmm", "statsmodels", "hmmlearn"],
                         choices=["regime_dmm", "statsmodels", "hmmlearn"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's default, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     returns = load_sp500()
     r = returns.to_numpy()
@@ -215,6 +219,7 @@ def main() -> None:
         theirs = score_with_hmmlearn(r, market)
         print(f"  regime_dmm K={k} params: regime_dmm log-likelihood {market.log_likelihood:.6f}, "
               f"hmmlearn score {theirs:.6f}, |diff| {abs(market.log_likelihood - theirs):.3e}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (timings are inflated when other processes share the CPUs)")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (3 for T >= 100000)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's default, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
           f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")

@@ -94,6 +94,10 @@ class TrainConfig:
     tolerance: float = 1e-5
     min_observations: int = 30
     dtype: str = "float64"
+    # relaxed inference only:
+    window_length: int = 64  # days per training window (minibatches of sequence windows)
+    batch_windows: int = 32  # windows per SVI step
+    straight_through: bool = False  # hard one-hot forward, relaxed gradients backward
 
 
 @dataclass
@@ -127,6 +131,8 @@ class FitConfig:
             (0 <= t.ramp_fraction <= 1, "training.ramp_fraction must be in [0, 1]"),
             (t.tau_start >= t.tau_floor > 0, "training.tau_floor must be in (0, tau_start]"),
             (t.dtype in ("float32", "float64"), f"training.dtype must be float32 or float64, got {t.dtype!r}"),
+            (t.window_length >= 2, f"training.window_length must be >= 2, got {t.window_length}"),
+            (t.batch_windows >= 1, f"training.batch_windows must be >= 1, got {t.batch_windows}"),
             (0 < p.diversity_threshold < 1, "penalties.diversity_threshold must be in (0, 1)"),
             (min(p.diversity_weight, p.separation_weight, p.entropy_weight) >= 0, "penalty weights must be >= 0"),
         ]

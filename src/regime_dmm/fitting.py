@@ -224,7 +224,9 @@ def fit(
         save()
     if run["best"] is None:
         raise TrainingError("every restart failed: " + "; ".join(e["summary"]["reason"] for e in run["completed"]))
-    return _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_)
+    result = _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_)
+    result.data_path, result.data_fingerprint = data_path, data_hash
+    return result
 
 
 def _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_) -> RegimeFit:

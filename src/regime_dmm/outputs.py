@@ -34,6 +34,7 @@ def checkpoint_payload(fit: RegimeFit) -> dict:
         "regimes": list(fit.regimes),
         "markets": [m.name for m in fit.markets],
         "seed": fit.seed,
+        "data": {"path": fit.data_path, "simulated": fit.simulated, "fingerprint": fit.data_fingerprint},
         "params": params,
     }
 

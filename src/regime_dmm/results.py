@@ -58,6 +58,8 @@ class RegimeFit:
     simulated: bool = False
     faults: list[dict] = field(default_factory=list)
     truth: Any = None  # SimulatedData when fitted on the embedded simulation
+    data_path: str | None = None  # absolute path of the CSV (None: simulated or a DataFrame)
+    data_fingerprint: str = ""  # hash of the markets, dates and features the fit saw
     # Live objects for further inference (not serialised):
     model: RegimeModel | None = None
     guide: Any = None
@@ -81,14 +83,14 @@ class RegimeFit:
         raise KeyError(f"no market {name!r}; markets: {[m.name for m in self.markets]}")
 
     def regimes_frame(self) -> pd.DataFrame:
-        """Long table: date, market, regime (Viterbi-free: the most probable smoothed regime), prob_<name>..."""
+        """Long table: date, market, regime (most probable smoothed), prob_<name> per regime, viterbi."""
         frames = []
         for m in self.markets:
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
             frame["regime"] = [self.regimes[k] for k in m.smoothed.argmax(-1)]
-            frame["viterbi"] = [self.regimes[k] for k in m.viterbi]
             for k, name in enumerate(self.regimes):
                 frame[f"prob_{name}"] = m.smoothed[:, k]
+            frame["viterbi"] = [self.regimes[k] for k in m.viterbi]
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
