@@ -35,9 +35,18 @@ import torch
 import regime_dmm as rd
 from regime_dmm.inference import log_normalizer
 
+try:  # the same machine-load report as bench_speed (run as a script from any directory)
+    from bench_speed import OthersMonitor, _print_load
+except ImportError:  # pragma: no cover
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_speed import OthersMonitor, _print_load
+
 START, END = "1999-01-05", "2018-12-31"
 
-# Measured earlier (see the brief of benchmarks/README.md); None = not measured.
+# Reference figures measured earlier (listed in benchmarks/README.md); absent = not measured.
 REFERENCE = {
     ("statsmodels", 2): -7132.67,
     ("statsmodels", 3): -6901.51,
@@ -155,8 +164,8 @@ def main() -> None:
     r = returns.to_numpy()
     print(f"S&P 500 daily log returns in percent, {returns.index[0].date()}..{returns.index[-1].date()}, "
           f"T={len(r)}, mean {r.mean():.4f}, sd {r.std():.4f}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; regime_dmm {rd.__version__}; "
-          f"load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; regime_dmm {rd.__version__}; {os.cpu_count()} CPUs")
+    _print_load("at start")
     print()
 
     rows = []
@@ -164,42 +173,49 @@ def main() -> None:
     hmm_models: dict[int, object] = {}
     for k in args.k:
         if "regime_dmm" in args.tools:
+            monitor = OthersMonitor()
             fit, elapsed, lls, failed = fit_regime_dmm(returns, k, args.restarts, args.seed)
+            others = monitor.share()
             fits[k] = fit
             best = fit.log_likelihood
             near = sum(ll is not None and ll > best - 0.1 for ll in lls)
             note = f"{args.restarts} restarts, {near} within 0.1 of best"
             if failed:
                 note += f", {failed} failed"
-            rows.append(("regime_dmm classic", k, elapsed, best, note))
+            rows.append(("regime_dmm classic", k, elapsed, best, note, others))
             print(f"[regime_dmm K={k}] {elapsed:.1f} s, log-likelihood {best:.3f}; per restart: "
                   f"{', '.join(f'{ll:.2f}' for ll in lls)}", flush=True)
         if "statsmodels" in args.tools:
             reps = args.search_reps if k >= 3 else 0
+            monitor = OthersMonitor()
             try:
                 result, elapsed, messages = fit_statsmodels(returns, k, reps, args.seed)
                 note = f"search_reps={reps}" + (f"; warnings: {', '.join(messages)}" if messages else "")
-                rows.append(("statsmodels", k, elapsed, float(result.llf), note))
+                rows.append(("statsmodels", k, elapsed, float(result.llf), note, monitor.share()))
                 print(f"[statsmodels K={k}] {elapsed:.1f} s, log-likelihood {result.llf:.3f}", flush=True)
             except Exception as exc:  # report, keep going
-                rows.append(("statsmodels", k, float("nan"), float("nan"), f"failed: {type(exc).__name__}: {exc}"))
+                rows.append(("statsmodels", k, float("nan"), float("nan"), f"failed: {type(exc).__name__}: {exc}", None))
                 print(f"[statsmodels K={k}] failed: {exc}", flush=True)
         if "hmmlearn" in args.tools:
+            monitor = OthersMonitor()
             model, best, elapsed, scores = fit_hmmlearn(returns, k, args.hmmlearn_seeds)
             hmm_models[k] = model
             near = sum(s > best - 0.1 for s in scores)
             rows.append(("hmmlearn", k, elapsed, best,
-                         f"best of {args.hmmlearn_seeds} seeds, {near} within 0.1 of best"))
+                         f"best of {args.hmmlearn_seeds} seeds, {near} within 0.1 of best", monitor.share()))
             print(f"[hmmlearn K={k}] {elapsed:.1f} s, best log-likelihood {best:.3f}", flush=True)
 
     print()
-    header = f"{'tool':<20s} {'K':>2s} {'fit time s':>11s} {'log-likelihood':>15s} {'reference':>10s}  notes"
+    header = (f"{'tool':<20s} {'K':>2s} {'fit time s':>11s} {'log-likelihood':>15s} {'reference':>10s} "
+              f"{'others%':>7s}  notes")
     print(header)
     print("-" * (len(header) + 30))
-    for tool, k, elapsed, ll, note in rows:
+    for tool, k, elapsed, ll, note, others in rows:
         ref = REFERENCE.get((tool, k))
         ref_s = f"{ref:.2f}" if ref is not None else "-"
-        print(f"{tool:<20s} {k:>2d} {elapsed:>11.2f} {ll:>15.3f} {ref_s:>10s}  {note}")
+        others_s = f"{100 * others:.0f}" if others is not None else "-"
+        print(f"{tool:<20s} {k:>2d} {elapsed:>11.2f} {ll:>15.3f} {ref_s:>10s} {others_s:>7s}  {note}")
+    print("others% = share of the CPUs used by other processes during the fit; above ~5 the time is inflated")
     for k, value in BEST_KNOWN.items():
         if k in args.k:
             print(f"(best known K={k}: {value:.2f}, hmmlearn best of 100 seeds)")
@@ -219,7 +235,7 @@ def main() -> None:
         theirs = score_with_hmmlearn(r, market)
         print(f"  regime_dmm K={k} params: regime_dmm log-likelihood {market.log_likelihood:.6f}, "
               f"hmmlearn score {theirs:.6f}, |diff| {abs(market.log_likelihood - theirs):.3e}")
-    print(f"load average at end: {os.getloadavg()[0]:.2f} (timings are inflated when other processes share the CPUs)")
+    _print_load("at end")
 
 
 if __name__ == "__main__":

@@ -94,10 +94,12 @@ def bench_default_fit() -> None:
     tc, mc = cfg.training, cfg.model
     print(f"config: K={mc.num_regimes}, inference={tc.inference}, guide={tc.guide}, epochs={tc.epochs}, "
           f"restarts={tc.restarts}, dtype={tc.dtype}, seed={tc.seed}")
-    start = time.perf_counter()
+    monitor = OthersMonitor()
+    start, cpu0 = time.perf_counter(), time.process_time()
     fit = rd.fit(config=cfg)
-    wall = time.perf_counter() - start
-    print(f"wall time: {wall:.1f} s")
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    print(f"wall time: {wall:.1f} s (CPU time of this process: {cpu:.1f} s)")
+    print(monitor.report("the fit"))
     print(f"log-likelihood (sum over markets, input units): {fit.log_likelihood:.3f}")
     for m in fit.markets:
         print(f"  {m.name:>16s}: T={len(m.dates)}, log-likelihood {m.log_likelihood:.3f}, "
@@ -148,6 +150,7 @@ def main() -> None:
     if args.skip_kernels:
         return
 
+    monitor = OthersMonitor()
     print(f"== (b) log_normalizer (B={args.batch}, K={args.k}); median [min-max] of repeats after a warm-up ==")
     header = f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s} {'f+b us/step':>12s}"
     print(header)
@@ -174,18 +177,80 @@ def main() -> None:
     with torch.no_grad():
         diff = (log_normalizer(*inputs) - posterior(*inputs).log_z).abs().max().item()
     print(f"max |log_normalizer - posterior.log_z| (float64, T={steps}): {diff:.3e}")
+    print(monitor.report("the kernel timings"))
     _print_load("at end")
 
 
 def _print_load(when: str) -> None:
-    """Other processes on the machine distort the timings (torch threads oversubscribe the cores)."""
+    """Other processes on the machine distort the timings (torch threads oversubscribe the cores).
+
+    Prints the load average and, on Linux, the share of CPU time used over the next second
+    (by anything: this process is idle meanwhile, so it measures the others).
+    """
     try:
         load = os.getloadavg()
     except OSError:
         return
-    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if load[0] > 0.5 * (os.cpu_count() or 1):
-        print("WARNING: the machine is busy; timings will be inflated (run the benchmark on an idle machine)")
+    busy = _cpu_busy_share()
+    busy_s = "" if busy is None else f"; CPUs busy over 1 s: {100 * busy:.0f}%"
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{busy_s}")
+    if busy is not None and busy > 0.2:
+        print("WARNING: other processes are using the CPUs; timings will be inflated (use an idle machine)")
+
+
+class OthersMonitor:
+    """Share of the machine's CPU time used by *other* processes between start() and share().
+
+    Linux only (``/proc/stat``); ``share()`` is None elsewhere. A share above a few percent
+    means the section's timings are inflated.
+    """
+
+    def __init__(self) -> None:
+        self.start()
+
+    @staticmethod
+    def _stat():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]  # guest time is already in user
+        return sum(values), sum(values) - values[3] - values[4]
+
+    def start(self) -> None:
+        try:
+            self._t0 = self._stat()
+        except (OSError, ValueError, IndexError):
+            self._t0 = None
+        self._own0 = time.process_time()
+
+    def share(self) -> float | None:
+        if self._t0 is None:
+            return None
+        total1, busy1 = self._stat()
+        hz = os.sysconf("SC_CLK_TCK")
+        total = (total1 - self._t0[0]) / hz
+        others = (busy1 - self._t0[1]) / hz - (time.process_time() - self._own0)
+        return max(others, 0.0) / max(total, 1e-9)
+
+    def report(self, section: str) -> str:
+        share = self.share()
+        if share is None:
+            return ""
+        warn = "  WARNING: timings inflated" if share > 0.05 else ""
+        return f"[other processes used {100 * share:.0f}% of the CPUs during {section}]{warn}"
+
+
+def _cpu_busy_share(interval: float = 1.0) -> float | None:
+    def sample():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]  # guest time is already in user
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
 def _fmt(stats: tuple[float, float, float]) -> str:
