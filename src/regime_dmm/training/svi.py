@@ -1,7 +1,9 @@
 """The training loop: SVI with ClippedAdam, annealing callbacks, early stopping, history.
 
 One loop serves every model and guide. Each epoch: the schedules set beta, tau and the
-penalty weights; one step on the ELBO (full batch: the exact likelihood of every market);
+penalty weights; one step on the ELBO (full batch: the exact likelihood of every market; a
+model with ``epoch_batches`` - the relaxed DMM - takes one step per minibatch it returns,
+and the epoch's loss and gradient norms are the means over its steps);
 the model's diagnostics (reconstruction, KL, entropy, usage, penalties) and per-module
 gradient norms go into the history. A step whose loss or gradient is not finite never
 reaches the parameters: it is skipped, the learning rate halved, and the event logged;
@@ -97,7 +99,7 @@ def train_svi(
     completed epoch (checkpoints, interrupts).
     """
     tc = config.training
-    elbo = Trace_ELBO(num_particles=1)
+    elbo = model.make_elbo() if hasattr(model, "make_elbo") else Trace_ELBO(num_particles=1)
     state = AnnealState()
     loop = loop or LoopState(lr=tc.lr)
     log_every = max(1, tc.epochs // 10)
@@ -109,59 +111,75 @@ def train_svi(
             break
         for schedule in schedules:
             schedule(epoch, tc.epochs, state)
-        # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
-        with pyro.validation_enabled(False):
-            loss = elbo.differentiable_loss(model.model, guide, data, state)
-        if optimizer is None:  # parameters exist once model and guide have run
-            params = dict(pyro.get_param_store().named_parameters())
-            optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
-            if loop.optimizer is not None:
-                optimizer.load_state_dict(loop.optimizer)
-        optimizer.zero_grad()
-        problem = None
-        if not torch.isfinite(loss):
-            problem = "loss"
-        else:
-            loss.backward()
-            bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if bad:
-                problem = "gradient of " + ", ".join(bad[:3])
-        if problem is None:
-            norms = _grad_norms(params)
-            before = {n: p.detach().clone() for n, p in params.items()}
-            optimizer.step()
-            broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
-            if broken:  # roll back to the last finite state
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(before[n])
-                problem = "parameter " + ", ".join(broken[:3])
-        if problem is not None:
-            loop.consecutive_faults += 1
-            loop.lr /= 2.0
-            for group in optimizer.param_groups:
-                group["lr"] = loop.lr
-            event = {"restart": restart, "epoch": epoch, "non_finite": problem,
-                     "action": f"step skipped, lr -> {loop.lr:.3g}"}
-            loop.faults.append(event)
-            if log:
-                log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {event['action']}")
-            if loop.consecutive_faults >= max_faults:
-                raise TrainingError(
-                    f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
-                    f"at epoch {epoch}: check the scale of the data (normalisation on?) and lower training.lr"
-                )
+        # Relaxed models train on minibatches of windows: several steps per epoch (the model picks
+        # them); other models take one full-batch step, as before.
+        batches = model.epoch_batches(data, epoch, restart) if hasattr(model, "epoch_batches") else [None]
+        step_losses: list[float] = []
+        step_norms: list[dict[str, float]] = []
+        diag = None
+        for batch in batches:
+            if batch is not None:
+                model.batch = batch
+            # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
+            with pyro.validation_enabled(False):
+                loss = elbo.differentiable_loss(model.model, guide, data, state)
+            if optimizer is None:  # parameters exist once model and guide have run
+                params = dict(pyro.get_param_store().named_parameters())
+                optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
+                if loop.optimizer is not None:
+                    optimizer.load_state_dict(loop.optimizer)
+            optimizer.zero_grad()
+            problem = None
+            if not torch.isfinite(loss):
+                problem = "loss"
+            else:
+                loss.backward()
+                bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                if bad:
+                    problem = "gradient of " + ", ".join(bad[:3])
+            if problem is None:
+                norms = _grad_norms(params)
+                before = {n: p.detach().clone() for n, p in params.items()}
+                optimizer.step()
+                broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
+                if broken:  # roll back to the last finite state
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            p.copy_(before[n])
+                    problem = "parameter " + ", ".join(broken[:3])
+            if problem is not None:
+                loop.consecutive_faults += 1
+                loop.lr /= 2.0
+                for group in optimizer.param_groups:
+                    group["lr"] = loop.lr
+                event = {"restart": restart, "epoch": epoch, "non_finite": problem,
+                         "action": f"step skipped, lr -> {loop.lr:.3g}"}
+                loop.faults.append(event)
+                if log:
+                    log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {event['action']}")
+                if loop.consecutive_faults >= max_faults:
+                    raise TrainingError(
+                        f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
+                        f"at epoch {epoch}: check the scale of the data (normalisation on?) and lower training.lr"
+                    )
+                continue
+            loop.consecutive_faults = 0
+            step_losses.append(float(loss.detach()))
+            step_norms.append(norms)
+            diag = model.last_diagnostics
+        if hasattr(model, "epoch_batches"):
+            model.batch = None
+        if not step_losses:  # every step of the epoch was skipped
             loop.epoch = epoch
             loop.optimizer = optimizer.state_dict()
             if on_epoch:
                 on_epoch(loop)
             continue
-        loop.consecutive_faults = 0
-        diag = model.last_diagnostics
+        norms = step_norms[0] if len(step_norms) == 1 else _mean_norms(step_norms)
         row = {
             "restart": restart,
             "epoch": epoch,
-            "loss": float(loss.detach()),
+            "loss": step_losses[0] if len(step_losses) == 1 else sum(step_losses) / len(step_losses),
             "log_likelihood": float(diag["log_likelihood"].sum()),
             "recon": float(diag["recon"]),
             "kl": float(diag["kl"]),
@@ -223,6 +241,9 @@ def train_lbfgs(model: RegimeModel, data: ModelData, *, max_iter: int = 500, res
         return loss
 
     optimizer.step(closure)
+    from .em import em_polish
+
+    em_polish(model, data)  # EM frees transition probabilities L-BFGS left stuck at zero
     _, _, diag = model.evaluate(data, state)
     loss = -float(diag["log_likelihood"].sum())
     if not math.isfinite(loss):
@@ -243,6 +264,12 @@ def _grad_norms(params: dict[str, torch.Tensor]) -> dict[str, float]:
     out = {k: math.sqrt(v) for k, v in sums.items()}
     out["grad_norm"] = math.sqrt(sum(sums.values()))
     return out
+
+
+def _mean_norms(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-epoch gradient norms of a multi-step epoch: the mean over its steps."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: sum(row.get(k, 0.0) for row in rows) / len(rows) for k in keys}
 
 
 def _progress(total: int, restart: int, enabled: bool, initial: int = 0):
