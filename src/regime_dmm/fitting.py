@@ -25,11 +25,12 @@ from ._version import __version__
 from .config import FitConfig
 from .data import build_features, load_prices, make_panel, simulate_default
 from .errors import CheckpointError, RegimeDMMError, TrainingError
-from .guides import make_guide, point_estimate
-from .models import AnnealState, ClassicMarkovSwitching, ExactRegimeDMM, ModelData
+from .guides import inference_marginals, make_guide, make_relaxed_guide, point_estimate
+from .models import AnnealState, ClassicMarkovSwitching, ExactRegimeDMM, ModelData, RelaxedRegimeDMM
 from .models.init_values import initial_values, warm_start
 from .results import RegimeFit, compute_results
 from .training.annealing import default_schedules
+from .training.collapse import classic_usage, detect_collapse, format_collapse, posterior_entropy, reference_usage
 from .training.svi import LoopState, train_lbfgs, train_svi
 
 DataSource = str | Path | pd.DataFrame | None
@@ -84,7 +85,16 @@ def fingerprint(panel) -> str:
 def build_model(config: FitConfig, panel, init_values: dict[str, torch.Tensor], dtype: torch.dtype):
     if config.model.classic:
         return ClassicMarkovSwitching(config, panel.num_markets, init_values)
+    if config.training.inference == "relaxed":
+        return RelaxedRegimeDMM(config, panel.num_markets, len(config.model.features)).to(dtype)
     return ExactRegimeDMM(config, panel.num_markets, len(config.model.features)).to(dtype)
+
+
+def build_guide(model, config: FitConfig, init_values: dict[str, torch.Tensor]):
+    """Relaxed mode: MAP globals + the inference network (``training.guide`` is not used there)."""
+    if isinstance(model, RelaxedRegimeDMM):
+        return make_relaxed_guide(model, init_values)
+    return make_guide(model, config.training.guide, init_values)
 
 
 def _materialise(model, guide, data: ModelData) -> None:
@@ -172,13 +182,15 @@ def fit(
         pyro.set_rng_seed(seed * 1009 + restart)
         rng = np.random.default_rng([seed, restart])
         current = run["current"] if run["current"] and run["current"]["restart"] == restart else None
+        reference = None  # usage of the warm start's HMM: the collapse checks' reference
         if config.model.classic or current is not None:
             init = initial_values(panel, config, rng, dtype)  # resumed: values come from the checkpoint
         else:  # start the DMM from a maximum-likelihood HMM of the returns
             init = warm_start(panel, model_data, config, rng, dtype)
+            reference = classic_usage(panel, model_data, config, init).tolist()
             pyro.clear_param_store()
         model = build_model(config, panel, init, dtype)
-        guide = make_guide(model, tc.guide, init)
+        guide = build_guide(model, config, init)
         loop = None
         if current is not None:
             _materialise(model, guide, model_data)
@@ -217,9 +229,12 @@ def fit(
             "epochs": outcome.epochs_run, "stopped_early": outcome.stopped_early,
         }
         run["completed"].append({"restart": restart, "summary": summary, "history": outcome.history,
-                                 "faults": outcome.faults})
-        if run["best"] is None or outcome.final_loss < run["best"]["loss"]:
-            run["best"] = {"restart": restart, "loss": outcome.final_loss, "params": _snapshot()}
+                                 "faults": outcome.faults, "reference_usage": reference})
+        # Relaxed mode ranks restarts by the exact log-likelihood at their final parameters: its
+        # loss is a one-sample ELBO estimate, too noisy (hundreds of nats) to tell restarts apart.
+        score = -outcome.history[-1]["log_likelihood"] if tc.inference == "relaxed" else outcome.final_loss
+        if run["best"] is None or score < run["best"]["loss"]:
+            run["best"] = {"restart": restart, "loss": score, "params": _snapshot()}
         run["current"] = None
         save()
     if run["best"] is None:
@@ -230,26 +245,50 @@ def fit(
 
 
 def _finish(config, panel, model_data, run, dtype, source, simulated, truth, print_) -> RegimeFit:
-    """Rebuild the best restart's model and guide and compute the exact posterior."""
+    """Rebuild the best restart's model and guide and compute the exact posterior.
+
+    Relaxed mode: ``smoothed`` (and usage) are the inference network's marginals; the rest
+    (filtered, Viterbi, transitions, likelihood) is exact at the learned parameters.
+    Both modes end with the collapse checks (log warnings and ``RegimeFit.collapse``).
+    """
     best = run["best"]
+    reference = None
+    if not config.model.classic:
+        entry = next(e for e in run["completed"] if e["restart"] == best["restart"])
+        reference = entry.get("reference_usage")
+        if reference is None:  # the best restart was resumed mid-way: redo its (deterministic) warm start
+            reference = reference_usage(panel, model_data, config, dtype, best["restart"])
+        reference = np.asarray(reference, dtype=float)
     pyro.clear_param_store()
     init = initial_values(panel, config, np.random.default_rng([config.training.seed, best["restart"]]), dtype)
     model = build_model(config, panel, init, dtype)
-    guide = make_guide(model, config.training.guide, init)
+    guide = build_guide(model, config, init)
     _materialise(model, guide, model_data)
     _restore(best["params"])
     globals_ = point_estimate(guide, model_data)
-    markets = compute_results(model, globals_, model_data, panel, config.model.names())
+    smoothed = inference_marginals(model, model_data, globals_) if isinstance(model, RelaxedRegimeDMM) else None
+    markets = compute_results(model, globals_, model_data, panel, config.model.names(), smoothed=smoothed)
     completed = sorted(run["completed"], key=lambda e: e["restart"])
     restarts = [dict(e["summary"], best=e["restart"] == best["restart"]) for e in completed]
     histories = [pd.DataFrame(e["history"]) for e in completed if e["history"]]
     faults = [f for e in completed for f in e["faults"]]
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     print_(f"best restart: {best['restart']} (log-likelihood {sum(m.log_likelihood for m in markets):.3f})")
+    tc = config.training
+    best_history = [row for e in completed if e["restart"] == best["restart"] for row in e["history"]]
+    usage = np.stack([m.usage for m in markets])
+    collapse = detect_collapse(
+        usage, [posterior_entropy(m.smoothed) for m in markets], best_history, config.model.num_regimes,
+        reference_usage=usage if reference is None else reference,
+        after_warmup_epoch=int((tc.warmup_fraction + tc.ramp_fraction) * tc.epochs),
+        markets=[m.name for m in markets], num_days=int(model_data.mask.sum()),
+    )
+    for line in format_collapse(collapse):
+        print_(line)
     return RegimeFit(
         config=config, regimes=config.model.names(), markets=markets, history=history, restarts=restarts,
         seed=config.training.seed, data_source=source, simulated=simulated, faults=faults, truth=truth,
-        model=model, guide=guide, panel=panel, param_state=pyro.get_param_store().get_state(),
+        model=model, guide=guide, panel=panel, param_state=pyro.get_param_store().get_state(), collapse=collapse,
     )
 
 

@@ -29,7 +29,7 @@ class MarketResult:
     dates: pd.DatetimeIndex
     prices: np.ndarray | None
     returns: np.ndarray
-    smoothed: np.ndarray  # (T, K) p(z_t | all data)
+    smoothed: np.ndarray  # (T, K) p(z_t | all data); relaxed mode: the inference network's q(z_t)
     filtered: np.ndarray  # (T, K) p(z_t | data up to t)
     viterbi: np.ndarray  # (T,) most probable path
     transition: np.ndarray  # (K, K) average over days of the transition matrices used
@@ -65,6 +65,8 @@ class RegimeFit:
     guide: Any = None
     panel: Panel | None = None
     param_state: dict | None = None
+    # Posterior-collapse warnings (regime_dmm.training.collapse); empty when healthy.
+    collapse: list[dict] = field(default_factory=list)
 
     @property
     def log_likelihood(self) -> float:
@@ -129,6 +131,7 @@ class RegimeFit:
             "seed": self.seed,
             "restarts": self.restarts,
             "faults": self.faults,
+            "collapse": self.collapse,
             "settings": self.config.to_dict(),
         }
 
@@ -139,9 +142,16 @@ def _round(values, digits: int = 6):
 
 
 def compute_results(
-    model: RegimeModel, globals_: dict[str, torch.Tensor], data: ModelData, panel: Panel, regimes: tuple[str, ...]
+    model: RegimeModel, globals_: dict[str, torch.Tensor], data: ModelData, panel: Panel, regimes: tuple[str, ...],
+    smoothed: torch.Tensor | None = None,
 ) -> list[MarketResult]:
-    """Exact posterior quantities at the given global parameters, in float64."""
+    """Exact posterior quantities at the given global parameters, in float64.
+
+    ``smoothed (M, T, K)`` replaces the exact smoothed marginals (and the usage derived from
+    them): the relaxed mode passes its inference network's marginals. Filtered marginals,
+    Viterbi path, transition matrices, emissions and log-likelihood stay the exact
+    computations at the learned parameters in every mode.
+    """
     with torch.no_grad():
         # One traced call: the return value is the potentials, the sites are the globals
         # (the trace also absorbs the model's pyro.factor sites).
@@ -153,7 +163,8 @@ def compute_results(
     out = []
     for m, series in enumerate(panel.series):
         steps = series.length
-        smoothed = post.smoothed[m, :steps].numpy()
+        source = post.smoothed if smoothed is None else smoothed.detach().to(post.smoothed.dtype)
+        smoothed_m = source[m, :steps].numpy()
         filtered = post.filtered[m, :steps].numpy()
         log_trans = pot.log_trans[m, :steps].numpy()
         path = viterbi(pot.log_init[m].numpy(), log_trans, pot.obs_ll[m, :steps].numpy())
@@ -168,13 +179,13 @@ def compute_results(
                 dates=series.dates,
                 prices=series.prices,
                 returns=series.returns,
-                smoothed=smoothed,
+                smoothed=smoothed_m,
                 filtered=filtered,
                 viterbi=path,
                 transition=trans,
                 base_transition=base,
                 initial=g["initial"][m].numpy(),
-                usage=smoothed.mean(0),
+                usage=smoothed_m.mean(0),
                 expected_duration=1.0 / np.clip(1.0 - np.diag(trans), 1e-12, None),
                 emission=_emission_input_units(pot.emission_loc[m].numpy(), pot.emission_scale[m].numpy(), series, g, m),
                 log_likelihood=log_z - log_jac,
