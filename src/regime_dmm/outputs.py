@@ -57,8 +57,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def write_outputs(fit: RegimeFit, out_dir: str | Path, *, overwrite: bool = False, plots: bool = True) -> Path:
-    """Write regimes.csv, summary.json, history.csv, model.pt and PNG plots into ``out_dir``."""
+def write_outputs(
+    fit: RegimeFit, out_dir: str | Path, *, overwrite: bool = False, plots: bool = True, posterior: bool = True,
+    num_samples: int = 200,
+) -> Path:
+    """Write regimes.csv, summary.json, history.csv, model.pt, posterior.nc and PNG plots into ``out_dir``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
         raise RegimeDMMError(f"output folder {out_dir} exists and is not empty: use --overwrite or another --out")
@@ -71,10 +74,20 @@ def write_outputs(fit: RegimeFit, out_dir: str | Path, *, overwrite: bool = Fals
             fh.write("\n")
         fit.history.to_csv(tmp / "history.csv", index=False, float_format="%.8g")
         torch.save(checkpoint_payload(fit), tmp / CHECKPOINT_NAME)
+        idata = None
+        if posterior:
+            from .arviz_export import save_netcdf, to_inference_data
+
+            idata = to_inference_data(fit, num_samples=num_samples, seed=fit.seed)
+            save_netcdf(idata, tmp / "posterior.nc")
         if plots:
             from .plots import save_all
 
             save_all(fit, tmp)
+            if idata is not None:
+                from .posterior_plots import save_posterior_plots
+
+                save_posterior_plots(idata, tmp)
         if out_dir.exists():
             backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, backup)

@@ -1,0 +1,394 @@
+"""Export a fitted model to an ArviZ :class:`~arviz.InferenceData` (ArviZ 0.23, not 1.x).
+
+>>> from regime_dmm.arviz_export import to_inference_data, save_netcdf
+>>> idata = to_inference_data(fit, num_samples=200, seed=0)
+>>> az.loo(idata), az.summary(idata, var_names=["return_sd"])
+>>> save_netcdf(idata, "out/posterior.nc")
+
+Groups (``chain`` is always a single chain):
+
+* ``posterior``: per draw of the global parameters, the exact regime posterior computed at
+  those values: ``transition_matrix`` (market, regime, regime_to; the average over days of the
+  time-varying matrices, as in :class:`~regime_dmm.results.MarketResult`),
+  ``base_transition_matrix`` (before covariate adjustments), ``initial_distribution``
+  (market, regime), ``return_mean`` and ``return_sd`` (market, regime; input units, base
+  emission before the emission network's daily shifts), ``return_df`` (market; Student-t
+  emissions only) and ``smoothed_probs`` (market, date, regime). ``date`` is the union of the
+  markets' dates; a market has NaN on dates where it has no data.
+  With the ``map`` guide, in relaxed mode or in classic mode there is one draw (a point
+  estimate, see ``posterior.attrs["note"]``); with the ``normal`` guide, ``num_samples`` draws
+  from the guide. (Relaxed mode: ``smoothed_probs`` is the exact posterior at the MAP globals,
+  not the inference network's marginals that the fit's results report.)
+  Network weights are point estimates in every case.
+* ``observed_data``: ``returns`` (market, date) in input units and, when the fit built it,
+  ``vol`` (market, date): the log realised volatility feature in input units.
+* ``posterior_predictive``: ``returns`` (chain, draw, market, date): per draw a regime per day
+  from that draw's smoothed probabilities, then a return from that regime's emission on that
+  day (Gaussian or Student-t, including the emission network's shift), in input units.
+* ``log_likelihood``: ``returns`` (chain, draw, obs): the exact one-step-ahead predictive log
+  density ``log p(x_t | x_{1:t-1})`` of each market-day in input units, so ``az.loo`` and
+  ``az.waic`` work. ``obs`` enumerates the (market, date) pairs that exist (market by market,
+  dates in order), with coordinates ``obs_market`` and ``obs_date``; summed over one market it
+  is that market's log-likelihood. When the model emits the volatility feature too, the
+  density is the joint one of (return, vol).
+
+The Pyro param store and the global torch RNG are left as they were.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+import xarray as xr
+from pyro import poutine
+
+from ._version import __version__
+from .guides import point_estimate
+from .inference import posterior as hmm_posterior
+from .models.base import ModelData
+from .models.classic import ClassicMarkovSwitching, empty_guide
+
+if TYPE_CHECKING:  # pragma: no cover
+    import arviz
+
+    from .results import RegimeFit
+
+__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "netcdf_engine", "obs_index", "ExportError"]
+
+
+class ExportError(RuntimeError):
+    """The fit cannot be exported (no live model, or no NetCDF engine installed)."""
+
+
+# ---------------------------------------------------------------------------------------
+# public API
+
+
+def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> arviz.InferenceData:
+    """ArviZ groups of a fitted model (see the module docstring for the contents).
+
+    ``num_samples``: draws of the global parameters from the ``normal`` guide (ignored for a
+    point estimate: ``map`` guide or classic mode, which give one draw). ``seed`` seeds the
+    guide draws and the posterior-predictive draws; the global RNG state is restored.
+    """
+    import arviz as az
+
+    if fit.model is None or fit.panel is None or fit.param_state is None:
+        raise ExportError("the fit has no live model, panel or parameters (a fit loaded from disk?): refit first")
+    num_samples = int(num_samples)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    model, guide, panel, config = fit.model, fit.guide, fit.panel, fit.config
+    regimes = list(fit.regimes)
+    markets = list(panel.markets)
+    store = pyro.get_param_store()
+    saved_state = store.get_state()
+    try:
+        _replace_store(store, fit.param_state)
+        dtype = _model_dtype(fit)
+        data = ModelData.from_panel(panel, config.model.history, dtype, emitted=config.model.features)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(int(seed))
+            draws, kind, note = _global_draws(fit, data, num_samples, dtype)
+            per_draw = [_evaluate(model, draw, data) for draw in draws]
+            _add_posteriors(per_draw)
+            shift = _emission_shift(model, data)
+    finally:
+        _replace_store(store, saved_state)
+
+    dates = _union_dates(panel)
+    positions = [dates.get_indexer(_naive(s.dates)) for s in panel.series]
+    rng = np.random.default_rng([int(seed), 20240917])
+    post = _posterior_group(per_draw, panel, positions, len(dates))
+    predictive = _predictive_group(per_draw, shift, panel, positions, len(dates), rng)
+    loglik, obs_market, obs_date = _log_likelihood_group(per_draw, panel)
+
+    coords = {"market": markets, "regime": regimes, "regime_to": regimes, "date": dates.values}
+    attrs = {
+        "package": "regime_dmm",
+        "package_version": __version__,
+        "regimes": list(regimes),
+        "guide": kind,
+        "seed": int(seed),
+        "num_draws": len(draws),
+        "emission": "gaussian" if isinstance(model, ClassicMarkovSwitching) else config.model.emission,
+        "emitted_features": ",".join(config.model.features),
+        "units": "input units (the data's log returns); transition rows: from, columns: to",
+        "note": note,
+    }
+    posterior_ds = xr.Dataset(
+        {
+            "transition_matrix": (("chain", "draw", "market", "regime", "regime_to"), post["transition"]),
+            "base_transition_matrix": (("chain", "draw", "market", "regime", "regime_to"), post["base"]),
+            "initial_distribution": (("chain", "draw", "market", "regime"), post["initial"]),
+            "return_mean": (("chain", "draw", "market", "regime"), post["return_mean"]),
+            "return_sd": (("chain", "draw", "market", "regime"), post["return_sd"]),
+            "smoothed_probs": (("chain", "draw", "market", "date", "regime"), post["smoothed"]),
+            **({"return_df": (("chain", "draw", "market"), post["df"])} if "df" in post else {}),
+        },
+        coords={"chain": [0], "draw": np.arange(len(draws)), **coords},
+        attrs=dict(attrs),
+    )
+    observed = {"returns": (("market", "date"), _observed(panel, positions, len(dates), "return"))}
+    if all("vol" in s.feature_names for s in panel.series) and panel.series:
+        observed["vol"] = (("market", "date"), _observed(panel, positions, len(dates), "vol"))
+    observed_ds = xr.Dataset(observed, coords={"market": markets, "date": dates.values}, attrs=dict(attrs))
+    predictive_ds = xr.Dataset(
+        {"returns": (("chain", "draw", "market", "date"), predictive)},
+        coords={"chain": [0], "draw": np.arange(len(draws)), "market": markets, "date": dates.values},
+        attrs=dict(attrs),
+    )
+    loglik_ds = xr.Dataset(
+        {"returns": (("chain", "draw", "obs"), loglik)},
+        coords={"chain": [0], "draw": np.arange(len(draws)), "obs": np.arange(loglik.shape[-1]),
+                "obs_market": ("obs", obs_market), "obs_date": ("obs", obs_date)},
+        attrs=dict(attrs),
+    )
+    return az.InferenceData(
+        attrs=dict(attrs), posterior=posterior_ds, posterior_predictive=predictive_ds,
+        log_likelihood=loglik_ds, observed_data=observed_ds,
+    )
+
+
+def _replace_store(store, state: dict) -> None:
+    """``set_state`` merges into the store: clear it first so that it holds exactly ``state``."""
+    store.clear()
+    store.set_state(state)
+
+
+def netcdf_engine() -> str:
+    """The NetCDF engine ArviZ can write groups with here: ``h5netcdf`` or ``netcdf4``."""
+    for module, engine in (("h5netcdf", "h5netcdf"), ("netCDF4", "netcdf4")):
+        if importlib.util.find_spec(module) is not None:
+            return engine
+    raise ExportError("no NetCDF-4 engine is installed: pip install h5netcdf (or netCDF4)")
+
+
+def save_netcdf(idata: arviz.InferenceData, path: str | Path) -> Path:
+    """Write ``idata`` to ``path`` (NetCDF-4, one group per ArviZ group; parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = netcdf_engine()
+    # Write next to the target and rename: atomic, and works while a reader holds the old file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        idata.to_netcdf(str(tmp), engine=engine)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_netcdf(path: str | Path) -> arviz.InferenceData:
+    """Read what :func:`save_netcdf` wrote (eagerly: the file is closed on return)."""
+    import arviz as az
+
+    with az.rc_context({"data.load": "eager"}):  # read everything and close the file
+        return az.from_netcdf(str(path), engine=netcdf_engine())
+
+
+def obs_index(idata: arviz.InferenceData, market: str) -> np.ndarray:
+    """Positions along ``obs`` (log_likelihood) of ``market``'s days."""
+    return np.flatnonzero(np.asarray(idata.log_likelihood["obs_market"].values).astype(str) == str(market))
+
+
+# ---------------------------------------------------------------------------------------
+# draws of the global parameters
+
+
+def _model_dtype(fit: RegimeFit) -> torch.dtype:
+    dtype = getattr(torch, str(getattr(fit.config.training, "dtype", "float64")), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float64
+
+
+def _global_names(model, dtype: torch.dtype) -> set[str]:
+    """Names of the model's global sample sites (none in classic mode)."""
+    if isinstance(model, ClassicMarkovSwitching):
+        return set()
+    with poutine.block(hide_types=["param"]):
+        nodes = poutine.trace(model.sample_globals).get_trace(dtype).nodes
+    return {k for k, v in nodes.items() if v["type"] == "sample" and not k.startswith("_")}
+
+
+def _guide_kind(fit: RegimeFit) -> str:
+    if isinstance(fit.model, ClassicMarkovSwitching) or fit.guide is empty_guide:
+        return "classic"
+    if getattr(fit.config.training, "inference", "exact") == "relaxed":
+        return "relaxed"  # MAP globals + an inference network (training.guide is not used)
+    return str(fit.config.training.guide)
+
+
+def _global_draws(fit: RegimeFit, data: ModelData, num_samples: int, dtype) -> tuple[list[dict], str, str]:
+    kind = _guide_kind(fit)
+    names = _global_names(fit.model, dtype)
+    if kind == "classic":
+        note = ("point estimate (maximum likelihood, classic mode; the MAP under flat priors) with one draw: "
+                "no posterior uncertainty")
+        return [{}], kind, note
+    if kind in ("map", "relaxed"):
+        estimate = point_estimate(fit.guide, data)
+        note = ("point estimate (MAP of the global parameters, map guide) with one draw: no posterior "
+                "uncertainty; refit with the normal guide for posterior draws")
+        if kind == "relaxed":
+            note = ("point estimate (MAP of the global parameters, relaxed mode) with one draw: no posterior "
+                    "uncertainty; smoothed_probs here are the exact posterior at those values, not the "
+                    "inference network's marginals reported in the fit's results")
+        return [{k: v.detach() for k, v in estimate.items() if k in names}], kind, note
+    draws = []
+    for _ in range(num_samples):
+        nodes = poutine.trace(fit.guide).get_trace(data, None).nodes
+        draws.append({k: v["value"].detach() for k, v in nodes.items()
+                      if v["type"] == "sample" and not k.startswith("_") and k in names})
+    note = (f"{num_samples} draws of the global parameters from the {kind} guide (variational posterior); "
+            "network weights are fixed at their fitted values")
+    return draws, kind, note
+
+
+def _evaluate(model, draw: dict[str, torch.Tensor], data: ModelData) -> dict[str, Any]:
+    """Potentials and globals at one draw of the globals."""
+    trace = poutine.trace(poutine.condition(model.log_potentials, data=draw)).get_trace(data)
+    pot = type(trace.nodes["_RETURN"]["value"])(*(t.detach() for t in trace.nodes["_RETURN"]["value"]))
+    g = {k.split(".", 1)[-1]: v["value"].detach() for k, v in trace.nodes.items()
+         if (v["type"] == "param" and k.startswith("classic.")) or (v["type"] == "sample" and k in draw)}
+    return {"pot": pot, "g": g}
+
+
+_ROWS_PER_CHUNK = 100_000  # (series x days) per batched forward-backward: bounds the scan's memory
+
+
+def _add_posteriors(per_draw: list[dict[str, Any]]) -> None:
+    """The exact regime posterior of every draw, batched over draws (in chunks)."""
+    m_n, steps = per_draw[0]["pot"].obs_ll.shape[:2]
+    chunk = max(1, _ROWS_PER_CHUNK // max(m_n * steps, 1))
+    for start in range(0, len(per_draw), chunk):
+        part = per_draw[start:start + chunk]
+        post = hmm_posterior(
+            torch.cat([ev["pot"].log_init for ev in part]),
+            torch.cat([ev["pot"].log_trans.expand(m_n, steps, -1, -1) for ev in part]),
+            torch.cat([ev["pot"].obs_ll for ev in part]),
+        )
+        smoothed, predictive = post.smoothed, post.log_predictive
+        for i, ev in enumerate(part):
+            ev["smoothed"] = smoothed[i * m_n:(i + 1) * m_n]
+            ev["log_predictive"] = predictive[i * m_n:(i + 1) * m_n]
+
+
+def _emission_shift(model, data: ModelData) -> np.ndarray | None:
+    """The emission network's daily location shifts ``(M, T, K)`` of the return (normalised)."""
+    net = getattr(model, "emission_net", None)
+    if net is None:
+        return None
+    return net(data.history)[..., 0].detach().double().numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# groups
+
+
+def _naive(dates) -> pd.DatetimeIndex:
+    idx = pd.DatetimeIndex(dates)
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.astype("datetime64[ns]")
+
+
+def _union_dates(panel) -> pd.DatetimeIndex:
+    dates = pd.DatetimeIndex([], dtype="datetime64[ns]")
+    for s in panel.series:
+        dates = dates.union(_naive(s.dates))
+    return pd.DatetimeIndex(dates.sort_values().unique()).astype("datetime64[ns]").rename("date")
+
+
+def _posterior_group(per_draw: list[dict], panel, positions, num_dates: int) -> dict[str, np.ndarray]:
+    s_n, m_n = len(per_draw), panel.num_markets
+    k = per_draw[0]["pot"].log_init.shape[-1]
+    out = {
+        "transition": np.empty((1, s_n, m_n, k, k)), "base": np.empty((1, s_n, m_n, k, k)),
+        "initial": np.empty((1, s_n, m_n, k)), "return_mean": np.empty((1, s_n, m_n, k)),
+        "return_sd": np.empty((1, s_n, m_n, k)), "smoothed": np.full((1, s_n, m_n, num_dates, k), np.nan),
+    }
+    has_df = "df" in per_draw[0]["g"]
+    if has_df:
+        out["df"] = np.empty((1, s_n, m_n))
+    for d, ev in enumerate(per_draw):
+        pot, g = ev["pot"], ev["g"]
+        smoothed = ev["smoothed"].double().numpy()
+        loc = pot.emission_loc.double().numpy()
+        scale = pot.emission_scale.double().numpy()
+        for m, series in enumerate(panel.series):
+            steps = series.length
+            log_trans = pot.log_trans[m, :steps].double().numpy()
+            trans = np.exp(log_trans[1:]).mean(0) if steps > 1 else np.exp(log_trans[0])
+            out["transition"][0, d, m] = trans / trans.sum(-1, keepdims=True)
+            out["base"][0, d, m] = g["transition"][m].double().numpy()
+            out["initial"][0, d, m] = g["initial"][m].double().numpy()
+            mean, std = series.feature_mean, series.feature_std
+            out["return_mean"][0, d, m] = loc[m, :, 0] * std[0] + mean[0]
+            out["return_sd"][0, d, m] = scale[m, :, 0] * std[0]
+            out["smoothed"][0, d, m, positions[m]] = smoothed[m, :steps]
+            if has_df:
+                out["df"][0, d, m] = 2.0 + float(g["df"][m])
+    return out
+
+
+def _observed(panel, positions, num_dates: int, feature: str) -> np.ndarray:
+    out = np.full((panel.num_markets, num_dates), np.nan)
+    for m, s in enumerate(panel.series):
+        if feature == "return":
+            out[m, positions[m]] = np.asarray(s.returns, dtype=float)
+        else:
+            i = s.feature_names.index(feature)
+            out[m, positions[m]] = s.features[:, i] * s.feature_std[i] + s.feature_mean[i]
+    return out
+
+
+def _predictive_group(per_draw, shift, panel, positions, num_dates: int, rng: np.random.Generator) -> np.ndarray:
+    s_n, m_n = len(per_draw), panel.num_markets
+    out = np.full((1, s_n, m_n, num_dates), np.nan)
+    for d, ev in enumerate(per_draw):
+        pot, g = ev["pot"], ev["g"]
+        smoothed = ev["smoothed"].double().numpy()
+        loc = pot.emission_loc[..., 0].double().numpy()  # (M, K)
+        scale = pot.emission_scale[..., 0].double().numpy()
+        for m, series in enumerate(panel.series):
+            steps = series.length
+            probs = np.clip(smoothed[m, :steps], 0.0, None)
+            cum = np.cumsum(probs, axis=-1)
+            u = rng.random(steps) * cum[:, -1]
+            z = np.minimum((cum <= u[:, None]).sum(-1), probs.shape[-1] - 1)  # (T,)
+            day_loc = loc[m][z]
+            if shift is not None:
+                day_loc = day_loc + shift[m, np.arange(steps), z]
+            if "df" in g:
+                noise = rng.standard_t(2.0 + float(g["df"][m]), size=steps)
+            else:
+                noise = rng.standard_normal(steps)
+            normalised = day_loc + scale[m][z] * noise
+            out[0, d, m, positions[m]] = normalised * series.feature_std[0] + series.feature_mean[0]
+    return out
+
+
+def _log_likelihood_group(per_draw, panel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = [s.length for s in panel.series]
+    total = int(sum(lengths))
+    out = np.empty((1, len(per_draw), total))
+    emitted = per_draw[0]["pot"].emission_loc.shape[-1]
+    for d, ev in enumerate(per_draw):
+        pred = ev["log_predictive"].double().numpy()
+        start = 0
+        for m, series in enumerate(panel.series):
+            steps = lengths[m]
+            log_jac = float(np.log(np.asarray(series.feature_std[:emitted], dtype=float)).sum())
+            out[0, d, start:start + steps] = pred[m, :steps] - log_jac
+            start += steps
+    obs_market = np.array([s.name for s in panel.series for _ in range(s.length)], dtype=str)
+    obs_date = np.concatenate([_naive(s.dates).values for s in panel.series] or [np.array([], "datetime64[ns]")])
+    return out, obs_market, obs_date
