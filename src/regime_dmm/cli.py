@@ -1,4 +1,4 @@
-"""Command line: ``regime-dmm fit`` and ``regime-dmm simulate``.
+"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast`` and ``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
 one line ``error: ...`` and exit with code 2; nothing is written in that case.
@@ -7,14 +7,17 @@ one line ``error: ...`` and exit with code 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .config import FitConfig
-from .errors import RegimeDMMError
+from .errors import ConfigError, RegimeDMMError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -34,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return")
     fit.add_argument("--emission", choices=["gaussian", "studentt"], help="emission distribution of the return")
     fit.add_argument("--guide", choices=["map", "normal"], help="guide for the global parameters")
+    fit.add_argument("--inference", choices=["exact", "relaxed"],
+                     help="regimes summed out exactly (default) or relaxed (Gumbel-Softmax + inference network)")
+    fit.add_argument("--straight-through", action="store_true", default=None,
+                     help="relaxed mode: one-hot regimes forward, relaxed gradients backward")
+    fit.add_argument("--tau-floor", type=float, help="relaxed mode: final temperature (default 0.5)")
     fit.add_argument("--out", default="regime_dmm_out", help="output folder (default: regime_dmm_out)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     fit.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
@@ -46,6 +54,30 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="CSV file to write")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--truth", help="optional CSV of the true regimes (date, market, regime)")
+
+    sel = sub.add_parser("select", help="choose the number of regimes by held-out predictive likelihood (and BIC)")
+    sel.add_argument("--data", help="CSV in long format (default: embedded simulated data)")
+    sel.add_argument("--config", help="YAML file with sections model / penalties / training")
+    sel.add_argument("--regimes", default="2..6", help="numbers of regimes to compare: A..B or a comma list (default 2..6)")
+    sel.add_argument("--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return")
+    sel.add_argument("--seed", type=int, help="random seed (default 0)")
+    sel.add_argument("--epochs", type=int, help="training epochs per restart")
+    sel.add_argument("--restarts", type=int, help="restarts per K; the best objective is kept")
+    sel.add_argument("--holdout", type=float, default=0.2, help="share of each market's last days held out (default 0.2)")
+    sel.add_argument("--out", default="regime_dmm_select", help="output folder (default: regime_dmm_select)")
+    sel.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sel.add_argument("--quiet", action="store_true", help="no per-epoch log")
+
+    fc = sub.add_parser("forecast", help="regime probabilities h = 1..H days ahead from a saved fit")
+    fc.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
+    fc.add_argument("--horizon", type=int, default=20, help="days ahead (default 20)")
+    fc.add_argument("--data", help="the data the fit was made on (default: the path stored in DIR/model.pt)")
+    fc.add_argument("--new-data", metavar="FILE",
+                    help="CSV of days after the fitted ones: update the filter with them (no refit), then forecast")
+
+    rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
+    rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
+    rep.add_argument("--data", help="the data the fit was made on (default: the path stored in DIR/model.pt)")
     return parser
 
 
@@ -62,7 +94,7 @@ def _config(args) -> FitConfig:
         model["classic"] = True
     if args.emission:
         model["emission"] = args.emission
-    for key in ("seed", "epochs", "restarts", "lr", "guide"):
+    for key in ("seed", "epochs", "restarts", "lr", "guide", "inference", "straight_through", "tau_floor"):
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
     return config.replace(model=model, training=training)
@@ -147,11 +179,148 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def parse_regimes(text: str) -> list[int]:
+    """``"2..6"`` -> [2, 3, 4, 5, 6]; ``"2,3,5"`` -> [2, 3, 5]; ``"3"`` -> [3]."""
+    spec = str(text).strip()
+    try:
+        if ".." in spec:
+            low, high = (int(part) for part in spec.split("..", 1))
+            if low > high:
+                raise ValueError
+            values = list(range(low, high + 1))
+        else:
+            values = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--regimes: expected A..B (A <= B) or a comma list such as 2,3,4, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise ConfigError(f"--regimes: every number of regimes must be >= 2, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder ``tmp`` to ``out`` (replacing an existing ``out``)."""
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def cmd_select(args) -> int:
+    from .selection import plot_selection, select_regimes
+
+    ks = parse_regimes(args.regimes)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (not args.overwrite and any(out.iterdir()))):
+        raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
+    config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
+    model, training = {}, {}
+    if args.classic:
+        model["classic"] = True
+    for key in ("seed", "epochs", "restarts"):
+        if getattr(args, key) is not None:
+            training[key] = getattr(args, key)
+    config = config.replace(model=model, training=training)
+    if args.data is None:
+        print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
+    table = select_regimes(args.data, ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
+    print(f"\nModel selection (held-out: last {args.holdout:.0%} of each market's days; best first):")
+    shown = table.drop(columns=[c for c in ("waic", "loo") if table[c].isna().all()])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for note in table.attrs.get("notes", []):
+        print(f"note: {note}")
+    best = table.iloc[0]
+    if np.isfinite(best["heldout_loglik"]):
+        print(f"best by held-out log-likelihood: K = {int(best['K'])}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        table.to_csv(tmp / "selection.csv", index=False, float_format="%.6f")
+        fig = plot_selection(table)
+        try:
+            fig.savefig(tmp / "selection.png", dpi=120, facecolor="white")
+        finally:
+            fig.clear()
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out}/: selection.csv selection.png")
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    from .nowcast import filter_update, forecast_table
+    from .persistence import load_fit
+
+    if args.horizon < 1:
+        raise RegimeDMMError(f"--horizon must be >= 1 day, got {args.horizon}")
+    out = Path(args.dir)
+    fit = load_fit(out, data=args.data)
+    state, origin = None, {m.name: m.dates[-1] for m in fit.markets}
+    if args.new_data:
+        update = filter_update(fit, args.new_data)
+        state, origin = update.last, update.last_date
+        days = ", ".join(f"{name} +{n}" for name, n in update.new_days.items())
+        print(f"filter updated with the new days ({days}); no refit")
+    table = forecast_table(fit, args.horizon, state)
+    for name, group in table.groupby("market", sort=False):
+        print(f"\n{name}: regime probabilities h days after {origin[name].date()}")
+        shown = group.drop(columns="market").rename(columns=lambda c: c.removeprefix("prob_"))
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _atomic_write_text(out / "forecast.csv", table.to_csv(index=False, float_format="%.6f"))
+    written = "forecast.csv"
+    if args.new_data:
+        _atomic_write_text(out / "nowcast.csv", update.frame.to_csv(index=False, float_format="%.6f"))
+        written += " nowcast.csv"
+    print(f"\nwrote {out}/: {written}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from .persistence import load_fit
+    from .plots import save_all
+
+    out = Path(args.dir)
+    fit = load_fit(out, data=args.data)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out))
+    try:
+        paths = save_all(fit, tmp)
+        _atomic_write_text(tmp / "summary.json", json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n")
+        names = [p.name for p in paths] + ["summary.json"]
+        for name in names:
+            os.replace(tmp / name, out / name)  # one file at a time, each whole
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}/: {' '.join(names)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fit":
             return cmd_fit(args)
+        if args.command == "select":
+            return cmd_select(args)
+        if args.command == "forecast":
+            return cmd_forecast(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_simulate(args)
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)

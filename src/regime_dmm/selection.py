@@ -1,0 +1,237 @@
+"""Choosing the number of regimes K by held-out one-step-ahead predictive likelihood.
+
+For each K the model is fitted (restarts included) on the first ``1 - holdout`` of every
+market's days. The fitted model (same parameters, features normalised with the TRAINING
+statistics) is then evaluated on the full series and the exact filter, run forward from the
+start of the training period, gives ``log p(x_t | x_1..x_{t-1})`` for every held-out day; their
+sum, in input units, is the held-out log-likelihood. BIC on the training part is reported
+beside it.
+
+WAIC / LOO need draws from the posterior of the global parameters; the fits here are point
+estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table.attrs["notes"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pyro.distributions as dist
+from pyro.distributions import constraints
+
+from .config import FitConfig
+from .data import load_prices, simulate_default
+from .errors import ConfigError, DataError, TrainingError
+from .inference import posterior
+from .nowcast import extend_panel, potentials_and_trace
+from .results import RegimeFit
+
+__all__ = ["COLUMNS", "count_parameters", "plot_selection", "select_regimes"]
+
+COLUMNS = ["K", "heldout_loglik", "heldout_per_day", "train_loglik", "bic", "n_params", "fit_seconds",
+           "waic", "loo", "heldout_days", "train_days", "note"]
+
+WAIC_NOTE = "waic/loo: not computed (the fits are point estimates; WAIC and LOO need posterior draws)"
+
+DataSource = str | Path | pd.DataFrame | None
+
+
+def select_regimes(
+    data: DataSource,
+    ks: Iterable[int] = range(2, 7),
+    config: FitConfig | None = None,
+    holdout: float = 0.2,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Fit K = each of ``ks`` on the first ``1 - holdout`` of each market's days; score the rest.
+
+    ``data``: CSV path or long DataFrame (None: the embedded simulated data, with the
+    config's seed). Returns one row per K, best held-out log-likelihood first, with columns
+    K, heldout_loglik (nats, input units, all markets), heldout_per_day, train_loglik,
+    bic (``-2 train_loglik + n_params log(train_days)``), n_params, fit_seconds, waic, loo
+    (NaN: see ``attrs["notes"]``), heldout_days, train_days and note (why a K failed).
+    """
+    config = config or FitConfig()
+    ks = _check_ks(ks)
+    if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 < holdout < 1:
+        raise ConfigError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    print_ = log or (lambda _msg: None)
+    if data is None:
+        data = simulate_default(seed=config.training.seed).frame
+    full = load_prices(data, min_observations=config.training.min_observations)
+    train = _training_part(full, holdout, config.training.min_observations)
+
+    rows = []
+    for k in ks:
+        cfg = _config_for(config, k)
+        print_(f"[select] K = {k}: fitting on the first {1 - holdout:.0%} of each market's days")
+        start = time.perf_counter()
+        try:
+            fit = _fit(train, cfg, log)
+        except TrainingError as exc:
+            print_(f"[select] K = {k}: failed ({exc})")
+            rows.append({"K": k, "fit_seconds": time.perf_counter() - start, "note": f"failed: {exc}"})
+            continue
+        seconds = time.perf_counter() - start
+        row = score_fit(fit, full)
+        row.update(K=k, fit_seconds=round(seconds, 3), note="")
+        print_(f"[select] K = {k}: held-out log-likelihood {row['heldout_loglik']:.3f} "
+               f"({row['heldout_per_day']:.4f} per day), BIC {row['bic']:.1f}")
+        rows.append(row)
+    if all(r.get("note") for r in rows):
+        raise TrainingError("every K failed: " + "; ".join(f"K={r['K']}: {r['note']}" for r in rows))
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table["note"] = table["note"].fillna("")
+    table = table.sort_values("heldout_loglik", ascending=False, na_position="last", kind="stable")
+    table = table.reset_index(drop=True)
+    table.attrs["notes"] = [WAIC_NOTE]
+    table.attrs["holdout"] = holdout
+    return table
+
+
+def score_fit(fit: RegimeFit, full_data) -> dict:
+    """Held-out and training scores of ``fit`` (made on a prefix of ``full_data``) on ``full_data``."""
+    panel, fitted = extend_panel(fit, full_data)
+    pot, trace = potentials_and_trace(fit, panel)
+    post = posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+    log_pred = post.log_predictive.numpy()
+    emitted = pot.emission_loc.shape[-1]
+    heldout = train = 0.0
+    heldout_days = train_days = 0
+    for m, (s, n_train) in enumerate(zip(panel.series, fitted)):
+        log_jac = float(np.log(s.feature_std[:emitted]).sum())  # per day, to input units
+        train += float(log_pred[m, :n_train].sum()) - n_train * log_jac
+        n_held = s.length - n_train
+        heldout += float(log_pred[m, n_train : s.length].sum()) - n_held * log_jac
+        train_days += n_train
+        heldout_days += n_held
+    n_params = count_parameters(fit, trace)
+    return {
+        "heldout_loglik": heldout,
+        "heldout_per_day": heldout / max(heldout_days, 1),
+        "train_loglik": train,
+        "bic": -2.0 * train + n_params * math.log(max(train_days, 1)),
+        "n_params": n_params,
+        "waic": float("nan"),
+        "loo": float("nan"),
+        "heldout_days": heldout_days,
+        "train_days": train_days,
+    }
+
+
+def count_parameters(fit: RegimeFit, trace=None) -> int:
+    """Free parameters of the fitted model (all markets): a simplex of K entries counts K - 1.
+
+    Counts the model's global sites and parameters (initial K-1 and transition K(K-1) per market,
+    emission parameters, network weights); the guide's variational parameters are not counted.
+    """
+    if trace is None:
+        _, trace = potentials_and_trace(fit, fit.panel)
+    constraint_of = dict((fit.param_state or {}).get("constraints", {}))
+    total = 0
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":  # the globals (conditioned on the point estimates), not factors
+            if name.startswith("_") or site["infer"].get("is_auxiliary") or isinstance(site["fn"], dist.Unit):
+                continue
+            support = site["fn"].support
+        elif site["type"] == "param":
+            support = constraint_of.get(name, constraints.real)
+        else:
+            continue
+        value = site["value"]
+        base = support
+        while hasattr(base, "base_constraint"):
+            base = base.base_constraint
+        n = int(value.numel())
+        if base is constraints.simplex and value.dim() >= 1 and value.shape[-1] > 0:
+            n = n // value.shape[-1] * (value.shape[-1] - 1)
+        total += n
+    return total
+
+
+def plot_selection(table: pd.DataFrame):
+    """Held-out log-likelihood per day and BIC against K (a :class:`matplotlib.figure.Figure`)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    ordered = table.sort_values("K")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_held, ax_bic = fig.subplots(1, 2)
+    ok = ordered["heldout_per_day"].notna()
+    ax_held.plot(ordered["K"][ok], ordered["heldout_per_day"][ok], "o-", color="tab:blue")
+    if ok.any():
+        best = ordered.loc[ordered["heldout_loglik"].idxmax()]
+        ax_held.plot([best["K"]], [best["heldout_per_day"]], "o", ms=12, mfc="none", mec="tab:red",
+                     label=f"best: K = {int(best['K'])}")
+        ax_held.legend(fontsize=8)
+    ax_held.set_xlabel("regimes K")
+    ax_held.set_ylabel("held-out log-likelihood per day (nats)")
+    ax_held.set_title("one-step-ahead predictive, held-out days (higher is better)", fontsize=10)
+    ok = ordered["bic"].notna()
+    ax_bic.plot(ordered["K"][ok], ordered["bic"][ok], "s-", color="tab:green")
+    ax_bic.set_xlabel("regimes K")
+    ax_bic.set_ylabel("BIC (training days)")
+    ax_bic.set_title("BIC on the training part (lower is better)", fontsize=10)
+    for ax in (ax_held, ax_bic):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _fit(train: pd.DataFrame, config: FitConfig, log) -> RegimeFit:
+    from .fitting import fit
+
+    return fit(train, config, log=log)
+
+
+def _check_ks(ks: Iterable[int]) -> list[int]:
+    try:
+        values = list(ks)
+    except TypeError:
+        raise ConfigError(f"ks must be a list of numbers of regimes, got {ks!r}") from None
+    if not values:
+        raise ConfigError("ks must name at least one number of regimes")
+    out = []
+    for k in values:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ConfigError(f"every number of regimes must be an integer >= 2, got {k!r}")
+        if int(k) not in out:
+            out.append(int(k))
+    return out
+
+
+def _config_for(config: FitConfig, k: int) -> FitConfig:
+    model = dataclasses.replace(config.model, num_regimes=k)
+    if model.regime_names is not None and len(model.regime_names) != k:
+        model = dataclasses.replace(model, regime_names=None)
+    if model.regime_prior is not None and len(model.regime_prior) != k:
+        model = dataclasses.replace(model, regime_prior=None)
+    return dataclasses.replace(config, model=model).validate()
+
+
+def _training_part(full: pd.DataFrame, holdout: float, min_observations: int) -> pd.DataFrame:
+    """The first ``1 - holdout`` of each market's returns (price input: one more row, the base price)."""
+    value_column = full.attrs["value_column"]
+    parts = []
+    for market, group in full.groupby("market", sort=False):
+        n_returns = len(group) - 1 if value_column == "price" else len(group)
+        n_train = int(math.floor((1.0 - holdout) * n_returns))
+        if n_train < min_observations or n_returns - n_train < 1:
+            raise DataError(
+                f"market '{market}': {n_returns} returns leave {n_train} training days with holdout {holdout}; "
+                f"at least {min_observations} training days and 1 held-out day are needed"
+            )
+        parts.append(group.iloc[: n_train + (1 if value_column == "price" else 0)])
+    train = pd.concat(parts, ignore_index=True)
+    train.attrs["value_column"] = value_column
+    return train

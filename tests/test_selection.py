@@ -1,0 +1,124 @@
+"""Choosing K: held-out one-step-ahead likelihood, BIC, parameter counts, `regime-dmm select`."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from regime_dmm import FitConfig, fit
+from regime_dmm.cli import main, parse_regimes
+from regime_dmm.data import MarketSpec, simulate_markets
+from regime_dmm.errors import ConfigError
+from regime_dmm.selection import COLUMNS, plot_selection, score_fit, select_regimes
+
+DAYS = 1500  # prices per market; the last 20 % of the returns are held out
+CLASSIC = FitConfig().replace(model={"classic": True}, training={"restarts": 1})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine are many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _two_regimes(days: int = DAYS, seed: int = 1) -> pd.DataFrame:
+    spec = MarketSpec(name="a", start="2015-01-02", freq="B", usage=(0.6, 0.4), leave_rates=(0.02, 0.03),
+                      means=(0.0, 0.0), sds=(0.005, 0.03))
+    return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile")).frame
+
+
+def _three_regimes(days: int = DAYS, seed: int = 2) -> pd.DataFrame:
+    spec = MarketSpec(name="b", start="2015-01-02", freq="B", usage=(0.4, 0.35, 0.25), leave_rates=(0.03, 0.04, 0.05),
+                      means=(0.0, 0.0, 0.0), sds=(0.004, 0.016, 0.06))
+    return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile", "panic")).frame
+
+
+@pytest.fixture(scope="module")
+def two_regime_table():
+    return select_regimes(_two_regimes(), ks=[3, 2], config=CLASSIC)
+
+
+def test_two_regime_data_choose_two(two_regime_table):
+    table = two_regime_table
+    assert list(table.columns) == COLUMNS
+    assert list(table["heldout_loglik"]) == sorted(table["heldout_loglik"], reverse=True)
+    by_k = table.set_index("K")
+    # A third regime may match the held-out days about as well, never clearly better.
+    assert table["K"].iloc[0] == 2 or by_k.loc[3, "heldout_loglik"] - by_k.loc[2, "heldout_loglik"] < 1.0
+    assert by_k.loc[2, "bic"] < by_k.loc[3, "bic"]
+    # Classic, one market: initial K-1, transition K(K-1), means K, sds K.
+    assert by_k.loc[2, "n_params"] == 1 + 2 + 2 + 2
+    assert by_k.loc[3, "n_params"] == 2 + 6 + 3 + 3
+    n_returns = DAYS - 1
+    assert (by_k["heldout_days"] == n_returns - math.floor(0.8 * n_returns)).all()
+    assert (by_k["train_days"] == math.floor(0.8 * n_returns)).all()
+    assert by_k["waic"].isna().all() and any("waic" in note for note in table.attrs["notes"])
+    assert (by_k["fit_seconds"] > 0).all()
+    assert isinstance(plot_selection(table), Figure)
+
+
+def test_heldout_score_is_the_forward_filtered_predictive_likelihood(two_regime_table):
+    full = _two_regimes()
+    n_train = math.floor(0.8 * (DAYS - 1))
+    config = CLASSIC.replace(model={"num_regimes": 2})
+    result = fit(full.iloc[: n_train + 1], config)
+    row = score_fit(result, full)
+    assert row["train_loglik"] == pytest.approx(result.log_likelihood, abs=1e-6)
+    expected = two_regime_table.set_index("K").loc[2]
+    assert row["heldout_loglik"] == pytest.approx(expected["heldout_loglik"], abs=1e-6)
+    # By hand: the filter carried forward from the training period, log p(r_t | r_<t) summed.
+    m = result.markets[0]
+    mean, sd = np.array(m.emission["return_mean"]), np.array(m.emission["return_sd"])
+    p, total = m.filtered[-1], 0.0
+    for r in np.diff(np.log(full["price"].to_numpy()))[n_train:]:
+        joint = (p @ m.base_transition) * np.exp(-0.5 * ((r - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+        total += math.log(joint.sum())
+        p = joint / joint.sum()
+    assert row["heldout_loglik"] == pytest.approx(total, abs=1e-6)
+
+
+def test_three_regime_data_choose_three():
+    table = select_regimes(_three_regimes(), ks=[2, 3], config=CLASSIC)
+    by_k = table.set_index("K")
+    assert table["K"].iloc[0] == 3
+    assert by_k.loc[3, "heldout_loglik"] - by_k.loc[2, "heldout_loglik"] > 5.0
+    assert by_k.loc[3, "bic"] < by_k.loc[2, "bic"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match=">= 2"):
+        select_regimes(_two_regimes(100), ks=[1, 2], config=CLASSIC)
+    with pytest.raises(ConfigError, match="holdout"):
+        select_regimes(_two_regimes(100), ks=[2], config=CLASSIC, holdout=1.5)
+    assert parse_regimes("2..4") == [2, 3, 4]
+    assert parse_regimes("3, 2,3") == [3, 2]
+    for bad in ("4..2", "x", "1,2", ""):
+        with pytest.raises(ConfigError):
+            parse_regimes(bad)
+
+
+def test_cli_select(tmp_path, capsys):
+    data = tmp_path / "prices.csv"
+    _two_regimes(days=200, seed=4)[["date", "market", "price"]].to_csv(data, index=False, date_format="%Y-%m-%d")
+    out = tmp_path / "sel"
+    args = ["select", "--data", str(data), "--classic", "--regimes", "2..3", "--restarts", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "heldout_loglik" in printed and "best by held-out log-likelihood" in printed
+    table = pd.read_csv(out / "selection.csv")
+    assert sorted(table["K"]) == [2, 3] and {"heldout_loglik", "bic", "n_params"} <= set(table.columns)
+    assert (out / "selection.png").stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # An existing, non-empty folder is refused (and kept) without --overwrite; bad --regimes exit 2.
+    assert main(args) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert (out / "selection.csv").exists()
+    assert main(["select", "--data", str(data), "--regimes", "3..2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["select", "--data", str(tmp_path / "missing.csv"), "--regimes", "2", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
