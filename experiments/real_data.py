@@ -58,7 +58,7 @@ def main() -> None:
                          **{name: round(float(shares[k]), 3) for k, name in enumerate(fit.regimes)}})
     table = pd.DataFrame(rows)
     table.to_csv(out / "crises.csv", index=False)
-    print(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table.to_string(index=False))
+    print(table.to_string(index=False))
     fig = plot_regimes(fit, market=markets[0])
     fig.savefig(out / "regimes_real.png", dpi=110)
     print(f"wrote {out}/")
