@@ -26,6 +26,7 @@ class ClassicMarkovSwitching(RegimeModel):
         self.num_regimes = config.model.num_regimes
         self.num_features = 1
         self.init_values = init_values
+        self.scale_floor = init_values["ret_scale_floor"]  # (M,) lower bound of the calm sd
 
     def sample_globals(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         iv = {k: v.to(dtype) for k, v in self.init_values.items()}
@@ -41,7 +42,8 @@ class ClassicMarkovSwitching(RegimeModel):
 
     def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         zero = torch.zeros_like(g["ret_scale_base"])[..., None]
-        scale = g["ret_scale_base"][..., None] * torch.exp(torch.cumsum(torch.cat([zero, g["ret_scale_steps"]], -1), -1))
+        base = self.scale_floor.to(g["ret_scale_base"].dtype) + g["ret_scale_base"]  # sd of the calm regime
+        scale = base[..., None] * torch.exp(torch.cumsum(torch.cat([zero, g["ret_scale_steps"]], -1), -1))
         return g["ret_loc"][..., None], scale[..., None]
 
     def log_potentials(self, data: ModelData) -> Potentials:

@@ -21,7 +21,7 @@ def initial_values(panel: Panel, config: FitConfig, rng: np.random.Generator, dt
     prior = np.asarray(mc.prior_weights(), dtype=float)
     out: dict[str, list] = {key: [] for key in (
         "initial", "transition", "ret_loc", "ret_scale_base", "ret_scale_steps",
-        "vol_loc_base", "vol_loc_steps", "vol_scale")}
+        "vol_loc_base", "vol_loc_steps", "vol_scale", "ret_scale_floor")}
     for series in panel.series:
         ret = series.features[:, 0]
         if series.features.shape[1] > 1:
@@ -52,6 +52,9 @@ def initial_values(panel: Panel, config: FitConfig, rng: np.random.Generator, dt
         out["transition"].append(trans)
         out["ret_loc"].append(locs)
         out["ret_scale_base"].append(scales[0])
+        # Like hmmlearn's min_covar: a regime may not shrink onto a handful of identical days
+        # (the Gaussian likelihood is unbounded there); variance >= 1e-3 x the market's variance.
+        out["ret_scale_floor"].append(np.sqrt(1e-3) * ret.std() + 1e-12)
         out["ret_scale_steps"].append(steps)
         out["vol_loc_base"].append(vlocs[0])
         out["vol_loc_steps"].append(vsteps)
@@ -80,6 +83,7 @@ def warm_start(panel: Panel, data, config: FitConfig, rng: np.random.Generator, 
         pot = classic.log_potentials(returns_only)
         gamma = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach()).smoothed
     values.update(g)
+    values["ret_scale_base"] = g["ret_scale_base"] + values["ret_scale_floor"]  # the DMM has no floor
     if panel.num_features > 1:
         vol = panel.x[..., 1].to(dtype)
         weight = gamma * data.mask[..., None].to(dtype)

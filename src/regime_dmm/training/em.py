@@ -53,7 +53,8 @@ def em_polish(model, data, *, mix: float = 1e-3, max_iter: int = 300, tol: float
             weight = gamma.sum(1).clamp(min=1e-300)  # (M, K)
             loc = (gamma * x[..., None]).sum(1) / weight
             var = (gamma * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
-            sd, order = var.clamp(min=1e-300).sqrt().sort(dim=-1)  # keep calm first
+            floor = model.scale_floor.to(var.dtype)[:, None]
+            sd, order = var.sqrt().maximum(floor * (1 + 1e-9)).sort(dim=-1)  # keep calm first
             loc = loc.gather(-1, order)
             trans = trans.gather(-2, order[..., :, None].expand_as(trans)).gather(-1, order[..., None, :].expand_as(trans))
             initial = post.smoothed[:, 0].gather(-1, order)
@@ -62,7 +63,7 @@ def em_polish(model, data, *, mix: float = 1e-3, max_iter: int = 300, tol: float
             store["classic.initial"] = initial.clamp(min=1e-300) / initial.clamp(min=1e-300).sum(-1, keepdim=True)
             store["classic.transition"] = trans.clamp(min=1e-300) / trans.clamp(min=1e-300).sum(-1, keepdim=True)
             store["classic.ret_loc"] = loc
-            store["classic.ret_scale_base"] = sd[..., 0]
+            store["classic.ret_scale_base"] = (sd[..., 0] - floor[:, 0]).clamp(min=1e-12 * floor[:, 0])
             store["classic.ret_scale_steps"] = steps
     final = loglik()
     if final <= best:
