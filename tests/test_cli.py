@@ -98,3 +98,11 @@ def test_bad_config_exits_2(tmp_path, capsys):
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, "-m", "regime_dmm.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "fit" in proc.stdout
+
+
+def test_same_seed_gives_byte_identical_outputs(small_csv, tmp_path):
+    args = ["fit", "--data", str(small_csv), "--epochs", "15", "--restarts", "2", "--quiet", "--no-plots", "--seed", "5"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    for name in ("regimes.csv", "summary.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -87,3 +87,17 @@ def test_one_step_predictive_densities_sum_to_log_z_and_match_prefixes():
         z, _, _ = brute_force(log_init[0].numpy(), log_trans[0, : t + 1].numpy(), obs_ll[0, : t + 1].numpy())
         assert post.log_predictive[0, t].item() == pytest.approx(z - prev, abs=1e-10)
         prev = z
+
+
+def test_a_million_steps_keep_a_finite_likelihood_and_normalised_marginals():
+    """Log-space recursions: no underflow over 10^6 steps (cheap model: K = 2, one series)."""
+    steps = 1_000_000
+    g = torch.Generator().manual_seed(0)
+    obs_ll = -5.0 * torch.rand(1, steps, 2, generator=g, dtype=torch.float64)
+    log_trans = torch.tensor([[0.95, 0.05], [0.1, 0.9]], dtype=torch.float64).log().expand(1, steps, 2, 2)
+    log_init = torch.tensor([[0.5, 0.5]], dtype=torch.float64).log()
+    log_z = log_normalizer(log_init, log_trans, obs_ll)
+    assert torch.isfinite(log_z).all() and log_z.item() < -1e5
+    post = posterior(log_init, log_trans, obs_ll)
+    assert post.log_z.item() == pytest.approx(log_z.item(), rel=1e-10)
+    np.testing.assert_allclose(post.smoothed.sum(-1).numpy(), 1.0, atol=1e-9)
