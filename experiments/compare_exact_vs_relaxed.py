@@ -30,22 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from scipy.stats import norm
 
 import regime_dmm as rd
-from regime_dmm.inference import posterior
+from regime_dmm.evaluation import oracle_states
 
 METRICS = ["accuracy", "oracle_accuracy", "ratio", "usage_err", "trans_err", "log_lik", "wall_s"]
-
-
-def oracle_states(returns: np.ndarray, params: dict) -> np.ndarray:
-    """Most probable regime per day under the TRUE parameters (exact forward-backward)."""
-    k = len(params["sd"])
-    ll = norm.logpdf(returns[:, None], params["mean"][None], params["sd"][None])
-    steps = len(returns)
-    log_trans = torch.tensor(np.log(params["transition"])).expand(steps, k, k)
-    post = posterior(torch.tensor(np.log(params["initial"]))[None], log_trans[None], torch.tensor(ll)[None])
-    return post.smoothed[0].numpy().argmax(-1)
 
 
 def merge(base: dict, extra: dict) -> dict:

@@ -5,20 +5,9 @@ The oracle is forward-backward with the TRUE parameters (the best any method can
 
 import numpy as np
 import pytest
-import torch
-from scipy.stats import norm
 
 import regime_dmm as rd
-from regime_dmm.inference import posterior
-
-
-def oracle_states(returns, params):
-    k = len(params["sd"])
-    ll = norm.logpdf(returns[:, None], params["mean"][None], params["sd"][None])
-    steps = len(returns)
-    log_trans = torch.tensor(np.log(params["transition"])).expand(steps, k, k)
-    post = posterior(torch.tensor(np.log(params["initial"]))[None], log_trans[None], torch.tensor(ll)[None])
-    return post.smoothed[0].numpy().argmax(-1)
+from regime_dmm.evaluation import oracle_states
 
 
 @pytest.fixture(scope="module")

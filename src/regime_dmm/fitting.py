@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from ._version import __version__
+from .checkpoints import atomic_save, read_checkpoint
 from .config import FitConfig
 from .data import build_features, load_prices, make_panel, simulate_default
 from .errors import CheckpointError, RegimeDMMError, TrainingError
@@ -123,16 +123,6 @@ def _restore(values: dict[str, torch.Tensor]) -> None:
             p.copy_(values[name])
 
 
-def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def fit(
     data: DataSource = None,
     config: FitConfig | None = None,
@@ -169,7 +159,7 @@ def fit(
 
     def save() -> None:
         if checkpoint is not None:
-            _atomic_save({
+            atomic_save({
                 "format": RESUME_FORMAT, "package_version": __version__, "config": config.to_dict(),
                 "data": {"path": data_path, "simulated": simulated, "fingerprint": data_hash}, "run": run,
             }, checkpoint)
@@ -294,21 +284,7 @@ def _finish(config, panel, model_data, run, dtype, source, simulated, truth, pri
 
 def load_resume_state(path: str | Path) -> dict:
     """Read a run checkpoint with ``weights_only=True``; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint to resume at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable regime-dmm checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
-        raise CheckpointError(f"{path}: not a regime-dmm run checkpoint")
-    if payload.get("package_version") != __version__:
-        raise CheckpointError(f"{path}: written by regime-dmm {payload.get('package_version')}, this is {__version__}")
-    for key in ("config", "data", "run"):
-        if key not in payload:
-            raise CheckpointError(f"{path}: checkpoint is missing {key!r}")
-    return payload
+    return read_checkpoint(path, RESUME_FORMAT, "run checkpoint", required=("config", "data", "run"))
 
 
 def resume_fit(path: str | Path, data: DataSource = None, **kwargs) -> RegimeFit:

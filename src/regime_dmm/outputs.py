@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .errors import CheckpointError, RegimeDMMError
+from .checkpoints import read_checkpoint
+from .errors import RegimeDMMError
 from .results import RegimeFit
 
 CHECKPOINT_NAME = "model.pt"
@@ -40,21 +41,8 @@ def checkpoint_payload(fit: RegimeFit) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (no code execution); clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, tampered with, pickled code, not a torch file
-        raise CheckpointError(f"{path}: not a readable regime-dmm checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a regime-dmm checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
-    if payload.get("package_version") != __version__:
-        raise CheckpointError(
-            f"{path}: written by regime-dmm {payload.get('package_version')}, this is {__version__}"
-        )
-    return payload
+    """Read a model checkpoint safely (no code execution); clear errors for anything else."""
+    return read_checkpoint(path, CHECKPOINT_FORMAT, "model checkpoint", required=("config", "params"))
 
 
 def write_outputs(
