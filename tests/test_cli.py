@@ -7,7 +7,6 @@ import sys
 import pandas as pd
 import pytest
 
-import regime_dmm as rd
 from regime_dmm.cli import main
 
 

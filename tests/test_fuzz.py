@@ -1,7 +1,6 @@
 """Property-based fuzzing of the loader and the CLI: random and mutated CSVs either load
 (and then fit) or fail with the package's own error type, never an unhandled exception."""
 
-import io
 
 import numpy as np
 import pandas as pd

@@ -85,7 +85,7 @@ def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> 
     num_samples = int(num_samples)
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    model, guide, panel, config = fit.model, fit.guide, fit.panel, fit.config
+    model, panel, config = fit.model, fit.panel, fit.config
     regimes = list(fit.regimes)
     markets = list(panel.markets)
     store = pyro.get_param_store()

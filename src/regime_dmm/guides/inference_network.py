@@ -39,14 +39,13 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer.autoguide import AutoLaplaceApproximation
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from torch import nn
 from torch.distributions import register_kl
 
 from ..models.base import AnnealState, ModelData
-from ..models.relaxed_dmm import RelaxedRegimeChain, gather_windows, kl_weight, relaxed_log_prob, relaxed_step, stack_steps
+from ..models.relaxed_dmm import RelaxedRegimeChain, WindowRegimeDistribution, gather_windows, kl_weight, relaxed_step, stack_steps
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -102,7 +101,7 @@ class InferenceNetwork(nn.Module):
         return self.combiner(torch.cat([h, z_prev], dim=-1))
 
 
-class StructuredRegimePosterior(TorchDistribution):
+class StructuredRegimePosterior(WindowRegimeDistribution):
     """q of a window's relaxed regimes: batch ``(B,)``, event ``(L, K)``; sampling is sequential."""
 
     arg_constraints = {}
@@ -146,18 +145,6 @@ class StructuredRegimePosterior(TorchDistribution):
         logits = self.net.logits(self.h, prev)
         return logits if self.terms is None else logits + self.terms.along(value)
 
-    def day_log_prob(self, value):
-        """Per-day terms ``(B, L)``, zero on padded days."""
-        lp = relaxed_log_prob(self.tau, self.step_logits(value), value)
-        return torch.where(self.mask, lp, torch.zeros_like(lp))
-
-    def log_prob(self, value):
-        return self.day_log_prob(value).sum(-1)
-
-    def expand(self, batch_shape, _instance=None):
-        if tuple(batch_shape) != tuple(self.batch_shape):
-            raise NotImplementedError("StructuredRegimePosterior cannot be expanded")
-        return self
 
 
 @register_kl(StructuredRegimePosterior, RelaxedRegimeChain)

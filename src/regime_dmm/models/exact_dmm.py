@@ -20,7 +20,6 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 
 from ..config import FitConfig
 from .base import ModelData, Potentials, RegimeModel
@@ -109,13 +108,17 @@ class ExactRegimeDMM(RegimeModel):
                     total = total - 0.5 * (w / scale).pow(2).sum()
         return total
 
-    def log_potentials(self, data: ModelData) -> Potentials:
+    def register_networks(self) -> None:
+        """Register the networks' weights with Pyro and add their Gaussian prior as a factor."""
         if self.transition_net is not None:
             pyro.module("transition_net", self.transition_net)
         if self.emission_net is not None:
             pyro.module("emission_net", self.emission_net)
         if self.transition_net is not None or self.emission_net is not None:
             pyro.factor("network_prior", self.network_log_prior())
+
+    def log_potentials(self, data: ModelData) -> Potentials:
+        self.register_networks()
         g = self.sample_globals(data.x.dtype)
         loc, scale = self.emission_base(g)
         log_a = g["transition"].clamp(min=1e-30).log()  # (M, K, K)

@@ -149,7 +149,25 @@ def relaxed_log_prob(tau: torch.Tensor, logits: torch.Tensor, value: torch.Tenso
     return dist.RelaxedOneHotCategorical(tau, logits=logits, validate_args=False).log_prob(clamp_probs(soft))
 
 
-class RelaxedRegimeChain(TorchDistribution):
+class WindowRegimeDistribution(TorchDistribution):
+    """Shared by the prior and the guide of a window's relaxed regimes (batch ``(B,)``,
+    event ``(L, K)``): subclasses give ``tau``, ``mask`` and ``step_logits(value)``."""
+
+    def day_log_prob(self, value):
+        """Per-day terms ``(B, L)``, zero on padded days."""
+        lp = relaxed_log_prob(self.tau, self.step_logits(value), value)
+        return torch.where(self.mask, lp, torch.zeros_like(lp))
+
+    def log_prob(self, value):
+        return self.day_log_prob(value).sum(-1)
+
+    def expand(self, batch_shape, _instance=None):
+        if tuple(batch_shape) != tuple(self.batch_shape):
+            raise NotImplementedError(f"{type(self).__name__} cannot be expanded")
+        return self
+
+
+class RelaxedRegimeChain(WindowRegimeDistribution):
     """Prior of a window's relaxed regimes: batch ``(B,)``, event ``(L, K)``; see module docstring."""
 
     arg_constraints = {}
@@ -184,18 +202,6 @@ class RelaxedRegimeChain(TorchDistribution):
             softs.append(soft)
         return stack_steps(values, softs, self.straight_through)
 
-    def day_log_prob(self, value):
-        """Per-day terms ``(B, L)``, zero on padded days."""
-        lp = relaxed_log_prob(self.tau, self.step_logits(value), value)
-        return torch.where(self.mask, lp, torch.zeros_like(lp))
-
-    def log_prob(self, value):
-        return self.day_log_prob(value).sum(-1)
-
-    def expand(self, batch_shape, _instance=None):
-        if tuple(batch_shape) != tuple(self.batch_shape):
-            raise NotImplementedError("RelaxedRegimeChain cannot be expanded")
-        return self
 
 
 class RelaxedRegimeDMM(ExactRegimeDMM):
@@ -303,12 +309,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         dtype = data.x.dtype
         batch = self.current_batch(data)
         w = gather_windows(data, batch)
-        if self.transition_net is not None:
-            pyro.module("transition_net", self.transition_net)
-        if self.emission_net is not None:
-            pyro.module("emission_net", self.emission_net)
-        if self.transition_net is not None or self.emission_net is not None:
-            pyro.factor("network_prior", self.network_log_prior())
+        self.register_networks()
         g = self.sample_globals(dtype)
         trans, first, loc_w, scale_w, loc, scale = self.window_potentials(g, w)
         prior = RelaxedRegimeChain(state.tau, first, trans, w.mask, self.config.training.straight_through)
