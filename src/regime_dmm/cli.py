@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import FitConfig
+from .outputs import replace_folder
 from .errors import ConfigError, RegimeDMMError
 
 CHECKPOINT = "checkpoint.pt"
@@ -207,17 +208,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder ``tmp`` to ``out`` (replacing an existing ``out``)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def cmd_select(args) -> int:
     from .selection import plot_selection, select_regimes
 
@@ -253,7 +243,7 @@ def cmd_select(args) -> int:
             fig.savefig(tmp / "selection.png", dpi=120, facecolor="white")
         finally:
             fig.clear()
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -45,6 +45,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return read_checkpoint(path, CHECKPOINT_FORMAT, "model checkpoint", required=("config", "params"))
 
 
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder ``tmp`` to ``out`` (replacing an existing ``out``)."""
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def write_outputs(
     fit: RegimeFit, out_dir: str | Path, *, overwrite: bool = False, plots: bool = True, posterior: bool = True,
     num_samples: int = 200,
@@ -76,13 +87,7 @@ def write_outputs(
                 from .posterior_plots import save_posterior_plots
 
                 save_posterior_plots(idata, tmp)
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, backup)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
