@@ -1,0 +1,60 @@
+"""Writes the reference outputs that tests/test_reference_outputs.py compares against.
+
+The files in this folder were written by this script on main at commit a3a2119, BEFORE the
+redesign of issue #8 (one fitted-model object, one-way layers). The redesign promised the
+same bytes for the same data, configuration and seed; the test keeps it to that promise.
+Regenerate them only for a deliberate change of behaviour, and say so in the commit.
+
+    python tests/data/reference_fits/generate.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+#: name -> (config overrides, simulator seed, days). Small and short so the test is quick.
+CASES = {
+    "exact_map_gaussian": ({"training": {"epochs": 12, "restarts": 2}}, 3, 400),
+    "exact_normal_studentt_vol": (
+        {"model": {"emission": "studentt", "features": ["return", "vol"]},
+         "training": {"epochs": 10, "restarts": 1, "guide": "normal"}}, 4, 300),
+    "classic": ({"model": {"classic": True}, "training": {"restarts": 2}}, 3, 400),
+    "relaxed": ({"training": {"inference": "relaxed", "epochs": 3, "restarts": 1}}, 5, 300),
+}
+
+
+def run_case(name: str, tmp: Path) -> tuple[bytes, bytes]:
+    """Fit one case and return the bytes of its regimes.csv and summary.json."""
+    import regime_dmm as rd
+    from regime_dmm.outputs import write_outputs
+
+    overrides, seed, days = CASES[name]
+    frame = rd.simulate_default(seed=seed, n_days=days).frame
+    frame.attrs.clear()
+    config = rd.FitConfig().replace(**overrides)
+    result = rd.fit(frame, config)
+    out = write_outputs(result, tmp / name, plots=False, posterior=False)
+    return (out / "regimes.csv").read_bytes(), (out / "summary.json").read_bytes()
+
+
+def main() -> int:
+    import tempfile
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in CASES:
+            regimes, summary = run_case(name, Path(tmp))
+            (HERE / f"{name}.regimes.csv").write_bytes(regimes)
+            (HERE / f"{name}.summary.json").write_bytes(summary)
+            print(name, len(regimes), len(json.loads(summary)["markets"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
