@@ -81,7 +81,7 @@ def fit_regime_dmm(returns: pd.Series, k: int, restarts: int, seed: int):
 def fit_statsmodels(returns: pd.Series, k: int, search_reps: int, seed: int):
     import statsmodels.api as sm
 
-    np.random.seed(seed)  # search_reps draws its random starts from numpy's global state
+    np.random.seed(seed)  # noqa: NPY002 - statsmodels' search_reps draws its random starts from the global state
     model = sm.tsa.MarkovRegression(returns.to_numpy(), k_regimes=k, switching_variance=True)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -152,19 +152,29 @@ def main() -> None:
     parser.add_argument("--hmmlearn-seeds", type=int, default=10, help="hmmlearn: best of this many seeds")
     parser.add_argument("--search-reps", type=int, default=20, help="statsmodels search_reps for K >= 3")
     parser.add_argument("--seed", type=int, default=0, help="regime_dmm training.seed and numpy seed of statsmodels")
-    parser.add_argument("--tools", nargs="+", default=["regime_dmm", "statsmodels", "hmmlearn"],
-                        choices=["regime_dmm", "statsmodels", "hmmlearn"])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's default, one per core)")
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        default=["regime_dmm", "statsmodels", "hmmlearn"],
+        choices=["regime_dmm", "statsmodels", "hmmlearn"],
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default, one per core)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     returns = load_sp500()
     r = returns.to_numpy()
-    print(f"S&P 500 daily log returns in percent, {returns.index[0].date()}..{returns.index[-1].date()}, "
-          f"T={len(r)}, mean {r.mean():.4f}, sd {r.std():.4f}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; regime_dmm {rd.__version__}; {os.cpu_count()} CPUs")
+    print(
+        f"S&P 500 daily log returns in percent, {returns.index[0].date()}..{returns.index[-1].date()}, "
+        f"T={len(r)}, mean {r.mean():.4f}, sd {r.std():.4f}"
+    )
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; regime_dmm {rd.__version__}; "
+        f"{os.cpu_count()} CPUs"
+    )
     _print_load("at start")
     print()
 
@@ -183,8 +193,11 @@ def main() -> None:
             if failed:
                 note += f", {failed} failed"
             rows.append(("regime_dmm classic", k, elapsed, best, note, others))
-            print(f"[regime_dmm K={k}] {elapsed:.1f} s, log-likelihood {best:.3f}; per restart: "
-                  f"{', '.join(f'{ll:.2f}' for ll in lls)}", flush=True)
+            print(
+                f"[regime_dmm K={k}] {elapsed:.1f} s, log-likelihood {best:.3f}; per restart: "
+                f"{', '.join(f'{ll:.2f}' for ll in lls)}",
+                flush=True,
+            )
         if "statsmodels" in args.tools:
             reps = args.search_reps if k >= 3 else 0
             monitor = OthersMonitor()
@@ -194,20 +207,31 @@ def main() -> None:
                 rows.append(("statsmodels", k, elapsed, float(result.llf), note, monitor.share()))
                 print(f"[statsmodels K={k}] {elapsed:.1f} s, log-likelihood {result.llf:.3f}", flush=True)
             except Exception as exc:  # report, keep going
-                rows.append(("statsmodels", k, float("nan"), float("nan"), f"failed: {type(exc).__name__}: {exc}", None))
+                rows.append(
+                    ("statsmodels", k, float("nan"), float("nan"), f"failed: {type(exc).__name__}: {exc}", None)
+                )
                 print(f"[statsmodels K={k}] failed: {exc}", flush=True)
         if "hmmlearn" in args.tools:
             monitor = OthersMonitor()
             model, best, elapsed, scores = fit_hmmlearn(returns, k, args.hmmlearn_seeds)
             hmm_models[k] = model
             near = sum(s > best - 0.1 for s in scores)
-            rows.append(("hmmlearn", k, elapsed, best,
-                         f"best of {args.hmmlearn_seeds} seeds, {near} within 0.1 of best", monitor.share()))
+            rows.append(
+                (
+                    "hmmlearn",
+                    k,
+                    elapsed,
+                    best,
+                    f"best of {args.hmmlearn_seeds} seeds, {near} within 0.1 of best",
+                    monitor.share(),
+                )
+            )
             print(f"[hmmlearn K={k}] {elapsed:.1f} s, best log-likelihood {best:.3f}", flush=True)
 
     print()
-    header = (f"{'tool':<20s} {'K':>2s} {'fit time s':>11s} {'log-likelihood':>15s} {'reference':>10s} "
-              f"{'others%':>7s}  notes")
+    header = (
+        f"{'tool':<20s} {'K':>2s} {'fit time s':>11s} {'log-likelihood':>15s} {'reference':>10s} {'others%':>7s}  notes"
+    )
     print(header)
     print("-" * (len(header) + 30))
     for tool, k, elapsed, ll, note, others in rows:
@@ -226,15 +250,19 @@ def main() -> None:
         model = hmm_models[2]
         ours = gaussian_log_z(r, *hmmlearn_params(model))
         theirs = float(model.score(r[:, None]))
-        print(f"  hmmlearn K=2 params: hmmlearn score {theirs:.6f}, regime_dmm log_normalizer {ours:.6f}, "
-              f"|diff| {abs(ours - theirs):.3e}")
+        print(
+            f"  hmmlearn K=2 params: hmmlearn score {theirs:.6f}, regime_dmm log_normalizer {ours:.6f}, "
+            f"|diff| {abs(ours - theirs):.3e}"
+        )
     else:
         print("  (hmmlearn K=2 not fitted: run with --k 2 and --tools hmmlearn for the check)")
     for k, fit in fits.items():
         market = fit.markets[0]
         theirs = score_with_hmmlearn(r, market)
-        print(f"  regime_dmm K={k} params: regime_dmm log-likelihood {market.log_likelihood:.6f}, "
-              f"hmmlearn score {theirs:.6f}, |diff| {abs(market.log_likelihood - theirs):.3e}")
+        print(
+            f"  regime_dmm K={k} params: regime_dmm log-likelihood {market.log_likelihood:.6f}, "
+            f"hmmlearn score {theirs:.6f}, |diff| {abs(market.log_likelihood - theirs):.3e}"
+        )
     _print_load("at end")
 
 

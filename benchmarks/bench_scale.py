@@ -36,8 +36,10 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     acc = np.mean([(m.smoothed.argmax(-1) == sim.true_regimes[m.name]).mean() for m in fit.markets])
     print(f"{args.markets} markets x {args.days} days, K=4, {args.epochs} epochs, {args.restarts} restart(s)")
-    print(f"wall time {wall:.1f} s, peak memory {peak_mib:.0f} MiB, log-likelihood {fit.log_likelihood:.1f}, "
-          f"finite: {np.isfinite(fit.log_likelihood)}, mean accuracy vs truth {acc:.3f}")
+    print(
+        f"wall time {wall:.1f} s, peak memory {peak_mib:.0f} MiB, log-likelihood {fit.log_likelihood:.1f}, "
+        f"finite: {np.isfinite(fit.log_likelihood)}, mean accuracy vs truth {acc:.3f}"
+    )
 
 
 if __name__ == "__main__":

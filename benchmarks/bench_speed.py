@@ -92,8 +92,10 @@ def bench_default_fit() -> None:
     print("== (a) rd.fit() with the default FitConfig (embedded data) ==")
     cfg = rd.FitConfig()
     tc, mc = cfg.training, cfg.model
-    print(f"config: K={mc.num_regimes}, inference={tc.inference}, guide={tc.guide}, epochs={tc.epochs}, "
-          f"restarts={tc.restarts}, dtype={tc.dtype}, seed={tc.seed}")
+    print(
+        f"config: K={mc.num_regimes}, inference={tc.inference}, guide={tc.guide}, epochs={tc.epochs}, "
+        f"restarts={tc.restarts}, dtype={tc.dtype}, seed={tc.seed}"
+    )
     monitor = OthersMonitor()
     start, cpu0 = time.perf_counter(), time.process_time()
     fit = rd.fit(config=cfg)
@@ -102,8 +104,10 @@ def bench_default_fit() -> None:
     print(monitor.report("the fit"))
     print(f"log-likelihood (sum over markets, input units): {fit.log_likelihood:.3f}")
     for m in fit.markets:
-        print(f"  {m.name:>16s}: T={len(m.dates)}, log-likelihood {m.log_likelihood:.3f}, "
-              f"usage {[round(float(u), 3) for u in m.usage]}")
+        print(
+            f"  {m.name:>16s}: T={len(m.dates)}, log-likelihood {m.log_likelihood:.3f}, "
+            f"usage {[round(float(u), 3) for u in m.usage]}"
+        )
     for r in fit.restarts:
         print(f"  restart {r}")
     if fit.truth is not None:
@@ -112,8 +116,10 @@ def bench_default_fit() -> None:
             if truth is not None and len(truth) == len(m.smoothed):
                 acc.append(float((m.smoothed.argmax(-1) == truth).mean()))
         if acc:
-            print(f"  accuracy of the most probable smoothed regime vs. the true regimes: "
-                  f"{', '.join(f'{a:.3f}' for a in acc)}")
+            print(
+                f"  accuracy of the most probable smoothed regime vs. the true regimes: "
+                f"{', '.join(f'{a:.3f}' for a in acc)}"
+            )
     print()
 
 
@@ -123,7 +129,7 @@ def _truth_paths(fit):
     out = []
     for m in fit.markets:
         path = truth.get(m.name)
-        out.append(None if path is None else path[-len(m.dates):])
+        out.append(None if path is None else path[-len(m.dates) :])
     return out
 
 
@@ -135,14 +141,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (3 for T >= 100000)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's default, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default, one per core)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
+    )
     _print_load("at start")
     print()
     if not args.skip_fit:
@@ -152,15 +161,19 @@ def main() -> None:
 
     monitor = OthersMonitor()
     print(f"== (b) log_normalizer (B={args.batch}, K={args.k}); median [min-max] of repeats after a warm-up ==")
-    header = f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s} {'f+b us/step':>12s}"
+    header = (
+        f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s} {'f+b us/step':>12s}"
+    )
     print(header)
     print("-" * len(header))
     for steps in args.lengths:
         for dtype in (torch.float64, torch.float32):
             reps = args.repeats if steps < 100000 else min(args.repeats, 3)
             fwd, fb = bench_log_normalizer(args.batch, steps, args.k, dtype, reps)
-            print(f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {reps:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s} "
-                  f"{1e6 * fb[0] / steps:>12.2f}")
+            print(
+                f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {reps:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s} "
+                f"{1e6 * fb[0] / steps:>12.2f}"
+            )
     print()
 
     steps = 5000

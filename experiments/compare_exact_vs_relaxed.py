@@ -55,8 +55,12 @@ def evaluate(fit: rd.RegimeFit, sim, mode: str, seed: int, wall: float) -> list[
         true_usage = np.bincount(true, minlength=k) / len(true)
         kinds = sorted({c["kind"] for c in fit.collapse if c["market"] in (m.name, "all")})
         row = {
-            "seed": seed, "mode": mode, "market": m.name,
-            "accuracy": acc, "oracle_accuracy": oracle, "ratio": acc / oracle,
+            "seed": seed,
+            "mode": mode,
+            "market": m.name,
+            "accuracy": acc,
+            "oracle_accuracy": oracle,
+            "ratio": acc / oracle,
             "usage_err": float(np.abs(m.usage - true_usage).max()),
             "trans_err": float(np.abs(m.transition - params["transition"]).mean()),
             "log_lik": float(m.log_likelihood),
@@ -79,8 +83,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             if col in ("log_lik", "wall_s"):
                 row[col] = f"{g[col].mean():.1f} ± {g[col].std(ddof=1) if len(g) > 1 else 0.0:.1f}"
         flagged = g[g["collapse"] != "-"]
-        row["collapse"] = f"{len(flagged)}/{len(g)}" + (f" ({'; '.join(sorted(set(flagged['collapse'])))})"
-                                                        if len(flagged) else "")
+        row["collapse"] = f"{len(flagged)}/{len(g)}" + (
+            f" ({'; '.join(sorted(set(flagged['collapse'])))})" if len(flagged) else ""
+        )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -105,8 +110,11 @@ def main() -> None:
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.config).read_text())
     seeds = args.seeds if args.seeds else spec["seeds"]
-    modes = {name: merge(spec.get("common", {}), extra) for name, extra in spec["modes"].items()
-             if not args.modes or name in args.modes}
+    modes = {
+        name: merge(spec.get("common", {}), extra)
+        for name, extra in spec["modes"].items()
+        if not args.modes or name in args.modes
+    }
     torch.set_num_threads(int(spec.get("threads", 1)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,9 +134,13 @@ def main() -> None:
             new = evaluate(fit, sim, mode, seed, wall)
             rows.extend(new)
             for r in new:
-                print(f"seed {seed} {mode:>8} {r['market']:<16} acc {r['accuracy']:.3f} (oracle {r['oracle_accuracy']:.3f},"
-                      f" ratio {r['ratio']:.3f}) usage_err {r['usage_err']:.3f} trans_err {r['trans_err']:.4f}"
-                      f" loglik {r['log_lik']:.1f} collapse {r['collapse']} {wall:.0f}s", flush=True)
+                print(
+                    f"seed {seed} {mode:>8} {r['market']:<16} acc {r['accuracy']:.3f} "
+                    f"(oracle {r['oracle_accuracy']:.3f},"
+                    f" ratio {r['ratio']:.3f}) usage_err {r['usage_err']:.3f} trans_err {r['trans_err']:.4f}"
+                    f" loglik {r['log_lik']:.1f} collapse {r['collapse']} {wall:.0f}s",
+                    flush=True,
+                )
             pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     runs = pd.DataFrame(rows)
     table = summarise(runs)

@@ -19,8 +19,12 @@ import regime_dmm as rd
 from regime_dmm.outputs import write_outputs
 from regime_dmm.plots import plot_regimes
 
-CRISES = {"dot-com bust": ("2000-03-01", "2002-10-31"), "financial crisis": ("2008-09-01", "2009-06-30"),
-          "calm 2004-2006": ("2004-01-01", "2006-12-31"), "calm 2017": ("2017-01-01", "2017-12-31")}
+CRISES = {
+    "dot-com bust": ("2000-03-01", "2002-10-31"),
+    "financial crisis": ("2008-09-01", "2009-06-30"),
+    "calm 2004-2006": ("2004-01-01", "2006-12-31"),
+    "calm 2017": ("2017-01-01", "2017-12-31"),
+}
 
 
 def load_arch_prices(markets: list[str]) -> pd.DataFrame:
@@ -54,8 +58,14 @@ def main() -> None:
         for crisis, (start, end) in CRISES.items():
             window = regimes.loc[start:end]
             shares = window.value_counts(normalize=True).reindex(range(len(fit.regimes)), fill_value=0.0)
-            rows.append({"market": m.name, "window": crisis, "days": len(window),
-                         **{name: round(float(shares[k]), 3) for k, name in enumerate(fit.regimes)}})
+            rows.append(
+                {
+                    "market": m.name,
+                    "window": crisis,
+                    "days": len(window),
+                    **{name: round(float(shares[k]), 3) for k, name in enumerate(fit.regimes)},
+                }
+            )
     table = pd.DataFrame(rows)
     table.to_csv(out / "crises.csv", index=False)
     print(table.to_string(index=False))

@@ -64,11 +64,11 @@ def idata_normal(fit_normal):
 
 @pytest.fixture(scope="module")
 def fit_classic(frame):
-    from regime_dmm import fitting
+    from regime_dmm.training import variants
 
-    quick = functools.partial(fitting.train_lbfgs, max_iter=15)  # convergence is not under test
+    quick = functools.partial(variants.train_lbfgs, max_iter=15)  # convergence is not under test
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fitting, "train_lbfgs", quick)
+        mp.setattr(variants, "train_lbfgs", quick)
         return rd.fit(frame, rd.FitConfig().replace(model={"classic": True}, training={"restarts": 1}))
 
 
@@ -88,8 +88,14 @@ def test_groups_and_attrs(idata_map, idata_normal, fit_map):
         assert idata.attrs["guide"] == guide
         assert idata.attrs["seed"] == 3
         assert idata.posterior.attrs["guide"] == guide
-    expected = {"transition_matrix", "base_transition_matrix", "initial_distribution", "return_mean",
-                "return_sd", "smoothed_probs"}
+    expected = {
+        "transition_matrix",
+        "base_transition_matrix",
+        "initial_distribution",
+        "return_mean",
+        "return_sd",
+        "smoothed_probs",
+    }
     assert expected <= set(idata_map.posterior.data_vars)
     assert set(idata_map.observed_data.data_vars) == {"returns", "vol"}
     assert set(idata_map.posterior_predictive.data_vars) == {"returns"}
@@ -213,13 +219,13 @@ def test_observed_and_predictive(idata_map, idata_normal, fit_map):
 
 def test_seeded_and_leaves_param_store_and_rng_alone(fit_normal, fit_map):
     store = pyro.get_param_store()
-    pyro.get_param_store().set_state(fit_map.param_state)  # a different fit's state is loaded
-    before = {k: v.detach().clone() for k, v in store.named_parameters()}
-    rng_before = torch.get_rng_state().clone()
-    a = to_inference_data(fit_normal, num_samples=5, seed=11)
-    b = to_inference_data(fit_normal, num_samples=5, seed=11)
-    c = to_inference_data(fit_normal, num_samples=5, seed=12)
-    after = dict(store.named_parameters())
+    with fit_map.fitted.active():  # a different fit's state is loaded
+        before = {k: v.detach().clone() for k, v in store.named_parameters()}
+        rng_before = torch.get_rng_state().clone()
+        a = to_inference_data(fit_normal, num_samples=5, seed=11)
+        b = to_inference_data(fit_normal, num_samples=5, seed=11)
+        c = to_inference_data(fit_normal, num_samples=5, seed=12)
+        after = dict(store.named_parameters())
     assert set(after) == set(before)
     assert all(torch.equal(before[k], after[k].detach()) for k in before)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -242,8 +248,10 @@ def test_netcdf_round_trip(idata_normal, tmp_path):
     assert list(back.posterior["market"].values) == list(idata_normal.posterior["market"].values)
     assert list(back.posterior["regime"].values) == list(idata_normal.posterior["regime"].values)
     np.testing.assert_array_equal(back.posterior["date"].values, idata_normal.posterior["date"].values)
-    np.testing.assert_array_equal(back.log_likelihood["obs_market"].values.astype(str),
-                                  idata_normal.log_likelihood["obs_market"].values.astype(str))
+    np.testing.assert_array_equal(
+        back.log_likelihood["obs_market"].values.astype(str),
+        idata_normal.log_likelihood["obs_market"].values.astype(str),
+    )
     assert back.posterior.attrs["note"] == idata_normal.posterior.attrs["note"]
     assert list(back.attrs["regimes"]) == list(idata_normal.attrs["regimes"])
     # the file is closed after loading: it can be overwritten at once
@@ -272,7 +280,7 @@ def test_requires_live_fit(fit_map):
     import dataclasses
 
     with pytest.raises(arviz_export.ExportError):
-        to_inference_data(dataclasses.replace(fit_map, model=None))
+        to_inference_data(dataclasses.replace(fit_map, fitted=None))
     with pytest.raises(ValueError):
         to_inference_data(fit_map, num_samples=0)
 

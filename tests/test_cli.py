@@ -22,6 +22,7 @@ def small_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_fit_writes_every_output(small_csv, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["fit", "--data", str(small_csv), "--out", str(out), "--epochs", "30", "--restarts", "1"])
@@ -29,8 +30,16 @@ def test_fit_writes_every_output(small_csv, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Epoch 30/30 | Loss:" in printed and "Ent:" in printed and "Beta:" in printed
     assert "Transition matrix, traditional_cre" in printed
-    for name in ("regimes.csv", "summary.json", "history.csv", "model.pt", "regimes.png", "transitions.png",
-                 "usage.png", "training.png"):
+    for name in (
+        "regimes.csv",
+        "summary.json",
+        "history.csv",
+        "model.pt",
+        "regimes.png",
+        "transitions.png",
+        "usage.png",
+        "training.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     regimes = pd.read_csv(out / "regimes.csv")
     assert list(regimes.columns[:3]) == ["date", "market", "regime"]
@@ -55,18 +64,38 @@ def test_fit_writes_every_output(small_csv, tmp_path, capsys):
 
 def test_classic_and_regimes_flags(small_csv, tmp_path):
     out = tmp_path / "classic"
-    assert main(["fit", "--data", str(small_csv), "--out", str(out), "--classic", "--regimes", "2",
-                 "--restarts", "2", "--no-plots", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(small_csv),
+                "--out",
+                str(out),
+                "--classic",
+                "--regimes",
+                "2",
+                "--restarts",
+                "2",
+                "--no-plots",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["regimes"] == ["calm", "volatile"]
     assert summary["settings"]["model"]["classic"] is True
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("date,market,prcie\n2020-01-01,a,1\n", "price"),
-    ("", "empty"),
-    ("date,market,price\nnot-a-date,a,1\n", "not-a-date"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("date,market,prcie\n2020-01-01,a,1\n", "price"),
+        ("", "empty"),
+        ("date,market,price\nnot-a-date,a,1\n", "not-a-date"),
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, content, needle):
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
@@ -99,8 +128,21 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "fit" in proc.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_outputs(small_csv, tmp_path):
-    args = ["fit", "--data", str(small_csv), "--epochs", "15", "--restarts", "2", "--quiet", "--no-plots", "--seed", "5"]
+    args = [
+        "fit",
+        "--data",
+        str(small_csv),
+        "--epochs",
+        "15",
+        "--restarts",
+        "2",
+        "--quiet",
+        "--no-plots",
+        "--seed",
+        "5",
+    ]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     for name in ("regimes.csv", "summary.json"):

@@ -27,8 +27,9 @@ def kinds(entries):
 
 def test_dominant_regime_fires_when_the_reference_is_spread():
     usage = [[0.95, 0.03, 0.01, 0.01]]
-    out = detect_collapse(usage, [0.2], history(), K, reference_usage=SPREAD, after_warmup_epoch=40,
-                          markets=["m"], num_days=2500)
+    out = detect_collapse(
+        usage, [0.2], history(), K, reference_usage=SPREAD, after_warmup_epoch=40, markets=["m"], num_days=2500
+    )
     assert kinds(out) == ["dominant_regime"]
     entry = out[0]
     assert entry["market"] == "m" and "95%" in entry["detail"]
@@ -39,8 +40,9 @@ def test_dominant_regime_fires_when_the_reference_is_spread():
 
 def test_dominant_regime_is_quiet_when_the_data_justify_it():
     usage = [[0.9, 0.05, 0.03, 0.02]]
-    out = detect_collapse(usage, [0.2], history(), K, reference_usage=[[0.86, 0.1, 0.03, 0.01]],
-                          after_warmup_epoch=40, num_days=2500)
+    out = detect_collapse(
+        usage, [0.2], history(), K, reference_usage=[[0.86, 0.1, 0.03, 0.01]], after_warmup_epoch=40, num_days=2500
+    )
     assert out == []
 
 
@@ -49,13 +51,18 @@ def test_uniform_posterior_fires_on_entropy_log_k_and_zero_kl():
     entropy = [math.log(K) - 1e-3] * 2
     hist = history(kl=1e-4)
     hist.loc[hist["epoch"] <= 40, "kl"] = 50.0  # large during the warm-up: ignored
-    out = detect_collapse(usage, entropy, hist, K, reference_usage=SPREAD * 2, after_warmup_epoch=40,
-                          markets=["a", "b"], num_days=5000)
+    out = detect_collapse(
+        usage, entropy, hist, K, reference_usage=SPREAD * 2, after_warmup_epoch=40, markets=["a", "b"], num_days=5000
+    )
     assert kinds(out) == ["uniform_posterior", "uniform_posterior"]
     assert {e["market"] for e in out} == {"a", "b"}
     # same entropy but informative regimes (KL far from 0): quiet
-    assert detect_collapse(usage, entropy, history(kl=900.0), K, reference_usage=SPREAD * 2,
-                           after_warmup_epoch=40, num_days=5000) == []
+    assert (
+        detect_collapse(
+            usage, entropy, history(kl=900.0), K, reference_usage=SPREAD * 2, after_warmup_epoch=40, num_days=5000
+        )
+        == []
+    )
 
 
 def test_vanishing_inference_gradients_relaxed_history_only():
@@ -71,7 +78,14 @@ def test_vanishing_inference_gradients_relaxed_history_only():
 def test_healthy_posterior_is_quiet():
     smoothed = np.tile([[0.9, 0.05, 0.03, 0.02], [0.1, 0.8, 0.05, 0.05]], (50, 1))
     usage = [smoothed.mean(0)]
-    out = detect_collapse(usage, [posterior_entropy(smoothed)], history(grad_inference=lambda e: 0.3), K,
-                          reference_usage=SPREAD, after_warmup_epoch=40, num_days=100)
+    out = detect_collapse(
+        usage,
+        [posterior_entropy(smoothed)],
+        history(grad_inference=lambda e: 0.3),
+        K,
+        reference_usage=SPREAD,
+        after_warmup_epoch=40,
+        num_days=100,
+    )
     assert out == []
     assert 0 < posterior_entropy(smoothed) < 0.9 * math.log(K)

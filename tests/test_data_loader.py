@@ -181,7 +181,7 @@ def test_duplicated_header(tmp_path):
     [
         ("abc", "'abc' is not a number"),
         ("1,5", "fields"),  # an unquoted decimal comma makes the row ragged
-        ("\"1,5\"", "'1,5' is not a number"),
+        ('"1,5"', "'1,5' is not a number"),
         ("NaN", "NaN"),
         ("", "missing price"),
         ("NA", "missing price"),

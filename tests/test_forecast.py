@@ -3,34 +3,22 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from pyro import poutine
 
 from regime_dmm import FitConfig, fit
 from regime_dmm.cli import main
 from regime_dmm.data import MarketSpec, make_panel, rolling_log_rms, simulate_default, simulate_markets
 from regime_dmm.data.features import MarketSeries
 from regime_dmm.errors import DataError
-from regime_dmm.guides import point_estimate
-from regime_dmm.inference import posterior, stationary_distribution
-from regime_dmm.models import ModelData
+from regime_dmm.inference import stationary_distribution
 from regime_dmm.nowcast import filter_update, forecast_table, nowcast, update_filter
 from regime_dmm.outputs import write_outputs
 
+from helpers import head as _head
+from helpers import write_csv_frame
+
 FIT_DAYS = 200  # prices per market the fits see; the rest are "new"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _head(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    return frame.groupby("market", sort=False).head(n).reset_index(drop=True)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +33,15 @@ def dmm():
 def classic(tmp_path_factory):
     """A classic 2-regime fit on a CSV (raw returns, no normalisation), saved for the CLI."""
     root = tmp_path_factory.mktemp("forecast")
-    spec = MarketSpec(name="a", start="2020-01-01", freq="B", usage=(0.6, 0.4), leave_rates=(0.05, 0.08),
-                      means=(0.0005, -0.001), sds=(0.005, 0.025))
+    spec = MarketSpec(
+        name="a",
+        start="2020-01-01",
+        freq="B",
+        usage=(0.6, 0.4),
+        leave_rates=(0.05, 0.08),
+        means=(0.0005, -0.001),
+        sds=(0.005, 0.025),
+    )
     full = simulate_markets([spec], seed=3, n_days=FIT_DAYS + 15, regimes=("calm", "volatile")).frame
     write_csv_frame(_head(full, FIT_DAYS), root / "fit.csv")
     write_csv_frame(full.iloc[FIT_DAYS:], root / "new.csv")
@@ -54,10 +49,6 @@ def classic(tmp_path_factory):
     result = fit(root / "fit.csv", config)
     write_outputs(result, root / "run", plots=False)
     return result, full, root
-
-
-def write_csv_frame(frame: pd.DataFrame, path) -> None:
-    frame[["date", "market", "price"]].to_csv(path, index=False, date_format="%Y-%m-%d")
 
 
 def test_forecast_starts_at_filtered_times_p_and_converges_to_stationary(dmm):
@@ -77,25 +68,22 @@ def test_forecast_starts_at_filtered_times_p_and_converges_to_stationary(dmm):
 
 
 def _direct_filter(result, full: pd.DataFrame) -> list[np.ndarray]:
-    """Independent check: the fitted parameters evaluated on the full series, exact filter by posterior()."""
+    """Independent check: features of the full series built by hand, the fitted model's exact filter on them."""
     config = result.config
     series = []
-    for s in result.panel.series:
+    for s in result.fitted.panel.series:
         prices = full.loc[full["market"] == s.name, "price"].to_numpy()
         dates = pd.DatetimeIndex(full.loc[full["market"] == s.name, "date"])[1:]
         returns = np.diff(np.log(prices))
         eps = 1e-3 * np.std(returns[: s.length])  # the fitted series' vol eps
         raw = np.stack([returns, rolling_log_rms(returns, config.model.vol_window, eps)], axis=1)
         feats = (raw - s.feature_mean) / s.feature_std  # the TRAINING normalisation
-        series.append(MarketSeries(s.name, dates, returns, prices[1:], feats, s.feature_names,
-                                   s.feature_mean, s.feature_std))
+        series.append(
+            MarketSeries(s.name, dates, returns, prices[1:], feats, s.feature_names, s.feature_mean, s.feature_std)
+        )
     panel = make_panel(series)
-    data = ModelData.from_panel(panel, config.model.history, torch.float64, emitted=config.model.features)
-    globals_ = point_estimate(result.guide, data)
-    with torch.no_grad():
-        trace = poutine.trace(poutine.condition(result.model.log_potentials, data=globals_)).get_trace(data)
-    pot = trace.nodes["_RETURN"]["value"]
-    filtered = posterior(pot.log_init, pot.log_trans, pot.obs_ll).filtered.numpy()
+    _, post = result.fitted.posterior(result.fitted.model_data(panel))
+    filtered = post.filtered.numpy()
     return [filtered[m, : s.length] for m, s in enumerate(series)]
 
 
@@ -108,15 +96,19 @@ def test_nowcast_equals_the_filter_on_the_extended_series(dmm):
         n_old = len(m.dates)
         np.testing.assert_allclose(expected[:n_old], m.filtered, atol=1e-9)  # the fitted days are unchanged
         rows = update.frame[update.frame["market"] == m.name]
-        assert list(rows["date"]) == list(pd.DatetimeIndex(full.loc[full["market"] == m.name, "date"])[FIT_DAYS:]
-                                          .strftime("%Y-%m-%d"))
+        assert list(rows["date"]) == list(
+            pd.DatetimeIndex(full.loc[full["market"] == m.name, "date"])[FIT_DAYS:].strftime("%Y-%m-%d")
+        )
         got = rows[[f"prob_{r}" for r in result.regimes]].to_numpy()
         np.testing.assert_allclose(got, expected[n_old:], atol=1e-9)
         np.testing.assert_allclose(update.last[m.name], expected[-1], atol=1e-9)
     # Only the new rows, in a different order: the same answer.
     only_new = full.groupby("market", sort=False).tail(25).iloc[::-1]
-    np.testing.assert_allclose(nowcast(result, only_new).filter(like="prob_").to_numpy(),
-                               update.frame.filter(like="prob_").to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        nowcast(result, only_new).filter(like="prob_").to_numpy(),
+        update.frame.filter(like="prob_").to_numpy(),
+        atol=1e-12,
+    )
     last = update_filter(result, only_new)
     assert set(last) == {m.name for m in result.markets}
 
@@ -129,7 +121,7 @@ def test_nowcast_matches_a_hand_written_forward_filter(classic):
     # Classic mode: constant transition matrix, Gaussian emissions of the raw return.
     P = m.base_transition
     mean, sd = np.array(m.emission["return_mean"]), np.array(m.emission["return_sd"])
-    returns = np.diff(np.log(full["price"].to_numpy()))[FIT_DAYS - 1:]
+    returns = np.diff(np.log(full["price"].to_numpy()))[FIT_DAYS - 1 :]
     p = m.filtered[-1]
     for t, r in enumerate(returns):
         lik = np.exp(-0.5 * ((r - mean) / sd) ** 2) / sd
@@ -146,14 +138,16 @@ def test_single_new_day_and_bad_new_data(classic):
     last_fitted = result.markets[0].dates[-1]
     with pytest.raises(DataError, match="unknown market 'b'"):
         nowcast(result, one.assign(market="b"))
-    with pytest.raises(DataError, match=r"market 'a'.*2020-01-04.*not after the last fitted date " + str(last_fitted.date())):
+    with pytest.raises(
+        DataError, match=r"market 'a'.*2020-01-04.*not after the last fitted date " + str(last_fitted.date())
+    ):
         nowcast(result, one.assign(date=pd.Timestamp("2020-01-04")))  # a Saturday inside the fitted range
     changed = full.iloc[[FIT_DAYS - 1, FIT_DAYS]].copy()
     changed.loc[changed.index[0], "price"] *= 1.01
     with pytest.raises(DataError, match=f"date {last_fitted.date()}.*differs"):
         nowcast(result, changed)
     with pytest.raises(DataError, match="no day after"):
-        nowcast(result, full.iloc[FIT_DAYS - 5:FIT_DAYS])
+        nowcast(result, full.iloc[FIT_DAYS - 5 : FIT_DAYS])
     with pytest.raises(DataError, match="returns"):
         nowcast(result, pd.DataFrame({"date": ["2031-01-01"], "market": ["a"], "return": [0.01]}))
 

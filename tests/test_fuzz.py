@@ -1,7 +1,6 @@
 """Property-based fuzzing of the loader and the CLI: random and mutated CSVs either load
 (and then fit) or fail with the package's own error type, never an unhandled exception."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +16,28 @@ GOOD_CSV = GOOD.to_csv(index=False)
 
 cells = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", "nan", "NaN", "inf", "-inf", "1e400", "1e-400", "0", "-1", "abc", "2020-13-45", "NA",
-                     "1,5", "\x00", "\u00e9", "9" * 40]),
+    st.sampled_from(
+        [
+            "",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e400",
+            "1e-400",
+            "0",
+            "-1",
+            "abc",
+            "2020-13-45",
+            "NA",
+            "1,5",
+            "\x00",
+            "\u00e9",
+            "9" * 40,
+        ]
+    ),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.integers(min_value=-10**30, max_value=10**30).map(str),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
 )
 
 
@@ -34,8 +51,9 @@ def mutate(data: st.DataObject) -> bytes:
             c = data.draw(st.integers(0, 2))
             rows[r][c] = data.draw(cells).replace(",", ";").replace("\n", " ")
     elif kind == "header":
-        rows[0] = data.draw(st.lists(st.sampled_from(["date", "market", "price", "return", "Price", "x", ""]),
-                                     min_size=1, max_size=4))
+        rows[0] = data.draw(
+            st.lists(st.sampled_from(["date", "market", "price", "return", "Price", "x", ""]), min_size=1, max_size=4)
+        )
     elif kind == "drop":
         keep = data.draw(st.integers(0, len(rows)))
         rows = rows[:keep]
@@ -58,7 +76,9 @@ def mutate(data: st.DataObject) -> bytes:
     return text.encode("utf-8", errors="surrogatepass")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_loader_never_raises_anything_but_data_errors(tmp_path, data):
     path = tmp_path / "fuzz.csv"
@@ -76,8 +96,10 @@ def test_loader_never_raises_anything_but_data_errors(tmp_path, data):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=0, max_size=80),
-       column=st.sampled_from(["price", "return"]))
+@given(
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=0, max_size=80),
+    column=st.sampled_from(["price", "return"]),
+)
 def test_dataframes_with_extreme_values(values, column):
     frame = pd.DataFrame({"date": pd.bdate_range("2020-01-01", periods=len(values)), "market": "m", column: values})
     try:
@@ -87,15 +109,32 @@ def test_dataframes_with_extreme_values(values, column):
     assert np.isfinite(loaded[column]).all()
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_cli_fits_or_exits_2(tmp_path_factory, data):
     tmp = tmp_path_factory.mktemp("cli")
     path = tmp / "fuzz.csv"
     path.write_bytes(mutate(data))
     out = tmp / "out"
-    rc = main(["fit", "--data", str(path), "--out", str(out), "--epochs", "3", "--restarts", "1", "--quiet",
-               "--no-plots", "--regimes", "2"])
+    rc = main(
+        [
+            "fit",
+            "--data",
+            str(path),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--restarts",
+            "1",
+            "--quiet",
+            "--no-plots",
+            "--regimes",
+            "2",
+        ]
+    )
     assert rc in (0, 2)
     if rc == 2:
         assert not out.exists() or not any(p.name != "checkpoint.pt" for p in out.iterdir())

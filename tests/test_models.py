@@ -7,25 +7,30 @@ import torch
 from pyro import poutine
 
 import regime_dmm as rd
-from regime_dmm.data import build_features, load_prices, make_panel, simulate_markets
+from regime_dmm.config import PenaltyConfig
+from regime_dmm.data import load_prices, simulate_markets
 from regime_dmm.inference import log_normalizer
-from regime_dmm.models import ExactRegimeDMM, ModelData
-from regime_dmm.models.base import AnnealState
-from regime_dmm.training.penalties import PenaltyWeights
+from regime_dmm.models import AnnealState, StepContext
+
+from helpers import model_and_data
 
 
 def small_frame(seed=3, n_days=400):
-    spec = dict(name="m", start="2020-01-01", freq="B", usage=(0.7, 0.3), leave_rates=(0.03, 0.07),
-                means=(0.0, 0.0), sds=(0.01, 0.03))
+    spec = dict(
+        name="m",
+        start="2020-01-01",
+        freq="B",
+        usage=(0.7, 0.3),
+        leave_rates=(0.03, 0.07),
+        means=(0.0, 0.0),
+        sds=(0.01, 0.03),
+    )
     return simulate_markets([spec], seed=seed, n_days=n_days, regimes=("calm", "volatile"))
 
 
 def test_regimes_are_ordered_by_volatility_for_any_parameters():
     cfg = rd.FitConfig()
-    series = build_features(load_prices(rd.simulate_default(0, n_days=200).frame), features=("return", "vol"))
-    panel = make_panel(series)
-    data = ModelData.from_panel(panel, cfg.model.history, torch.float64, emitted=cfg.model.features)
-    model = ExactRegimeDMM(cfg, panel.num_markets, 1).double()
+    model, data, _ = model_and_data(cfg, rd.simulate_default(0, n_days=200).frame)
     for seed in range(5):
         torch.manual_seed(seed)
         with poutine.trace():
@@ -36,17 +41,16 @@ def test_regimes_are_ordered_by_volatility_for_any_parameters():
 
 def test_penalties_enter_the_model_as_factors():
     cfg = rd.FitConfig()
-    series = build_features(load_prices(rd.simulate_default(0, n_days=200).frame), features=("return", "vol"))
-    panel = make_panel(series)
-    data = ModelData.from_panel(panel, cfg.model.history, torch.float64, emitted=cfg.model.features)
-    model = ExactRegimeDMM(cfg, panel.num_markets, 1).double()
-    state = AnnealState(penalties=PenaltyWeights(diversity=0.2, separation=0.1, entropy=0.5))
+    model, data, _ = model_and_data(cfg, rd.simulate_default(0, n_days=200).frame)
+    state = AnnealState(penalties=PenaltyConfig(diversity_weight=0.2, separation_weight=0.1, entropy_weight=0.5))
+    ctx = StepContext(anneal=state)
     torch.manual_seed(0)
-    trace = poutine.trace(model.model).get_trace(data, state)
+    trace = poutine.trace(model.model).get_trace(data, ctx)
     for name in ("log_likelihood", "separation_penalty", "entropy_penalty"):
         assert name in trace.nodes
     assert trace.nodes["entropy_penalty"]["fn"].log_factor.item() == pytest.approx(
-        -model.last_diagnostics["entropy_penalty"].item())
+        -ctx.diagnostics["entropy_penalty"].item()
+    )
 
 
 def test_classic_matches_hmmlearn_and_statsmodels():
@@ -71,8 +75,9 @@ def test_classic_matches_hmmlearn_and_statsmodels():
     res = sm.tsa.MarkovRegression(r, k_regimes=2, switching_variance=True).fit(disp=False)
     assert abs(ours - res.llf) < 1.5
     # the same parameters give the same likelihood as hmmlearn's to 1e-8
-    obs_ll = torch.distributions.Normal(torch.tensor(h.means_[:, 0]), torch.tensor(np.sqrt(h.covars_[:, 0, 0]))).log_prob(
-        torch.tensor(r)[:, None])
+    obs_ll = torch.distributions.Normal(
+        torch.tensor(h.means_[:, 0]), torch.tensor(np.sqrt(h.covars_[:, 0, 0]))
+    ).log_prob(torch.tensor(r)[:, None])
     log_trans = torch.tensor(np.log(h.transmat_)).expand(len(r), 2, 2)
     ll = log_normalizer(torch.tensor(np.log(h.startprob_ + 1e-300))[None], log_trans[None], obs_ll[None]).item()
     assert ll == pytest.approx(h.score(r[:, None]), abs=1e-6)

@@ -5,8 +5,8 @@ import torch
 
 from regime_dmm.config import FitConfig
 from regime_dmm.models.base import AnnealState
+from regime_dmm.models.penalties import diversity_penalty, entropy_penalty, separation_penalty
 from regime_dmm.training.annealing import BetaWarmup, TemperatureDecay, default_schedules
-from regime_dmm.training.penalties import diversity_penalty, entropy_penalty, separation_penalty
 
 
 def test_diversity_zero_below_threshold_and_reference_value():
@@ -57,5 +57,5 @@ def test_default_schedules_set_state_from_config():
     for s in default_schedules(cfg):
         s(1, 100, state)
     assert state.beta == 0.0 and state.tau == pytest.approx(1.0)
-    assert state.penalties.diversity == pytest.approx(0.3)
+    assert state.penalties.diversity_weight == pytest.approx(0.3)
     assert state.penalties.entropy_target == pytest.approx(0.9)

@@ -15,14 +15,7 @@ from regime_dmm.errors import CheckpointError
 from regime_dmm.outputs import write_outputs
 from regime_dmm.persistence import load_fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(seed: int, days: int = 150) -> pd.DataFrame:

@@ -9,14 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
 
-import regime_dmm as rd  # noqa: E402
-from regime_dmm import plots  # noqa: E402
+import regime_dmm as rd
+from regime_dmm import plots
 
 
 @pytest.fixture(scope="module")

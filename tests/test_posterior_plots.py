@@ -8,14 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
 
-import regime_dmm as rd  # noqa: E402
-from regime_dmm import posterior_plots as pp  # noqa: E402
-from regime_dmm.arviz_export import load_netcdf, save_netcdf, to_inference_data  # noqa: E402
+import regime_dmm as rd
+from regime_dmm import posterior_plots as pp
+from regime_dmm.arviz_export import load_netcdf, save_netcdf, to_inference_data
 
 az = pytest.importorskip("arviz")
 

@@ -9,6 +9,8 @@ import pytest
 import regime_dmm as rd
 from regime_dmm.evaluation import oracle_states
 
+pytestmark = pytest.mark.slow  # end-to-end fits
+
 
 @pytest.fixture(scope="module")
 def default_fit():

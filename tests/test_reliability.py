@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import regime_dmm as rd
-import regime_dmm.fitting as fitting
+import regime_dmm.training.variants as variants
 from regime_dmm.cli import main
 from regime_dmm.errors import CheckpointError, TrainingError
 from regime_dmm.fitting import load_resume_state, resume_fit
-from regime_dmm.outputs import load_checkpoint
+from regime_dmm.persistence import MODEL_FORMAT, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def small_config(**training):
     return rd.FitConfig().replace(training=base)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(frame, tmp_path):
     cfg = small_config()
     straight = rd.fit(frame, cfg)
@@ -44,8 +45,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(frame, tmp_path):
     with pytest.raises(rd.FitInterrupted):
         rd.fit(frame, cfg, checkpoint=ckpt, checkpoint_every=5, stop_requested=stop_after_30)
     state = load_resume_state(ckpt)
-    assert [e["restart"] for e in state["run"]["completed"]] == [0]
-    assert state["run"]["current"]["restart"] == 1 and state["run"]["current"]["loop"]["epoch"] == 6
+    assert [e.restart for e in state.run.completed] == [0]
+    assert state.run.current.restart == 1 and state.run.current.loop.epoch == 6
     resumed = resume_fit(ckpt, data=frame)
     pd.testing.assert_frame_equal(straight.regimes_frame(), resumed.regimes_frame())
     assert straight.summary() == resumed.summary() | {"data": straight.summary()["data"]}
@@ -100,38 +101,39 @@ def test_repeated_faults_stop_with_a_clear_error(frame, monkeypatch):
 
 
 def test_a_failing_restart_is_reported_and_skipped(frame, monkeypatch):
-    real = fitting.train_svi
+    real = variants.train_svi
 
     def flaky(*args, **kwargs):
         if kwargs["restart"] == 1:
             raise TrainingError("restart 1: injected failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fitting, "train_svi", flaky)
+    monkeypatch.setattr(variants, "train_svi", flaky)
     result = rd.fit(frame, small_config(restarts=3))
     status = {r["restart"]: r["status"] for r in result.restarts}
     assert status == {0: "ok", 1: "failed", 2: "ok"}
     assert "injected" in result.restarts[1]["reason"]
 
 
+@pytest.mark.slow
 def test_cli_failure_leaves_only_the_last_checkpoint(frame, tmp_path, monkeypatch, capsys):
     data = tmp_path / "prices.csv"
     frame.to_csv(data, index=False)
-    real = fitting.train_svi
+    real = variants.train_svi
 
     def dies_late(*args, **kwargs):
         if kwargs["restart"] == 1:
             raise TrainingError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fitting, "train_svi", dies_late)
-    monkeypatch.setattr(fitting.pyro, "clear_param_store", fitting.pyro.clear_param_store)
+    monkeypatch.setattr(variants, "train_svi", dies_late)
     out = tmp_path / "out"
-    rc = main(["fit", "--data", str(data), "--out", str(out), "--epochs", "10", "--restarts", "2", "--quiet",
-               "--no-plots"])
+    rc = main(
+        ["fit", "--data", str(data), "--out", str(out), "--epochs", "10", "--restarts", "2", "--quiet", "--no-plots"]
+    )
     assert rc == 0  # restart 0 succeeded
     assert not (out / "checkpoint.pt").exists() and (out / "regimes.csv").exists()
-    monkeypatch.setattr(fitting, "train_svi", lambda *a, **k: (_ for _ in ()).throw(TrainingError("boom")))
+    monkeypatch.setattr(variants, "train_svi", lambda *a, **k: (_ for _ in ()).throw(TrainingError("boom")))
     out2 = tmp_path / "out2"
     rc = main(["fit", "--data", str(data), "--out", str(out2), "--epochs", "10", "--restarts", "2", "--quiet"])
     assert rc == 2 and "every restart failed" in capsys.readouterr().err
@@ -146,7 +148,7 @@ class Evil:
 @pytest.mark.parametrize("kind", ["pickle", "truncated", "garbage", "foreign", "version"])
 def test_bad_checkpoints_give_clear_errors(tmp_path, kind):
     path = tmp_path / "model.pt"
-    good = {"format": "regime-dmm-checkpoint/1", "package_version": rd.__version__, "params": {}}
+    good = {"format": MODEL_FORMAT, "package_version": rd.__version__, "params": {}}
     if kind == "pickle":
         path.write_bytes(pickle.dumps(Evil()))
     elif kind == "truncated":
@@ -175,6 +177,7 @@ def test_cli_resume_with_bad_checkpoint_exits_2(tmp_path, capsys):
     assert "not a readable regime-dmm checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_prints_resume_command(frame, tmp_path, sig, code):
@@ -182,9 +185,26 @@ def test_signal_saves_checkpoint_and_prints_resume_command(frame, tmp_path, sig,
     frame.to_csv(data, index=False)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "regime_dmm.cli", "fit", "--data", str(data), "--out", str(out), "--epochs", "100000",
-         "--restarts", "1", "--checkpoint-every", "1", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "regime_dmm.cli",
+            "fit",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "100000",
+            "--restarts",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 180
     while not (out / "checkpoint.pt").exists():  # training is running once the first checkpoint is there
@@ -195,4 +215,4 @@ def test_signal_saves_checkpoint_and_prints_resume_command(frame, tmp_path, sig,
     assert proc.returncode == code, err
     assert f"regime-dmm fit --resume {out}" in err
     state = load_resume_state(out / "checkpoint.pt")
-    assert state["run"]["current"]["loop"]["epoch"] >= 1
+    assert state.run.current.loop.epoch >= 1

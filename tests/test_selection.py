@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.figure import Figure
 
 from regime_dmm import FitConfig, fit
@@ -18,24 +17,32 @@ DAYS = 1500  # prices per market; the last 20 % of the returns are held out
 CLASSIC = FitConfig().replace(model={"classic": True}, training={"restarts": 1})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _two_regimes(days: int = DAYS, seed: int = 1) -> pd.DataFrame:
-    spec = MarketSpec(name="a", start="2015-01-02", freq="B", usage=(0.6, 0.4), leave_rates=(0.02, 0.03),
-                      means=(0.0, 0.0), sds=(0.005, 0.03))
+    spec = MarketSpec(
+        name="a",
+        start="2015-01-02",
+        freq="B",
+        usage=(0.6, 0.4),
+        leave_rates=(0.02, 0.03),
+        means=(0.0, 0.0),
+        sds=(0.005, 0.03),
+    )
     return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile")).frame
 
 
 def _three_regimes(days: int = DAYS, seed: int = 2) -> pd.DataFrame:
-    spec = MarketSpec(name="b", start="2015-01-02", freq="B", usage=(0.4, 0.35, 0.25), leave_rates=(0.03, 0.04, 0.05),
-                      means=(0.0, 0.0, 0.0), sds=(0.004, 0.016, 0.06))
+    spec = MarketSpec(
+        name="b",
+        start="2015-01-02",
+        freq="B",
+        usage=(0.4, 0.35, 0.25),
+        leave_rates=(0.03, 0.04, 0.05),
+        means=(0.0, 0.0, 0.0),
+        sds=(0.004, 0.016, 0.06),
+    )
     return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile", "panic")).frame
 
 
@@ -107,7 +114,19 @@ def test_cli_select(tmp_path, capsys):
     data = tmp_path / "prices.csv"
     _two_regimes(days=200, seed=4)[["date", "market", "price"]].to_csv(data, index=False, date_format="%Y-%m-%d")
     out = tmp_path / "sel"
-    args = ["select", "--data", str(data), "--classic", "--regimes", "2..3", "--restarts", "1", "--quiet", "--out", str(out)]
+    args = [
+        "select",
+        "--data",
+        str(data),
+        "--classic",
+        "--regimes",
+        "2..3",
+        "--restarts",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "heldout_loglik" in printed and "best by held-out log-likelihood" in printed
@@ -120,5 +139,7 @@ def test_cli_select(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert (out / "selection.csv").exists()
     assert main(["select", "--data", str(data), "--regimes", "3..2", "--out", str(tmp_path / "x")]) == 2
-    assert main(["select", "--data", str(tmp_path / "missing.csv"), "--regimes", "2", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(["select", "--data", str(tmp_path / "missing.csv"), "--regimes", "2", "--out", str(tmp_path / "y")]) == 2
+    )
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

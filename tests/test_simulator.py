@@ -52,7 +52,7 @@ def test_default_shape_and_calendar(default):
     assert set(tok["date"].dt.day_of_week) == set(range(7))  # every day
     assert (tok["date"].diff().dropna() == pd.Timedelta(days=1)).all()
     assert trad["price"].iloc[0] == tok["price"].iloc[0] == 100.0
-    for market, z in default.true_regimes.items():
+    for z in default.true_regimes.values():
         assert z.shape == (2500,)
         assert z.min() >= 0 and z.max() < 4
 
@@ -135,8 +135,13 @@ def test_round_trip_through_csv(default, tmp_path):
 
 def test_generic_specs_and_validation():
     spec = dict(
-        name="x", start="2020-01-01", freq="D", usage=(0.5, 0.5), leave_rates=(0.2, 0.3),
-        means=(0.0, 0.0), sds=(0.01, 0.02),
+        name="x",
+        start="2020-01-01",
+        freq="D",
+        usage=(0.5, 0.5),
+        leave_rates=(0.2, 0.3),
+        means=(0.0, 0.0),
+        sds=(0.01, 0.02),
     )
     data = simulate_markets([spec], seed=1, n_days=50, regimes=("low", "high"))
     assert data.regimes == ("low", "high")

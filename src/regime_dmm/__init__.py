@@ -3,31 +3,35 @@
 >>> import regime_dmm as rd
 >>> fit = rd.fit()                       # embedded simulated two-market data
 >>> fit.regimes_frame().head()           # date, market, regime, prob_calm, ...
+>>> fit.fitted.posterior()               # the fitted model: potentials and exact posterior
 """
 
 from ._version import __version__
 from .config import FitConfig, ModelConfig, PenaltyConfig, TrainConfig
 from .data import load_prices, simulate_default
 from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, TrainingError
+from .fitted import FittedModel
 from .fitting import FitInterrupted, fit, resume_fit
+from .persistence import load_fit
 from .results import RegimeFit
-
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
     "FitConfig",
+    "FitInterrupted",
+    "FittedModel",
     "ModelConfig",
     "PenaltyConfig",
     "RegimeDMMError",
     "RegimeFit",
     "TrainConfig",
     "TrainingError",
-    "FitInterrupted",
-    "fit",
-    "resume_fit",
-    "load_prices",
-    "simulate_default",
     "__version__",
+    "fit",
+    "load_fit",
+    "load_prices",
+    "resume_fit",
+    "simulate_default",
 ]

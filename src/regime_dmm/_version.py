@@ -1,1 +1,5 @@
-__version__ = "0.1.0"
+"""The package version (also stamped into every checkpoint)."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.2.0"

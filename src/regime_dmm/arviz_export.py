@@ -38,27 +38,23 @@ The Pyro param store and the global torch RNG are left as they were.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 import xarray as xr
-from pyro import poutine
 
 from ._version import __version__
-from .guides import point_estimate
+from .atomic import atomic_write
+from .data.features import FeaturePipeline, Panel
+from .fitted import FittedModel
 from .inference import posterior as hmm_posterior
-from .models.base import ModelData
-from .models.classic import ClassicMarkovSwitching, empty_guide
+from .results import RegimeFit
 
 if TYPE_CHECKING:  # pragma: no cover
     import arviz
-
-    from .results import RegimeFit
 
 __all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "netcdf_engine", "obs_index", "ExportError"]
 
@@ -80,45 +76,38 @@ def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> 
     """
     import arviz as az
 
-    if fit.model is None or fit.panel is None or fit.param_state is None:
-        raise ExportError("the fit has no live model, panel or parameters (a fit loaded from disk?): refit first")
+    if fit.fitted is None:
+        raise ExportError("the fit has no fitted model: refit it or reload it with regime_dmm.load_fit")
     num_samples = int(num_samples)
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    model, panel, config = fit.model, fit.panel, fit.config
+    fitted = fit.fitted
+    panel, config = fitted.panel, fitted.config
     regimes = list(fit.regimes)
     markets = list(panel.markets)
-    store = pyro.get_param_store()
-    saved_state = store.get_state()
-    try:
-        _replace_store(store, fit.param_state)
-        dtype = _model_dtype(fit)
-        data = ModelData.from_panel(panel, config.model.history, dtype, emitted=config.model.features)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(int(seed))
-            draws, kind, note = _global_draws(fit, data, num_samples, dtype)
-            per_draw = [_evaluate(model, draw, data) for draw in draws]
-            _add_posteriors(per_draw)
-            shift = _emission_shift(model, data)
-    finally:
-        _replace_store(store, saved_state)
+    draws = fitted.draws(num_samples, seed=int(seed))
+    note = fitted.describe_draws(len(draws))
+    per_draw = _evaluate_draws(fitted, draws)
+    shift_t = fitted.emission_shift()
+    shift = None if shift_t is None else shift_t.double().numpy()
 
     dates = _union_dates(panel)
     positions = [dates.get_indexer(_naive(s.dates)) for s in panel.series]
     rng = np.random.default_rng([int(seed), 20240917])
-    post = _posterior_group(per_draw, panel, positions, len(dates))
-    predictive = _predictive_group(per_draw, shift, panel, positions, len(dates), rng)
-    loglik, obs_market, obs_date = _log_likelihood_group(per_draw, panel)
+    pipe = fitted.pipeline
+    post = _posterior_group(per_draw, pipe, panel, positions, len(dates))
+    predictive = _predictive_group(per_draw, shift, pipe, panel, positions, len(dates), rng)
+    loglik, obs_market, obs_date = _log_likelihood_group(per_draw, pipe, panel)
 
     coords = {"market": markets, "regime": regimes, "regime_to": regimes, "date": dates.values}
     attrs = {
         "package": "regime_dmm",
         "package_version": __version__,
         "regimes": list(regimes),
-        "guide": kind,
+        "guide": fitted.guide.kind,
         "seed": int(seed),
         "num_draws": len(draws),
-        "emission": "gaussian" if isinstance(model, ClassicMarkovSwitching) else config.model.emission,
+        "emission": config.model.emission,
         "emitted_features": ",".join(config.model.features),
         "units": "input units (the data's log returns); transition rows: from, columns: to",
         "note": note,
@@ -136,9 +125,9 @@ def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> 
         coords={"chain": [0], "draw": np.arange(len(draws)), **coords},
         attrs=dict(attrs),
     )
-    observed = {"returns": (("market", "date"), _observed(panel, positions, len(dates), "return"))}
+    observed = {"returns": (("market", "date"), _observed(pipe, panel, positions, len(dates), "return"))}
     if all("vol" in s.feature_names for s in panel.series) and panel.series:
-        observed["vol"] = (("market", "date"), _observed(panel, positions, len(dates), "vol"))
+        observed["vol"] = (("market", "date"), _observed(pipe, panel, positions, len(dates), "vol"))
     observed_ds = xr.Dataset(observed, coords={"market": markets, "date": dates.values}, attrs=dict(attrs))
     predictive_ds = xr.Dataset(
         {"returns": (("chain", "draw", "market", "date"), predictive)},
@@ -147,20 +136,22 @@ def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> 
     )
     loglik_ds = xr.Dataset(
         {"returns": (("chain", "draw", "obs"), loglik)},
-        coords={"chain": [0], "draw": np.arange(len(draws)), "obs": np.arange(loglik.shape[-1]),
-                "obs_market": ("obs", obs_market), "obs_date": ("obs", obs_date)},
+        coords={
+            "chain": [0],
+            "draw": np.arange(len(draws)),
+            "obs": np.arange(loglik.shape[-1]),
+            "obs_market": ("obs", obs_market),
+            "obs_date": ("obs", obs_date),
+        },
         attrs=dict(attrs),
     )
     return az.InferenceData(
-        attrs=dict(attrs), posterior=posterior_ds, posterior_predictive=predictive_ds,
-        log_likelihood=loglik_ds, observed_data=observed_ds,
+        attrs=dict(attrs),
+        posterior=posterior_ds,
+        posterior_predictive=predictive_ds,
+        log_likelihood=loglik_ds,
+        observed_data=observed_ds,
     )
-
-
-def _replace_store(store, state: dict) -> None:
-    """``set_state`` merges into the store: clear it first so that it holds exactly ``state``."""
-    store.clear()
-    store.set_state(state)
 
 
 def netcdf_engine() -> str:
@@ -173,18 +164,9 @@ def netcdf_engine() -> str:
 
 def save_netcdf(idata: arviz.InferenceData, path: str | Path) -> Path:
     """Write ``idata`` to ``path`` (NetCDF-4, one group per ArviZ group; parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     engine = netcdf_engine()
-    # Write next to the target and rename: atomic, and works while a reader holds the old file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        idata.to_netcdf(str(tmp), engine=engine)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    # Written next to the target and renamed: atomic, and works while a reader holds the old file.
+    return atomic_write(path, lambda tmp: idata.to_netcdf(str(tmp), engine=engine))
 
 
 def load_netcdf(path: str | Path) -> arviz.InferenceData:
@@ -197,79 +179,32 @@ def load_netcdf(path: str | Path) -> arviz.InferenceData:
 
 def obs_index(idata: arviz.InferenceData, market: str) -> np.ndarray:
     """Positions along ``obs`` (log_likelihood) of ``market``'s days."""
-    return np.flatnonzero(np.asarray(idata.log_likelihood["obs_market"].values).astype(str) == str(market))
+    return np.flatnonzero(np.asarray(idata["log_likelihood"]["obs_market"].values).astype(str) == str(market))
 
 
 # ---------------------------------------------------------------------------------------
 # draws of the global parameters
 
-
-def _model_dtype(fit: RegimeFit) -> torch.dtype:
-    dtype = getattr(torch, str(getattr(fit.config.training, "dtype", "float64")), None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float64
-
-
-def _global_names(model, dtype: torch.dtype) -> set[str]:
-    """Names of the model's global sample sites (none in classic mode)."""
-    if isinstance(model, ClassicMarkovSwitching):
-        return set()
-    with poutine.block(hide_types=["param"]):
-        nodes = poutine.trace(model.sample_globals).get_trace(dtype).nodes
-    return {k for k, v in nodes.items() if v["type"] == "sample" and not k.startswith("_")}
-
-
-def _guide_kind(fit: RegimeFit) -> str:
-    if isinstance(fit.model, ClassicMarkovSwitching) or fit.guide is empty_guide:
-        return "classic"
-    if getattr(fit.config.training, "inference", "exact") == "relaxed":
-        return "relaxed"  # MAP globals + an inference network (training.guide is not used)
-    return str(fit.config.training.guide)
-
-
-def _global_draws(fit: RegimeFit, data: ModelData, num_samples: int, dtype) -> tuple[list[dict], str, str]:
-    kind = _guide_kind(fit)
-    names = _global_names(fit.model, dtype)
-    if kind == "classic":
-        note = ("point estimate (maximum likelihood, classic mode; the MAP under flat priors) with one draw: "
-                "no posterior uncertainty")
-        return [{}], kind, note
-    if kind in ("map", "relaxed"):
-        estimate = point_estimate(fit.guide, data)
-        note = ("point estimate (MAP of the global parameters, map guide) with one draw: no posterior "
-                "uncertainty; refit with the normal guide for posterior draws")
-        if kind == "relaxed":
-            note = ("point estimate (MAP of the global parameters, relaxed mode) with one draw: no posterior "
-                    "uncertainty; smoothed_probs here are the exact posterior at those values, not the "
-                    "inference network's marginals reported in the fit's results")
-        return [{k: v.detach() for k, v in estimate.items() if k in names}], kind, note
-    draws = []
-    for _ in range(num_samples):
-        nodes = poutine.trace(fit.guide).get_trace(data, None).nodes
-        draws.append({k: v["value"].detach() for k, v in nodes.items()
-                      if v["type"] == "sample" and not k.startswith("_") and k in names})
-    note = (f"{num_samples} draws of the global parameters from the {kind} guide (variational posterior); "
-            "network weights are fixed at their fitted values")
-    return draws, kind, note
-
-
-def _evaluate(model, draw: dict[str, torch.Tensor], data: ModelData) -> dict[str, Any]:
-    """Potentials and globals at one draw of the globals."""
-    trace = poutine.trace(poutine.condition(model.log_potentials, data=draw)).get_trace(data)
-    pot = type(trace.nodes["_RETURN"]["value"])(*(t.detach() for t in trace.nodes["_RETURN"]["value"]))
-    g = {k.split(".", 1)[-1]: v["value"].detach() for k, v in trace.nodes.items()
-         if (v["type"] == "param" and k.startswith("classic.")) or (v["type"] == "sample" and k in draw)}
-    return {"pot": pot, "g": g}
-
-
 _ROWS_PER_CHUNK = 100_000  # (series x days) per batched forward-backward: bounds the scan's memory
 
 
-def _add_posteriors(per_draw: list[dict[str, Any]]) -> None:
-    """The exact regime posterior of every draw, batched over draws (in chunks)."""
+def _evaluate_draws(fitted: FittedModel, draws: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    """Potentials, smoothed probabilities and one-step predictive densities at every draw.
+
+    A point estimate's single draw is the fitted model's own (cached) posterior; several draws
+    are evaluated batched over draws, in chunks.
+    """
+    if fitted.guide.is_point_estimate:
+        pot, post = fitted.posterior()
+        return [{"pot": pot, "g": pot.values, "smoothed": post.smoothed, "log_predictive": post.log_predictive}]
+    per_draw: list[dict[str, Any]] = []
+    for draw in draws:
+        pot = fitted.potentials(values=draw)
+        per_draw.append({"pot": pot, "g": pot.values})
     m_n, steps = per_draw[0]["pot"].obs_ll.shape[:2]
     chunk = max(1, _ROWS_PER_CHUNK // max(m_n * steps, 1))
     for start in range(0, len(per_draw), chunk):
-        part = per_draw[start:start + chunk]
+        part = per_draw[start : start + chunk]
         post = hmm_posterior(
             torch.cat([ev["pot"].log_init for ev in part]),
             torch.cat([ev["pot"].log_trans.expand(m_n, steps, -1, -1) for ev in part]),
@@ -277,16 +212,9 @@ def _add_posteriors(per_draw: list[dict[str, Any]]) -> None:
         )
         smoothed, predictive = post.smoothed, post.log_predictive
         for i, ev in enumerate(part):
-            ev["smoothed"] = smoothed[i * m_n:(i + 1) * m_n]
-            ev["log_predictive"] = predictive[i * m_n:(i + 1) * m_n]
-
-
-def _emission_shift(model, data: ModelData) -> np.ndarray | None:
-    """The emission network's daily location shifts ``(M, T, K)`` of the return (normalised)."""
-    net = getattr(model, "emission_net", None)
-    if net is None:
-        return None
-    return net(data.history)[..., 0].detach().double().numpy()
+            ev["smoothed"] = smoothed[i * m_n : (i + 1) * m_n]
+            ev["log_predictive"] = predictive[i * m_n : (i + 1) * m_n]
+    return per_draw
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,13 +235,18 @@ def _union_dates(panel) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(dates.sort_values().unique()).astype("datetime64[ns]").rename("date")
 
 
-def _posterior_group(per_draw: list[dict], panel, positions, num_dates: int) -> dict[str, np.ndarray]:
+def _posterior_group(
+    per_draw: list[dict], pipe: FeaturePipeline, panel: Panel, positions: list[np.ndarray], num_dates: int
+) -> dict[str, np.ndarray]:
     s_n, m_n = len(per_draw), panel.num_markets
     k = per_draw[0]["pot"].log_init.shape[-1]
     out = {
-        "transition": np.empty((1, s_n, m_n, k, k)), "base": np.empty((1, s_n, m_n, k, k)),
-        "initial": np.empty((1, s_n, m_n, k)), "return_mean": np.empty((1, s_n, m_n, k)),
-        "return_sd": np.empty((1, s_n, m_n, k)), "smoothed": np.full((1, s_n, m_n, num_dates, k), np.nan),
+        "transition": np.empty((1, s_n, m_n, k, k)),
+        "base": np.empty((1, s_n, m_n, k, k)),
+        "initial": np.empty((1, s_n, m_n, k)),
+        "return_mean": np.empty((1, s_n, m_n, k)),
+        "return_sd": np.empty((1, s_n, m_n, k)),
+        "smoothed": np.full((1, s_n, m_n, num_dates, k), np.nan),
     }
     has_df = "df" in per_draw[0]["g"]
     if has_df:
@@ -330,27 +263,36 @@ def _posterior_group(per_draw: list[dict], panel, positions, num_dates: int) -> 
             out["transition"][0, d, m] = trans / trans.sum(-1, keepdims=True)
             out["base"][0, d, m] = g["transition"][m].double().numpy()
             out["initial"][0, d, m] = g["initial"][m].double().numpy()
-            mean, std = series.feature_mean, series.feature_std
-            out["return_mean"][0, d, m] = loc[m, :, 0] * std[0] + mean[0]
-            out["return_sd"][0, d, m] = scale[m, :, 0] * std[0]
+            out["return_mean"][0, d, m] = pipe.to_input_units(series.name, 0, loc[m, :, 0])
+            out["return_sd"][0, d, m] = pipe.scale_to_input_units(series.name, 0, scale[m, :, 0])
             out["smoothed"][0, d, m, positions[m]] = smoothed[m, :steps]
             if has_df:
                 out["df"][0, d, m] = 2.0 + float(g["df"][m])
     return out
 
 
-def _observed(panel, positions, num_dates: int, feature: str) -> np.ndarray:
+def _observed(
+    pipe: FeaturePipeline, panel: Panel, positions: list[np.ndarray], num_dates: int, feature: str
+) -> np.ndarray:
     out = np.full((panel.num_markets, num_dates), np.nan)
     for m, s in enumerate(panel.series):
         if feature == "return":
             out[m, positions[m]] = np.asarray(s.returns, dtype=float)
         else:
             i = s.feature_names.index(feature)
-            out[m, positions[m]] = s.features[:, i] * s.feature_std[i] + s.feature_mean[i]
+            out[m, positions[m]] = pipe.to_input_units(s.name, feature, s.features[:, i])
     return out
 
 
-def _predictive_group(per_draw, shift, panel, positions, num_dates: int, rng: np.random.Generator) -> np.ndarray:
+def _predictive_group(
+    per_draw: list[dict],
+    shift: np.ndarray | None,
+    pipe: FeaturePipeline,
+    panel: Panel,
+    positions: list[np.ndarray],
+    num_dates: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     s_n, m_n = len(per_draw), panel.num_markets
     out = np.full((1, s_n, m_n, num_dates), np.nan)
     for d, ev in enumerate(per_draw):
@@ -372,22 +314,22 @@ def _predictive_group(per_draw, shift, panel, positions, num_dates: int, rng: np
             else:
                 noise = rng.standard_normal(steps)
             normalised = day_loc + scale[m][z] * noise
-            out[0, d, m, positions[m]] = normalised * series.feature_std[0] + series.feature_mean[0]
+            out[0, d, m, positions[m]] = pipe.to_input_units(series.name, 0, normalised)
     return out
 
 
-def _log_likelihood_group(per_draw, panel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _log_likelihood_group(
+    per_draw: list[dict], pipe: FeaturePipeline, panel: Panel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lengths = [s.length for s in panel.series]
     total = int(sum(lengths))
     out = np.empty((1, len(per_draw), total))
-    emitted = per_draw[0]["pot"].emission_loc.shape[-1]
     for d, ev in enumerate(per_draw):
         pred = ev["log_predictive"].double().numpy()
         start = 0
         for m, series in enumerate(panel.series):
             steps = lengths[m]
-            log_jac = float(np.log(np.asarray(series.feature_std[:emitted], dtype=float)).sum())
-            out[0, d, start:start + steps] = pred[m, :steps] - log_jac
+            out[0, d, start : start + steps] = pred[m, :steps] - pipe.log_jacobian(series.name)
             start += steps
     obs_market = np.array([s.name for s in panel.series for _ in range(s.length)], dtype=str)
     obs_date = np.concatenate([_naive(s.dates).values for s in panel.series] or [np.array([], "datetime64[ns]")])

@@ -2,32 +2,38 @@
 
 Both kinds of file (a finished model, ``model.pt``; a run to resume, ``checkpoint.pt``)
 are read with ``torch.load(weights_only=True)``, so a pickle that would run code is refused,
-and are written to a temporary file that replaces the target atomically.
+and are written with :func:`~regime_dmm.atomic.atomic_write` (flushed to disk, then renamed
+over the target).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ._version import __version__
+from .atomic import atomic_write
 from .errors import CheckpointError
 
-
-def atomic_save(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["read_checkpoint", "write_checkpoint"]
 
 
-def read_checkpoint(path: str | Path, fmt: str, what: str, required: tuple[str, ...] = ()) -> dict:
+def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` ``payload`` (tensors and plain data) to ``path`` atomically, synced to disk."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return atomic_write(path, write)
+
+
+def read_checkpoint(path: str | Path, fmt: str, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load ``path`` safely and check its format tag, package version and keys.
 
     Raises :class:`CheckpointError` for a missing, truncated, tampered, foreign or

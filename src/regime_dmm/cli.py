@@ -16,15 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text, staging_folder
 from .config import FitConfig
-from .outputs import replace_folder
 from .errors import ConfigError, RegimeDMMError
+
+__all__ = ["main", "parse_regimes"]
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regime-dmm", description="Market regimes with an exact-regime Deep Markov Model.")
+    parser = argparse.ArgumentParser(
+        prog="regime-dmm", description="Market regimes with an exact-regime Deep Markov Model."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit the model and write regimes, summary, history, checkpoint and plots")
@@ -35,19 +39,33 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, help="training epochs per restart")
     fit.add_argument("--restarts", type=int, help="restarts; the best objective is kept")
     fit.add_argument("--lr", type=float, help="learning rate of ClippedAdam")
-    fit.add_argument("--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return")
+    fit.add_argument(
+        "--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return"
+    )
     fit.add_argument("--emission", choices=["gaussian", "studentt"], help="emission distribution of the return")
     fit.add_argument("--guide", choices=["map", "normal"], help="guide for the global parameters")
-    fit.add_argument("--inference", choices=["exact", "relaxed"],
-                     help="regimes summed out exactly (default) or relaxed (Gumbel-Softmax + inference network)")
-    fit.add_argument("--straight-through", action="store_true", default=None,
-                     help="relaxed mode: one-hot regimes forward, relaxed gradients backward")
+    fit.add_argument(
+        "--inference",
+        choices=["exact", "relaxed"],
+        help="regimes summed out exactly (default) or relaxed (Gumbel-Softmax + inference network)",
+    )
+    fit.add_argument(
+        "--straight-through",
+        action="store_true",
+        default=None,
+        help="relaxed mode: one-hot regimes forward, relaxed gradients backward",
+    )
     fit.add_argument("--tau-floor", type=float, help="relaxed mode: final temperature (default 0.5)")
     fit.add_argument("--out", default="regime_dmm_out", help="output folder (default: regime_dmm_out)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     fit.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
-    fit.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
-                     help="write DIR/checkpoint.pt every N epochs (default 50)")
+    fit.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        metavar="N",
+        help="write DIR/checkpoint.pt every N epochs (default 50)",
+    )
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     fit.add_argument("--quiet", action="store_true", help="no per-epoch log and no progress bar")
 
@@ -59,12 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     sel = sub.add_parser("select", help="choose the number of regimes by held-out predictive likelihood (and BIC)")
     sel.add_argument("--data", help="CSV in long format (default: embedded simulated data)")
     sel.add_argument("--config", help="YAML file with sections model / penalties / training")
-    sel.add_argument("--regimes", default="2..6", help="numbers of regimes to compare: A..B or a comma list (default 2..6)")
-    sel.add_argument("--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return")
+    sel.add_argument(
+        "--regimes", default="2..6", help="numbers of regimes to compare: A..B or a comma list (default 2..6)"
+    )
+    sel.add_argument(
+        "--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return"
+    )
     sel.add_argument("--seed", type=int, help="random seed (default 0)")
     sel.add_argument("--epochs", type=int, help="training epochs per restart")
     sel.add_argument("--restarts", type=int, help="restarts per K; the best objective is kept")
-    sel.add_argument("--holdout", type=float, default=0.2, help="share of each market's last days held out (default 0.2)")
+    sel.add_argument(
+        "--holdout", type=float, default=0.2, help="share of each market's last days held out (default 0.2)"
+    )
     sel.add_argument("--out", default="regime_dmm_select", help="output folder (default: regime_dmm_select)")
     sel.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     sel.add_argument("--quiet", action="store_true", help="no per-epoch log")
@@ -73,8 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     fc.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
     fc.add_argument("--horizon", type=int, default=20, help="days ahead (default 20)")
     fc.add_argument("--data", help="the data the fit was made on (default: the path stored in DIR/model.pt)")
-    fc.add_argument("--new-data", metavar="FILE",
-                    help="CSV of days after the fitted ones: update the filter with them (no refit), then forecast")
+    fc.add_argument(
+        "--new-data",
+        metavar="FILE",
+        help="CSV of days after the fitted ones: update the filter with them (no refit), then forecast",
+    )
 
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
@@ -110,6 +137,7 @@ def _print_matrix(names, matrix) -> str:
 
 
 def cmd_fit(args) -> int:
+    """``regime-dmm fit``: fit (or resume), print the summary, write the outputs; returns the exit code."""
     from .fitting import FitInterrupted, fit, load_resume_state, resume_fit
     from .outputs import write_outputs
 
@@ -131,8 +159,13 @@ def cmd_fit(args) -> int:
         stop["signal"] = signum
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    kwargs = dict(progress=not args.quiet and sys.stderr.isatty(), log=log, checkpoint=checkpoint,
-                  checkpoint_every=args.checkpoint_every, stop_requested=lambda: stop["signal"] is not None)
+    kwargs = dict(
+        progress=not args.quiet and sys.stderr.isatty(),
+        log=log,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        stop_requested=lambda: stop["signal"] is not None,
+    )
     try:
         if args.resume:
             result = resume_fit(checkpoint, data=args.data, **kwargs)
@@ -140,7 +173,9 @@ def cmd_fit(args) -> int:
             result = fit(args.data, config, **kwargs)
     except FitInterrupted as exc:
         signum = stop["signal"] or signal.SIGINT
-        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}; checkpoint saved in {checkpoint}", file=sys.stderr)
+        print(
+            f"\ninterrupted ({signal.Signals(signum).name}): {exc}; checkpoint saved in {checkpoint}", file=sys.stderr
+        )
         print(f"resume with: regime-dmm fit --resume {out}", file=sys.stderr)
         return 128 + int(signum)
     finally:
@@ -154,8 +189,10 @@ def cmd_fit(args) -> int:
     for m in result.markets:
         print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
         print(_print_matrix(result.regimes, m.transition))
-        print(f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
-              f" (p = {m.current_probs.max():.2f})")
+        print(
+            f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
+            f" (p = {m.current_probs.max():.2f})"
+        )
     print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
     write_outputs(result, out, overwrite=True, plots=not args.no_plots)
     print(f"wrote {out}/: regimes.csv summary.json history.csv model.pt" + ("" if args.no_plots else " *.png"))
@@ -163,6 +200,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    """``regime-dmm simulate``: write the embedded simulated data (and optionally its true regimes) as CSV."""
     import pandas as pd
 
     from .data import simulate_default, write_csv
@@ -173,8 +211,15 @@ def cmd_simulate(args) -> int:
         rows = []
         for market, regimes in data.true_regimes.items():
             dates = data.frame.loc[data.frame["market"] == market, "date"].iloc[1:]
-            rows.append(pd.DataFrame({"date": pd.to_datetime(dates).dt.strftime("%Y-%m-%d").values, "market": market,
-                                      "regime": [data.regimes[k] for k in regimes]}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "date": pd.to_datetime(dates).dt.strftime("%Y-%m-%d").values,
+                        "market": market,
+                        "regime": [data.regimes[k] for k in regimes],
+                    }
+                )
+            )
         pd.concat(rows).to_csv(args.truth, index=False)
     print(f"wrote {args.out} (simulated, seed {args.seed}; markets: {', '.join(data.true_regimes)})")
     return 0
@@ -198,17 +243,8 @@ def parse_regimes(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def cmd_select(args) -> int:
+    """``regime-dmm select``: compare numbers of regimes on held-out days; writes selection.csv and .png."""
     from .selection import plot_selection, select_regimes
 
     ks = parse_regimes(args.regimes)
@@ -234,24 +270,19 @@ def cmd_select(args) -> int:
     best = table.iloc[0]
     if np.isfinite(best["heldout_loglik"]):
         print(f"best by held-out log-likelihood: K = {int(best['K'])}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_folder(out) as tmp:
         table.to_csv(tmp / "selection.csv", index=False, float_format="%.6f")
         fig = plot_selection(table)
         try:
             fig.savefig(tmp / "selection.png", dpi=120, facecolor="white")
         finally:
             fig.clear()
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"wrote {out}/: selection.csv selection.png")
     return 0
 
 
 def cmd_forecast(args) -> int:
+    """``regime-dmm forecast``: regime probabilities ahead from a saved fit (after a nowcast with ``--new-data``)."""
     from .nowcast import filter_update, forecast_table
     from .persistence import load_fit
 
@@ -270,16 +301,17 @@ def cmd_forecast(args) -> int:
         print(f"\n{name}: regime probabilities h days after {origin[name].date()}")
         shown = group.drop(columns="market").rename(columns=lambda c: c.removeprefix("prob_"))
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    _atomic_write_text(out / "forecast.csv", table.to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out / "forecast.csv", table.to_csv(index=False, float_format="%.6f"))
     written = "forecast.csv"
     if args.new_data:
-        _atomic_write_text(out / "nowcast.csv", update.frame.to_csv(index=False, float_format="%.6f"))
+        atomic_write_text(out / "nowcast.csv", update.frame.to_csv(index=False, float_format="%.6f"))
         written += " nowcast.csv"
     print(f"\nwrote {out}/: {written}")
     return 0
 
 
 def cmd_report(args) -> int:
+    """``regime-dmm report``: rebuild the plots and summary.json of a saved fit."""
     import json
 
     from .persistence import load_fit
@@ -290,7 +322,7 @@ def cmd_report(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out))
     try:
         paths = save_all(fit, tmp)
-        _atomic_write_text(tmp / "summary.json", json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n")
+        atomic_write_text(tmp / "summary.json", json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n")
         names = [p.name for p in paths] + ["summary.json"]
         for name in names:
             os.replace(tmp / name, out / name)  # one file at a time, each whole
@@ -301,6 +333,7 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``regime-dmm`` command; returns the exit code (2 for the package's own errors)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "fit":

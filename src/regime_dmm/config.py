@@ -17,6 +17,8 @@ import yaml
 
 from .errors import ConfigError
 
+__all__ = ["DEFAULT_NAMES", "DEFAULT_PRIOR", "FitConfig", "ModelConfig", "PenaltyConfig", "TrainConfig"]
+
 DEFAULT_NAMES = {
     2: ("calm", "volatile"),
     3: ("calm", "volatile", "panic"),
@@ -47,6 +49,8 @@ class ModelConfig:
     stickiness: float = 10.0  # extra Dirichlet weight on the diagonal of the transition matrix
 
     def names(self) -> tuple[str, ...]:
+        """The ``K`` regime names, calmest first (defaults: calm/volatile, calm/volatile/panic,
+        calm/neutral/volatile/panic, else ``regime_0..``)."""
         if self.regime_names is not None:
             return tuple(self.regime_names)
         if self.num_regimes in DEFAULT_NAMES:
@@ -54,6 +58,8 @@ class ModelConfig:
         return tuple(f"regime_{k}" for k in range(self.num_regimes))
 
     def prior_weights(self) -> tuple[float, ...]:
+        """The ``K`` Dirichlet weights of the regime prior (calm 2, neutral 2, volatile 1, panic 0.5 by name;
+        else a linear ramp from 2 down to 0.5)."""
         if self.regime_prior is not None:
             return tuple(float(w) for w in self.regime_prior)
         names = self.names()
@@ -65,7 +71,12 @@ class ModelConfig:
 
 @dataclass
 class PenaltyConfig:
-    """Weights of the anti-collapse penalties (``pyro.factor`` terms, in nats)."""
+    """Weights of the anti-collapse penalties (``pyro.factor`` terms, in nats).
+
+    The one penalty-weights type: the configuration section ``penalties`` and the weights the
+    annealing schedules switch on in :class:`~regime_dmm.models.base.AnnealState` (see
+    :mod:`regime_dmm.models.penalties` for the formulas).
+    """
 
     diversity_weight: float = 0.2
     diversity_threshold: float = 0.5  # no penalty while no regime exceeds this usage
@@ -102,23 +113,40 @@ class TrainConfig:
 
 @dataclass
 class FitConfig:
+    """The whole configuration of a fit: sections ``model``, ``penalties`` and ``training``.
+
+    Build it from a YAML file (:meth:`from_yaml`), a mapping (:meth:`from_dict`) or change a few
+    options of a copy (:meth:`replace`); :meth:`validate` raises :class:`ConfigError` naming
+    the first bad option.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     penalties: PenaltyConfig = field(default_factory=PenaltyConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "FitConfig":
+    def validate(self) -> FitConfig:
+        """``self`` when every option is in range; else :class:`ConfigError` naming the option."""
         m, p, t = self.model, self.penalties, self.training
         checks = [
             (m.num_regimes >= 2, f"model.num_regimes must be >= 2, got {m.num_regimes}"),
-            (len(m.names()) == m.num_regimes,
-             f"model.regime_names has {len(m.names())} names for {m.num_regimes} regimes"),
+            (
+                len(m.names()) == m.num_regimes,
+                f"model.regime_names has {len(m.names())} names for {m.num_regimes} regimes",
+            ),
             (len(set(m.names())) == m.num_regimes, "model.regime_names must be distinct"),
-            (len(m.prior_weights()) == m.num_regimes,
-             f"model.regime_prior has {len(m.prior_weights())} weights for {m.num_regimes} regimes"),
+            (
+                len(m.prior_weights()) == m.num_regimes,
+                f"model.regime_prior has {len(m.prior_weights())} weights for {m.num_regimes} regimes",
+            ),
             (all(w > 0 for w in m.prior_weights()), "model.regime_prior weights must be > 0"),
-            (m.emission in ("gaussian", "studentt"), f"model.emission must be gaussian or studentt, got {m.emission!r}"),
-            (set(m.features) <= {"return", "vol"} and "return" in m.features,
-             f"model.features must contain 'return' and may contain 'vol', got {list(m.features)}"),
+            (
+                m.emission in ("gaussian", "studentt"),
+                f"model.emission must be gaussian or studentt, got {m.emission!r}",
+            ),
+            (
+                set(m.features) <= {"return", "vol"} and "return" in m.features,
+                f"model.features must contain 'return' and may contain 'vol', got {list(m.features)}",
+            ),
             (m.vol_window >= 1, f"model.vol_window must be >= 1, got {m.vol_window}"),
             (m.history >= 1, f"model.history must be >= 1, got {m.history}"),
             (m.stickiness >= 0, f"model.stickiness must be >= 0, got {m.stickiness}"),
@@ -142,6 +170,7 @@ class FitConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples): what ``summary.json`` and the checkpoints store."""
         out = dataclasses.asdict(self)
         for section in out.values():
             for key, value in section.items():
@@ -150,13 +179,15 @@ class FitConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, origin: str = "configuration") -> "FitConfig":
+    def from_dict(cls, data: dict[str, Any] | None, origin: str = "configuration") -> FitConfig:
+        """Build and validate from a mapping of sections; unknown sections and options raise
+        :class:`ConfigError` with the closest valid name (``origin`` names the source in messages)."""
         data = data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{origin}: expected a mapping with sections model/penalties/training")
         sections = {"model": ModelConfig, "penalties": PenaltyConfig, "training": TrainConfig}
         built = {}
-        for name, value in data.items():
+        for name in data:
             if name not in sections:
                 raise ConfigError(f"{origin}: unknown section {name!r}{_hint(name, sections)}")
         for name, klass in sections.items():
@@ -172,7 +203,8 @@ class FitConfig:
         return cls(**built).validate()
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "FitConfig":
+    def from_yaml(cls, path: str | Path) -> FitConfig:
+        """Read a YAML file (any subset of the sections); :class:`ConfigError` if missing or invalid."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -182,7 +214,7 @@ class FitConfig:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         return cls.from_dict(data, origin=str(path))
 
-    def replace(self, **sections: dict[str, Any]) -> "FitConfig":
+    def replace(self, **sections: dict[str, Any]) -> FitConfig:
         """A copy with some options changed, e.g. ``cfg.replace(training={"epochs": 50})``."""
         data = self.to_dict()
         for name, values in sections.items():

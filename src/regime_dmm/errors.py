@@ -5,6 +5,8 @@ subclass of :class:`RegimeDMMError`; the CLI turns these into a one-line message
 exit code 2. Anything else escaping is a bug.
 """
 
+__all__ = ["CheckpointError", "ConfigError", "DataError", "RegimeDMMError", "TrainingError"]
+
 
 class RegimeDMMError(Exception):
     """Base class of the package's own, user-facing errors."""

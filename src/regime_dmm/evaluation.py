@@ -12,6 +12,8 @@ from scipy.stats import norm
 
 from .inference import posterior
 
+__all__ = ["named_accuracy", "oracle_states"]
+
 
 def oracle_states(returns: np.ndarray, params: dict) -> np.ndarray:
     """Most probable regime per day under the true Gaussian HMM ``params`` (initial, transition, mean, sd)."""

@@ -159,16 +159,16 @@ def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None
         top_regime = smoothed.argmax(-1)
         starts, ends = _runs(top_regime)
         for s, e in zip(starts, ends):
-            ax_top.axvspan(edges[s], edges[e], facecolor=colours[top_regime[s]], alpha=_SPAN_ALPHA,
-                           linewidth=0, zorder=0)
+            ax_top.axvspan(
+                edges[s], edges[e], facecolor=colours[top_regime[s]], alpha=_SPAN_ALPHA, linewidth=0, zorder=0
+            )
         ax_top.plot(x, values, color="black", linewidth=0.9, zorder=2)
         finite = values[np.isfinite(values)]
         if m.prices is not None and finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:
             ax_top.set_yscale("log")  # prices over orders of magnitude
             label = "price (log scale)"
         ax_top.set_ylabel(label)
-        ax_top.set_title(f"{m.name}: {label}, shaded by the most probable smoothed regime", loc="left",
-                         fontsize=10)
+        ax_top.set_title(f"{m.name}: {label}, shaded by the most probable smoothed regime", loc="left", fontsize=10)
         ax_top.grid(alpha=0.25, linewidth=0.5)
         ax_top.tick_params(labelbottom=False)
 
@@ -185,8 +185,13 @@ def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None
     if not markets:
         _empty_panel(fig.add_subplot(grid[0]), "no markets")
     handles = [Patch(facecolor=c, label=r) for r, c in zip(regimes, colours)]
-    fig.legend(handles=handles, loc="outside upper center", ncols=max(len(regimes), 1), frameon=False,
-               title="regime (smoothed posterior)")
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncols=max(len(regimes), 1),
+        frameon=False,
+        title="regime (smoothed posterior)",
+    )
     return fig
 
 
@@ -205,8 +210,7 @@ def plot_transition_heatmaps(fit: RegimeFit) -> Figure:
         for i in range(trans.shape[0]):
             for j in range(trans.shape[1]):
                 v = trans[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
-                        color="white" if v > 0.55 else "black")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="white" if v > 0.55 else "black")
         ax.set_xticks(range(k), regimes, rotation=30, ha="right")
         ax.set_yticks(range(k), regimes)
         ax.set_xlabel("to")
@@ -347,9 +351,9 @@ def save_all(fit: RegimeFit, out_dir: str | Path, *, dpi: int = _DPI) -> list[Pa
 def usage_bars_text(fit: RegimeFit, width: int = 30) -> str:
     """Text bars of regime usage per market for a terminal, e.g.::
 
-        traditional_cre
-          calm      █████████████████████░░░░░░░░░  70.1%
-          neutral   █████░░░░░░░░░░░░░░░░░░░░░░░░░  15.7%
+    traditional_cre
+      calm      █████████████████████░░░░░░░░░  70.1%
+      neutral   █████░░░░░░░░░░░░░░░░░░░░░░░░░  15.7%
     """
     width = int(width)
     if width < 1:

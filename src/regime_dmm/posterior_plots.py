@@ -15,7 +15,9 @@ intervals collapse to the estimate and the plots say so.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,11 +75,11 @@ def _draws(da) -> np.ndarray:
 
 
 def _market_names(idata) -> list[str]:
-    return [str(m) for m in idata.posterior["market"].values]
+    return [str(m) for m in idata["posterior"]["market"].values]
 
 
 def _regime_names(idata) -> list[str]:
-    return [str(r) for r in idata.posterior["regime"].values]
+    return [str(r) for r in idata["posterior"]["regime"].values]
 
 
 def _pick_market(idata, market: str | int) -> str:
@@ -90,7 +92,7 @@ def _pick_market(idata, market: str | int) -> str:
 
 
 def _num_draws(idata) -> int:
-    post = idata.posterior
+    post = idata["posterior"]
     return int(post.sizes["chain"] * post.sizes["draw"])
 
 
@@ -106,9 +108,9 @@ def _empty_panel(ax, message: str) -> None:
 
 def _market_days(idata, market: str) -> np.ndarray:
     """Boolean mask over ``date`` of the days the market has data."""
-    if "observed_data" in idata.groups() and "returns" in idata.observed_data:
-        return np.isfinite(np.asarray(idata.observed_data["returns"].sel(market=market).values, dtype=float))
-    sp = idata.posterior["smoothed_probs"].sel(market=market).isel(chain=0, draw=0)
+    if "observed_data" in idata.groups() and "returns" in idata["observed_data"]:
+        return np.isfinite(np.asarray(idata["observed_data"]["returns"].sel(market=market).values, dtype=float))
+    sp = idata["posterior"]["smoothed_probs"].sel(market=market).isel(chain=0, draw=0)
     return np.isfinite(np.asarray(sp.values, dtype=float)).all(-1)
 
 
@@ -123,8 +125,8 @@ def plot_probability_hdi(idata: arviz.InferenceData, market: str | int, hdi_prob
     regimes = _regime_names(idata)
     colours = regime_colours(regimes)
     days = _market_days(idata, name)
-    dates = np.asarray(idata.posterior["date"].values)[days]
-    probs = _draws(idata.posterior["smoothed_probs"].sel(market=name))[:, days, :]  # (S, T, K)
+    dates = np.asarray(idata["posterior"]["date"].values)[days]
+    probs = _draws(idata["posterior"]["smoothed_probs"].sel(market=name))[:, days, :]  # (S, T, K)
     n = probs.shape[0]
     k = len(regimes)
     fig = Figure(figsize=(12, 1.6 * k + 1.2), layout="constrained")
@@ -137,8 +139,9 @@ def plot_probability_hdi(idata: arviz.InferenceData, market: str | int, hdi_prob
     lower, upper = hdi_bounds(probs, hdi_prob)
     for j, (ax, regime, colour) in enumerate(zip(axes, regimes, colours)):
         if n > 1:
-            ax.fill_between(dates, lower[:, j], upper[:, j], color=colour, alpha=0.3, linewidth=0,
-                            label=f"{hdi_prob:.0%} HDI")
+            ax.fill_between(
+                dates, lower[:, j], upper[:, j], color=colour, alpha=0.3, linewidth=0, label=f"{hdi_prob:.0%} HDI"
+            )
         ax.plot(dates, mean[:, j], color=colour, linewidth=0.9, label="posterior mean" if n > 1 else "estimate")
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"p({regime})")
@@ -167,14 +170,21 @@ def plot_transition_uncertainty(idata: arviz.InferenceData, var_name: str = "tra
     image = None
     n = _num_draws(idata)
     for ax, market in zip(axes, markets):
-        values = _draws(idata.posterior[var_name].sel(market=market))  # (S, K, K)
+        values = _draws(idata["posterior"][var_name].sel(market=market))  # (S, K, K)
         mean, sd = values.mean(0), values.std(0)
         image = ax.imshow(mean, cmap=cmap, vmin=0.0, vmax=1.0, aspect="equal")
         for i in range(k):
             for j in range(k):
                 v = mean[i, j]
-                ax.text(j, i, f"{v:.3f}\n± {sd[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                        color="white" if v > 0.55 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.3f}\n± {sd[i, j]:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > 0.55 else "black",
+                )
         ax.set_xticks(range(k), regimes, rotation=30, ha="right")
         ax.set_yticks(range(k), regimes)
         ax.set_xlabel("to")
@@ -206,10 +216,10 @@ def plot_ppc(idata: arviz.InferenceData, num_pp_samples: int = 50, seed: int = 0
     rng = np.random.default_rng(seed)
     pred_colour, obs_colour = "#1f77b4", "black"
     for ax, market in zip(axes, markets):
-        observed = np.asarray(idata.observed_data["returns"].sel(market=market).values, dtype=float)
+        observed = np.asarray(idata["observed_data"]["returns"].sel(market=market).values, dtype=float)
         days = np.isfinite(observed)
         observed = observed[days]
-        predicted = _draws(idata.posterior_predictive["returns"].sel(market=market))[:, days]  # (S, T)
+        predicted = _draws(idata["posterior_predictive"]["returns"].sel(market=market))[:, days]  # (S, T)
         if observed.size < 2:
             _empty_panel(ax, f"{market}: too few days")
             continue
@@ -234,7 +244,7 @@ def plot_ppc(idata: arviz.InferenceData, num_pp_samples: int = 50, seed: int = 0
         ax.set_ylabel("density")
         ax.set_title(market, fontsize=10)
         ax.grid(alpha=0.25, linewidth=0.5)
-    for ax in axes[len(markets):]:
+    for ax in axes[len(markets) :]:
         if markets:
             ax.set_visible(False)
         else:
@@ -268,7 +278,7 @@ def plot_volatility_forest(idata: arviz.InferenceData, hdi_prob: float = 0.9) ->
         return fig
     ticks, labels = [], []
     for mi, market in enumerate(markets):
-        values = _draws(idata.posterior["return_sd"].sel(market=market))  # (S, K)
+        values = _draws(idata["posterior"]["return_sd"].sel(market=market))  # (S, K)
         median = np.median(values, axis=0)
         lower, upper = hdi_bounds(values, hdi_prob)
         base = -mi * (k + 1)
@@ -299,19 +309,22 @@ def _file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "market"
 
 
-def save_posterior_plots(idata: arviz.InferenceData, out_dir: str | Path, *, hdi_prob: float = 0.9,
-                         dpi: int = _DPI) -> list[Path]:
+def save_posterior_plots(
+    idata: arviz.InferenceData, out_dir: str | Path, *, hdi_prob: float = 0.9, dpi: int = _DPI
+) -> list[Path]:
     """Write ``probability_hdi_<market>.png`` (one per market), ``transition_uncertainty.png``,
     ``ppc.png`` and ``volatility_forest.png`` into ``out_dir`` (created if missing); return
     their paths in that order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    makers = [(f"probability_hdi_{_file_part(m)}.png", lambda m=m: plot_probability_hdi(idata, m, hdi_prob))
-              for m in _market_names(idata)]
+    makers: list[tuple[str, Callable[[], Figure]]] = [
+        (f"probability_hdi_{_file_part(m)}.png", functools.partial(plot_probability_hdi, idata, m, hdi_prob))
+        for m in _market_names(idata)
+    ]
     makers += [
-        ("transition_uncertainty.png", lambda: plot_transition_uncertainty(idata)),
-        ("ppc.png", lambda: plot_ppc(idata)),
-        ("volatility_forest.png", lambda: plot_volatility_forest(idata, hdi_prob)),
+        ("transition_uncertainty.png", functools.partial(plot_transition_uncertainty, idata)),
+        ("ppc.png", functools.partial(plot_ppc, idata)),
+        ("volatility_forest.png", functools.partial(plot_volatility_forest, idata, hdi_prob)),
     ]
     paths = []
     for name, make in makers:

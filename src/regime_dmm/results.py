@@ -1,8 +1,11 @@
-"""The fitted-model results object that the CLI, the plots and the exports all read.
+"""The results of a fit: plain data that the CLI, the plots and the exports all read.
 
-:class:`RegimeFit` holds, per market, the exact smoothed and filtered regime marginals,
-the Viterbi path, transition matrix, usage, expected durations and emissions in input
-units (statsmodels' regime-switching results are the model for what a user expects).
+:class:`RegimeFit` holds, per market (:class:`MarketResult`), the smoothed and filtered regime
+marginals, the Viterbi path, transition matrix, usage, expected durations and emissions in
+input units (statsmodels' regime-switching results are the model for what a user expects),
+and the training record. :func:`compute_results` derives them from a
+:class:`~regime_dmm.fitted.FittedModel`, which :attr:`RegimeFit.fitted` keeps for further
+questions (nowcasts, held-out scores, posterior draws).
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro
-import torch
-from pyro import poutine
 
 from .config import FitConfig
-from .data.features import MarketSeries, Panel
+from .data.simulator import SimulatedData
+from .errors import RegimeDMMError
+from .fitted import FittedModel
 from .inference import forecast as forecast_probs
-from .inference import posterior, stationary_distribution, viterbi
-from .models.base import ModelData, RegimeModel
+from .inference import stationary_distribution, viterbi
+
+__all__ = ["MarketResult", "RegimeFit", "compute_results"]
 
 
 @dataclass
 class MarketResult:
+    """One market's regimes and parameters (``T`` days, ``K`` regimes; input units unless said)."""
+
     name: str
     dates: pd.DatetimeIndex
     prices: np.ndarray | None
@@ -43,11 +48,14 @@ class MarketResult:
 
     @property
     def current_probs(self) -> np.ndarray:
+        """``(K,)`` filtered probabilities of the last day: the regime now."""
         return self.filtered[-1]
 
 
 @dataclass
 class RegimeFit:
+    """A fit's results (plain data) and the :class:`~regime_dmm.fitted.FittedModel` they came from."""
+
     config: FitConfig
     regimes: tuple[str, ...]
     markets: list[MarketResult]
@@ -57,32 +65,32 @@ class RegimeFit:
     data_source: str
     simulated: bool = False
     faults: list[dict] = field(default_factory=list)
-    truth: Any = None  # SimulatedData when fitted on the embedded simulation
+    truth: SimulatedData | None = None  # when fitted on the embedded simulation
     data_path: str | None = None  # absolute path of the CSV (None: simulated or a DataFrame)
     data_fingerprint: str = ""  # hash of the markets, dates and features the fit saw
-    # Live objects for further inference (not serialised):
-    model: RegimeModel | None = None
-    guide: Any = None
-    panel: Panel | None = None
-    param_state: dict | None = None
+    num_parameters: int = 0  # free parameters of the model (FittedModel.num_parameters)
     # Posterior-collapse warnings (regime_dmm.training.collapse); empty when healthy.
     collapse: list[dict] = field(default_factory=list)
+    # The fitted model, for further inference (nowcasts, held-out scores, draws); not serialised.
+    fitted: FittedModel | None = None
 
     @property
     def log_likelihood(self) -> float:
+        """Total log-likelihood in nats, input units (normalisation accounted for)."""
         return float(sum(m.log_likelihood for m in self.markets))
 
-    @property
-    def num_parameters(self) -> int:
-        if not self.param_state:
-            return 0
-        return int(sum(v.numel() for v in self.param_state["params"].values()))
-
     def market(self, name: str) -> MarketResult:
+        """The :class:`MarketResult` of ``name``; ``KeyError`` naming the markets otherwise."""
         for m in self.markets:
             if m.name == name:
                 return m
         raise KeyError(f"no market {name!r}; markets: {[m.name for m in self.markets]}")
+
+    def require_fitted(self) -> FittedModel:
+        """The fitted model; :class:`~regime_dmm.errors.RegimeDMMError` when this result has none."""
+        if self.fitted is None:
+            raise RegimeDMMError("this fit has no fitted model (reload it with regime_dmm.load_fit)")
+        return self.fitted
 
     def regimes_frame(self) -> pd.DataFrame:
         """Long table: date, market, regime (most probable smoothed), prob_<name> per regime, viterbi."""
@@ -102,7 +110,7 @@ class RegimeFit:
         probs = forecast_probs(m.current_probs, m.transition, horizon)
         return pd.DataFrame(probs, columns=list(self.regimes), index=pd.RangeIndex(1, horizon + 1, name="horizon"))
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
         for m in self.markets:
@@ -141,38 +149,28 @@ def _round(values, digits: int = 6):
     return np.round(arr, digits).tolist()
 
 
-def compute_results(
-    model: RegimeModel, globals_: dict[str, torch.Tensor], data: ModelData, panel: Panel, regimes: tuple[str, ...],
-    smoothed: torch.Tensor | None = None,
-) -> list[MarketResult]:
-    """Exact posterior quantities at the given global parameters, in float64.
+def compute_results(fitted: FittedModel, regimes: tuple[str, ...]) -> list[MarketResult]:
+    """Each market's results from the fitted model, in float64 numpy.
 
-    ``smoothed (M, T, K)`` replaces the exact smoothed marginals (and the usage derived from
-    them): the relaxed mode passes its inference network's marginals. Filtered marginals,
-    Viterbi path, transition matrices, emissions and log-likelihood stay the exact
-    computations at the learned parameters in every mode.
+    Smoothed marginals (and the usage derived from them) are :meth:`FittedModel.smoothed`: the
+    exact posterior, or the relaxed mode's inference network's marginals. Filtered marginals,
+    Viterbi path, transition matrices, emissions and log-likelihood are the exact computations
+    at the point estimate in every mode.
     """
-    with torch.no_grad():
-        # One traced call: the return value is the potentials, the sites are the globals
-        # (the trace also absorbs the model's pyro.factor sites).
-        trace = poutine.trace(poutine.condition(model.log_potentials, data=globals_)).get_trace(data)
-        pot = type(trace.nodes["_RETURN"]["value"])(*(t.detach() for t in trace.nodes["_RETURN"]["value"]))
-        g = {k.split(".", 1)[-1]: v["value"].detach() for k, v in trace.nodes.items()
-             if v["type"] == "param" or (v["type"] == "sample" and k in globals_)}
-        post = posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+    pot, post = fitted.posterior()
+    source = fitted.smoothed().to(post.smoothed.dtype)
+    g = pot.values
     out = []
-    for m, series in enumerate(panel.series):
+    for m, series in enumerate(fitted.panel.series):
         steps = series.length
-        source = post.smoothed if smoothed is None else smoothed.detach().to(post.smoothed.dtype)
         smoothed_m = source[m, :steps].numpy()
         filtered = post.filtered[m, :steps].numpy()
         log_trans = pot.log_trans[m, :steps].numpy()
         path = viterbi(pot.log_init[m].numpy(), log_trans, pot.obs_ll[m, :steps].numpy())
         trans = np.exp(log_trans[1:]).mean(0) if steps > 1 else np.exp(log_trans[0])
         trans = trans / trans.sum(-1, keepdims=True)
-        base = g["transition"][m].numpy()
         log_z = float(post.log_z[m])
-        log_jac = steps * float(np.log(series.feature_std[: pot.emission_loc.shape[-1]]).sum())
+        log_jac = steps * fitted.pipeline.log_jacobian(series.name)
         out.append(
             MarketResult(
                 name=series.name,
@@ -183,11 +181,11 @@ def compute_results(
                 filtered=filtered,
                 viterbi=path,
                 transition=trans,
-                base_transition=base,
+                base_transition=g["transition"][m].numpy(),
                 initial=g["initial"][m].numpy(),
                 usage=smoothed_m.mean(0),
                 expected_duration=1.0 / np.clip(1.0 - np.diag(trans), 1e-12, None),
-                emission=_emission_input_units(pot.emission_loc[m].numpy(), pot.emission_scale[m].numpy(), series, g, m),
+                emission=emission_input_units(fitted, m, pot.emission_loc[m].numpy(), pot.emission_scale[m].numpy(), g),
                 log_likelihood=log_z - log_jac,
                 log_likelihood_normalised=log_z,
             )
@@ -195,18 +193,22 @@ def compute_results(
     return out
 
 
-def _emission_input_units(loc, scale, series: MarketSeries, g, m) -> dict[str, list[float]]:
-    mean, std = series.feature_mean, series.feature_std
+def emission_input_units(
+    fitted: FittedModel, m: int, loc: np.ndarray, scale: np.ndarray, g: dict[str, Any]
+) -> dict[str, list[float]]:
+    """Market ``m``'s base emissions in input units: return mean and sd per regime, the typical
+    realised volatility when it is emitted, the Student-t degrees of freedom when used.
+
+    ``loc, scale (K, F)`` in normalised units; ``g`` the global values (for ``df``).
+    """
+    name = fitted.panel.series[m].name
+    pipe = fitted.pipeline
     em = {
-        "return_mean": (loc[:, 0] * std[0] + mean[0]).tolist(),
-        "return_sd": (scale[:, 0] * std[0]).tolist(),
+        "return_mean": pipe.to_input_units(name, 0, loc[:, 0]).tolist(),
+        "return_sd": pipe.scale_to_input_units(name, 0, scale[:, 0]).tolist(),
     }
     if loc.shape[1] > 1:
-        em["typical_realised_vol"] = np.exp(loc[:, 1] * std[1] + mean[1]).tolist()
+        em["typical_realised_vol"] = np.exp(pipe.to_input_units(name, 1, loc[:, 1])).tolist()
     if "df" in g:
         em["return_df"] = [float(2.0 + g["df"][m])] * loc.shape[0]
     return em
-
-
-def current_param_state() -> dict:
-    return pyro.get_param_store().get_state()

@@ -16,29 +16,41 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro.distributions as dist
-from pyro.distributions import constraints
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .config import FitConfig
-from .data import load_prices, simulate_default
+from .data.loader import load_prices
+from .data.simulator import simulate_default
+from .data.sources import DataSource
 from .errors import ConfigError, DataError, TrainingError
-from .inference import posterior
-from .nowcast import extend_panel, potentials_and_trace
+from .fitting import fit
+from .nowcast import evaluate_panel, extend_panel
 from .results import RegimeFit
 
-__all__ = ["COLUMNS", "count_parameters", "plot_selection", "select_regimes"]
+__all__ = ["COLUMNS", "plot_selection", "score_fit", "select_regimes"]
 
-COLUMNS = ["K", "heldout_loglik", "heldout_per_day", "train_loglik", "bic", "n_params", "fit_seconds",
-           "waic", "loo", "heldout_days", "train_days", "note"]
+COLUMNS = [
+    "K",
+    "heldout_loglik",
+    "heldout_per_day",
+    "train_loglik",
+    "bic",
+    "n_params",
+    "fit_seconds",
+    "waic",
+    "loo",
+    "heldout_days",
+    "train_days",
+    "note",
+]
 
 WAIC_NOTE = "waic/loo: not computed (the fits are point estimates; WAIC and LOO need posterior draws)"
-
-DataSource = str | Path | pd.DataFrame | None
 
 
 def select_regimes(
@@ -80,8 +92,10 @@ def select_regimes(
         seconds = time.perf_counter() - start
         row = score_fit(fit, full)
         row.update(K=k, fit_seconds=round(seconds, 3), note="")
-        print_(f"[select] K = {k}: held-out log-likelihood {row['heldout_loglik']:.3f} "
-               f"({row['heldout_per_day']:.4f} per day), BIC {row['bic']:.1f}")
+        print_(
+            f"[select] K = {k}: held-out log-likelihood {row['heldout_loglik']:.3f} "
+            f"({row['heldout_per_day']:.4f} per day), BIC {row['bic']:.1f}"
+        )
         rows.append(row)
     if all(r.get("note") for r in rows):
         raise TrainingError("every K failed: " + "; ".join(f"K={r['K']}: {r['note']}" for r in rows))
@@ -94,23 +108,25 @@ def select_regimes(
     return table
 
 
-def score_fit(fit: RegimeFit, full_data) -> dict:
-    """Held-out and training scores of ``fit`` (made on a prefix of ``full_data``) on ``full_data``."""
-    panel, fitted = extend_panel(fit, full_data)
-    pot, trace = potentials_and_trace(fit, panel)
-    post = posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
+    """Held-out and training scores of ``fit`` (made on a prefix of ``full_data``) on ``full_data``.
+
+    Log-likelihoods in nats, input units; BIC with :meth:`~regime_dmm.fitted.FittedModel.num_parameters`.
+    """
+    fitted = fit.require_fitted()
+    panel, lengths = extend_panel(fit, full_data)
+    _, post = evaluate_panel(fit, panel)
     log_pred = post.log_predictive.numpy()
-    emitted = pot.emission_loc.shape[-1]
     heldout = train = 0.0
     heldout_days = train_days = 0
-    for m, (s, n_train) in enumerate(zip(panel.series, fitted)):
-        log_jac = float(np.log(s.feature_std[:emitted]).sum())  # per day, to input units
+    for m, (s, n_train) in enumerate(zip(panel.series, lengths)):
+        log_jac = fitted.pipeline.log_jacobian(s.name)  # per day, to input units
         train += float(log_pred[m, :n_train].sum()) - n_train * log_jac
         n_held = s.length - n_train
         heldout += float(log_pred[m, n_train : s.length].sum()) - n_held * log_jac
         train_days += n_train
         heldout_days += n_held
-    n_params = count_parameters(fit, trace)
+    n_params = fit.num_parameters
     return {
         "heldout_loglik": heldout,
         "heldout_per_day": heldout / max(heldout_days, 1),
@@ -124,41 +140,8 @@ def score_fit(fit: RegimeFit, full_data) -> dict:
     }
 
 
-def count_parameters(fit: RegimeFit, trace=None) -> int:
-    """Free parameters of the fitted model (all markets): a simplex of K entries counts K - 1.
-
-    Counts the model's global sites and parameters (initial K-1 and transition K(K-1) per market,
-    emission parameters, network weights); the guide's variational parameters are not counted.
-    """
-    if trace is None:
-        _, trace = potentials_and_trace(fit, fit.panel)
-    constraint_of = dict((fit.param_state or {}).get("constraints", {}))
-    total = 0
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample":  # the globals (conditioned on the point estimates), not factors
-            if name.startswith("_") or site["infer"].get("is_auxiliary") or isinstance(site["fn"], dist.Unit):
-                continue
-            support = site["fn"].support
-        elif site["type"] == "param":
-            support = constraint_of.get(name, constraints.real)
-        else:
-            continue
-        value = site["value"]
-        base = support
-        while hasattr(base, "base_constraint"):
-            base = base.base_constraint
-        n = int(value.numel())
-        if base is constraints.simplex and value.dim() >= 1 and value.shape[-1] > 0:
-            n = n // value.shape[-1] * (value.shape[-1] - 1)
-        total += n
-    return total
-
-
-def plot_selection(table: pd.DataFrame):
+def plot_selection(table: pd.DataFrame) -> Figure:
     """Held-out log-likelihood per day and BIC against K (a :class:`matplotlib.figure.Figure`)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     ordered = table.sort_values("K")
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_held, ax_bic = fig.subplots(1, 2)
@@ -166,8 +149,15 @@ def plot_selection(table: pd.DataFrame):
     ax_held.plot(ordered["K"][ok], ordered["heldout_per_day"][ok], "o-", color="tab:blue")
     if ok.any():
         best = ordered.loc[ordered["heldout_loglik"].idxmax()]
-        ax_held.plot([best["K"]], [best["heldout_per_day"]], "o", ms=12, mfc="none", mec="tab:red",
-                     label=f"best: K = {int(best['K'])}")
+        ax_held.plot(
+            [best["K"]],
+            [best["heldout_per_day"]],
+            "o",
+            ms=12,
+            mfc="none",
+            mec="tab:red",
+            label=f"best: K = {int(best['K'])}",
+        )
         ax_held.legend(fontsize=8)
     ax_held.set_xlabel("regimes K")
     ax_held.set_ylabel("held-out log-likelihood per day (nats)")
@@ -188,9 +178,7 @@ def plot_selection(table: pd.DataFrame):
 # ---------------------------------------------------------------------------
 
 
-def _fit(train: pd.DataFrame, config: FitConfig, log) -> RegimeFit:
-    from .fitting import fit
-
+def _fit(train: pd.DataFrame, config: FitConfig, log: Callable[[str], None] | None) -> RegimeFit:
     return fit(train, config, log=log)
 
 

@@ -25,15 +25,16 @@ import io
 import math
 import numbers
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from regime_dmm.errors import ConfigError, DataError
 
-__all__ = ["load_prices", "VALUE_COLUMNS", "REQUIRED_COLUMNS"]
+__all__ = ["load_prices", "read_prices", "VALUE_COLUMNS", "REQUIRED_COLUMNS"]
 
 #: Columns every input must have.
 REQUIRED_COLUMNS: tuple[str, ...] = ("date", "market")
@@ -55,7 +56,7 @@ _DIGITS_ONLY = re.compile(r"^\d+$")
 
 
 def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30) -> pd.DataFrame:
-    """Read, validate and sort a long-format price or return table.
+    """Read, validate and sort a long-format price or return table for fitting.
 
     Parameters
     ----------
@@ -74,7 +75,7 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
         ``market`` (str) and ``price`` or ``return`` (float64), sorted by
         market (in order of first appearance in the input) then date, with a
         fresh ``RangeIndex``. ``df.attrs["value_column"]`` is ``"price"`` or
-        ``"return"``.
+        ``"return"``; ``df.attrs["label"]`` names the source in messages.
 
     Raises
     ------
@@ -87,7 +88,21 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
         raise ConfigError(f"min_observations must be an integer, got {min_observations!r}")
     if min_observations < 1:
         raise ConfigError(f"min_observations must be at least 1, got {min_observations}")
+    return _load(source, int(min_observations))
 
+
+def read_prices(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """Read and validate a long-format table row by row, without the per-market checks of a fit.
+
+    The same reader and messages as :func:`load_prices` (columns, dates, values, duplicate
+    rows), but a market may have any number of rows and may be constant: for new days
+    appended to a fitted series (nowcasts), whose checks are made against the fitted data.
+    Returns the same table as :func:`load_prices`; raises :class:`DataError`.
+    """
+    return _load(source, None)
+
+
+def _load(source: str | Path | pd.DataFrame, min_observations: int | None) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         label = "input DataFrame"
         header = [str(c) for c in source.columns]
@@ -96,16 +111,16 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
     elif isinstance(source, (str, Path)):
         label, header, columns, row_numbers = _read_csv(Path(source))
     else:
-        raise TypeError(
-            f"source must be a path (str or Path) or a pandas DataFrame, got {type(source).__name__}"
-        )
+        raise TypeError(f"source must be a path (str or Path) or a pandas DataFrame, got {type(source).__name__}")
 
     try:
-        return _validate(label, header, columns, row_numbers, int(min_observations))
+        frame = _validate(label, header, columns, row_numbers, min_observations)
     except DataError:
         raise
     except Exception as exc:  # pragma: no cover - defensive: never leak pandas/numpy errors
         raise DataError(f"{label}: could not validate the data ({type(exc).__name__}: {exc})") from exc
+    frame.attrs["label"] = label
+    return frame
 
 
 # ---------------------------------------------------------------------------
@@ -230,8 +245,7 @@ def _resolve_columns(label: str, header: Sequence[str]) -> tuple[int, int, int, 
     found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "none"
     if "price" in seen and "return" in seen:
         raise DataError(
-            f"{label}: both a 'price' and a 'return' column were found; pick one "
-            "(drop or rename the other column)"
+            f"{label}: both a 'price' and a 'return' column were found; pick one (drop or rename the other column)"
         )
 
     missing = [c for c in REQUIRED_COLUMNS if c not in seen]
@@ -309,9 +323,7 @@ def _parse_markets(label: str, col: pd.Series, rows: np.ndarray, date_col: pd.Se
         i = bad[0]
         raw_date = date_col.iloc[i]
         date = None if _is_missing(raw_date) else str(raw_date).strip()
-        raise DataError(
-            f"{_where(label, int(rows[i]), date=date)}: missing market name{_and_more(len(bad))}"
-        )
+        raise DataError(f"{_where(label, int(rows[i]), date=date)}: missing market name{_and_more(len(bad))}")
     return out
 
 
@@ -342,9 +354,11 @@ def _parse_dates(label: str, col: pd.Series, markets: np.ndarray, rows: np.ndarr
     else:
         # Numbers become text, so 20200131 reads as a date, not nanoseconds since 1970.
         text = values.map(
-            lambda v: v.strip()
-            if isinstance(v, str)
-            else (str(v) if isinstance(v, numbers.Number) and not _is_missing(v) else v)
+            lambda v: (
+                v.strip()
+                if isinstance(v, str)
+                else (str(v) if isinstance(v, numbers.Number) and not _is_missing(v) else v)
+            )
         )
         try:
             parsed = pd.to_datetime(text, format="mixed", errors="coerce")
@@ -353,9 +367,9 @@ def _parse_dates(label: str, col: pd.Series, markets: np.ndarray, rows: np.ndarr
         if getattr(parsed.dt, "tz", None) is not None:
             parsed = parsed.dt.tz_localize(None)
         parsed = parsed.astype("datetime64[ns]")
-        digits_only = text.map(
-            lambda v: isinstance(v, str) and bool(_DIGITS_ONLY.match(v)) and len(v) != 8
-        ).to_numpy(dtype=bool)
+        digits_only = text.map(lambda v: isinstance(v, str) and bool(_DIGITS_ONLY.match(v)) and len(v) != 8).to_numpy(
+            dtype=bool
+        )
         parsed[digits_only] = pd.NaT
         # Retry failures one by one (mixed timezone offsets make pandas give up
         # on the whole column).
@@ -366,12 +380,12 @@ def _parse_dates(label: str, col: pd.Series, markets: np.ndarray, rows: np.ndarr
     parsed = pd.Series(parsed).astype("datetime64[ns]").dt.normalize()
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if bad.size:
-        i = int(bad[0])
-        raw = values.iloc[i]
+        first = int(bad[0])
+        raw = values.iloc[first]
         what = "missing date" if _is_missing(raw) else f"cannot parse date {str(raw).strip()!r}"
         raise DataError(
-            f"{_where(label, int(rows[i]), markets[i])}: {what}{_and_more(bad.size)}"
-            " (use ISO dates such as 2020-01-31)"
+            f"{_where(label, int(rows[first]), markets[first])}: {what}{_and_more(bad.size)} "
+            "(use ISO dates such as 2020-01-31)"
         )
     return parsed.to_numpy(dtype="datetime64[ns]")
 
@@ -418,8 +432,7 @@ def _parse_values(
             raise DataError(f"{where(first_missing)}: missing {value_column}{_and_more(len(missing))}")
         raw = values[first_bad]
         raise DataError(
-            f"{where(first_bad)}: {value_column} {str(raw).strip()!r} is not a number"
-            f"{_and_more(len(non_numeric))}"
+            f"{where(first_bad)}: {value_column} {str(raw).strip()!r} is not a number{_and_more(len(non_numeric))}"
         )
 
     nan = np.flatnonzero(np.isnan(out))
@@ -427,16 +440,12 @@ def _parse_values(
         raise DataError(f"{where(int(nan[0]))}: {value_column} is NaN{_and_more(nan.size)}")
     inf = np.flatnonzero(np.isinf(out))
     if inf.size:
-        raise DataError(
-            f"{where(int(inf[0]))}: {value_column} is infinite ({out[inf[0]]}){_and_more(inf.size)}"
-        )
+        raise DataError(f"{where(int(inf[0]))}: {value_column} is infinite ({out[inf[0]]}){_and_more(inf.size)}")
     if value_column == "price":
         nonpos = np.flatnonzero(out <= 0)
         if nonpos.size:
             i = int(nonpos[0])
-            raise DataError(
-                f"{where(i)}: price must be positive, got {out[i]:g}{_and_more(nonpos.size)}"
-            )
+            raise DataError(f"{where(i)}: price must be positive, got {out[i]:g}{_and_more(nonpos.size)}")
     return out
 
 
@@ -445,7 +454,7 @@ def _validate(
     header: Sequence[str],
     columns: dict[int, pd.Series],
     rows: np.ndarray,
-    min_observations: int,
+    min_observations: int | None,
 ) -> pd.DataFrame:
     if len(rows) == 0:
         raise DataError(f"{label}: no data rows")
@@ -474,6 +483,18 @@ def _validate(
     frame = frame.sort_values(["market", "date"], kind="stable").reset_index(drop=True)
     frame["market"] = frame["market"].astype(object).astype(str)
 
+    if min_observations is not None:
+        _check_markets(label, frame, value_column, min_observations)
+
+    frame = frame.drop(columns="_row")
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    frame[value_column] = frame[value_column].astype(np.float64)
+    frame.attrs["value_column"] = value_column
+    return frame
+
+
+def _check_markets(label: str, frame: pd.DataFrame, value_column: str, min_observations: int) -> None:
+    """Each market has at least ``min_observations`` returns and is not constant (fit requirements)."""
     for name, group in frame.groupby("market", sort=False):
         v = group[value_column].to_numpy()
         n_returns = len(v) - 1 if value_column == "price" else len(v)
@@ -482,9 +503,7 @@ def _validate(
                 unit = f"{len(v)} prices, i.e. {n_returns} returns"
             else:
                 unit = f"{n_returns} returns"
-            raise DataError(
-                f"{label}: market '{name}' has {unit}; at least {min_observations} returns are required"
-            )
+            raise DataError(f"{label}: market '{name}' has {unit}; at least {min_observations} returns are required")
         r = np.diff(np.log(v)) if value_column == "price" else v
         if r.size == 0 or np.allclose(r, r[0], rtol=1e-9, atol=1e-12):
             if value_column == "price" and np.all(v == v[0]):
@@ -496,9 +515,3 @@ def _validate(
                 f"{label}: market '{name}' is a constant series ({what}, {rows_span}); "
                 "its volatility cannot be modelled"
             )
-
-    frame = frame.drop(columns="_row")
-    frame["date"] = frame["date"].astype("datetime64[ns]")
-    frame[value_column] = frame[value_column].astype(np.float64)
-    frame.attrs["value_column"] = value_column
-    return frame

@@ -18,9 +18,10 @@ Prices start at 100 and follow ``p_t = p_{t-1} * exp(r_t)``.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,6 @@ __all__ = [
     "DEFAULT_SPECS",
     "SimulatedData",
     "transition_matrix",
-    "stationary_distribution",
     "simulate_markets",
     "simulate_default",
     "write_csv",
@@ -146,27 +146,13 @@ def transition_matrix(usage: Sequence[float], leave_rates: Sequence[float]) -> n
     return np.diag(1.0 - lam) + lam[:, None] * pi[None, :]
 
 
-def stationary_distribution(transition: np.ndarray) -> np.ndarray:
-    """Stationary distribution ``(K,)`` of a ``(K, K)`` row-stochastic matrix.
-
-    Solves ``u (P - I) = 0`` with ``sum(u) = 1`` by least squares.
-    """
-    P = np.asarray(transition, dtype=np.float64)
-    K = P.shape[0]
-    A = np.vstack([P.T - np.eye(K), np.ones((1, K))])
-    b = np.zeros(K + 1)
-    b[-1] = 1.0
-    u, *_ = np.linalg.lstsq(A, b, rcond=None)
-    return u
-
-
 def _as_spec(spec: MarketSpec | Mapping[str, Any], K: int) -> MarketSpec:
     """Accept a :class:`MarketSpec` or a mapping of its fields; validate it."""
     if isinstance(spec, Mapping):
         try:
             spec = MarketSpec(**spec)
         except TypeError as exc:
-            raise ConfigError(f"bad market spec {dict(spec)!r}: {exc}") from exc
+            raise ConfigError(f"bad market spec {spec!r}: {exc}") from exc
     name = spec.name
     if spec.freq not in ("B", "D"):
         raise ConfigError(f"market '{name}': freq must be 'B' or 'D', got {spec.freq!r}")
@@ -174,24 +160,17 @@ def _as_spec(spec: MarketSpec | Mapping[str, Any], K: int) -> MarketSpec:
         pd.Timestamp(spec.start)
     except Exception as exc:
         raise ConfigError(f"market '{name}': cannot parse start date {spec.start!r}") from exc
-    arrays = {
-        key: np.asarray(getattr(spec, key), dtype=np.float64)
-        for key in ("usage", "leave_rates", "means", "sds")
-    }
+    arrays = {key: np.asarray(getattr(spec, key), dtype=np.float64) for key in ("usage", "leave_rates", "means", "sds")}
     for key, arr in arrays.items():
         if arr.shape != (K,) or not np.all(np.isfinite(arr)):
-            raise ConfigError(
-                f"market '{name}': {key} must be {K} finite numbers, got {getattr(spec, key)!r}"
-            )
+            raise ConfigError(f"market '{name}': {key} must be {K} finite numbers, got {getattr(spec, key)!r}")
     u, lam, sd = arrays["usage"], arrays["leave_rates"], arrays["sds"]
     if np.any(u <= 0) or abs(u.sum() - 1.0) > 1e-6:
         raise ConfigError(f"market '{name}': usage must be positive and sum to 1, got {tuple(u)}")
     if np.any(lam <= 0) or np.any(lam > 1):
         raise ConfigError(f"market '{name}': leave_rates must lie in (0, 1], got {tuple(lam)}")
     if np.any(sd <= 0) or np.any(np.diff(sd) <= 0):
-        raise ConfigError(
-            f"market '{name}': sds must be positive and strictly increasing, got {tuple(sd)}"
-        )
+        raise ConfigError(f"market '{name}': sds must be positive and strictly increasing, got {tuple(sd)}")
     return spec
 
 
@@ -275,9 +254,7 @@ def simulate_markets(
             else:
                 dates = pd.date_range(start=spec.start, periods=n_days, freq="D")
         except Exception as exc:  # out of the datetime64[ns] range
-            raise ConfigError(
-                f"market '{spec.name}': cannot build {n_days} dates from {spec.start}: {exc}"
-            ) from exc
+            raise ConfigError(f"market '{spec.name}': cannot build {n_days} dates from {spec.start}: {exc}") from exc
 
         frames.append(
             pd.DataFrame(

@@ -1,7 +1,11 @@
-"""Pyro guides: point-estimate and mean-field guides for the global parameters, and the
-relaxed DMM's amortised inference network."""
+"""Pyro guides: point-estimate and mean-field guides for the global parameters, the classic
+model's point masses, and the relaxed DMM's structured inference network.
 
-from .globals import make_guide, point_estimate
-from .inference_network import inference_marginals, make_relaxed_guide
+All offer ``guide(data, ctx)``, ``point_estimate``, ``draw``, ``is_point_estimate``,
+``regime_marginals`` and ``describe_draws`` (see :mod:`.globals`).
+"""
 
-__all__ = ["inference_marginals", "make_guide", "make_relaxed_guide", "point_estimate"]
+from .globals import GlobalsGuide, PointGuide
+from .inference_network import InferenceNetwork, RelaxedGuide, inference_marginals
+
+__all__ = ["GlobalsGuide", "InferenceNetwork", "PointGuide", "RelaxedGuide", "inference_marginals"]

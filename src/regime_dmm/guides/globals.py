@@ -1,48 +1,155 @@
-"""Guides for the continuous global parameters of the exact models.
+"""Guides for the continuous global parameters.
 
-The regimes themselves need no guide: they are summed out exactly. What remains are
-the globals (initial distributions, transition matrices, emission parameters):
+The regimes themselves need no guide in the exact models: they are summed out exactly.
+What remains are the globals (initial distributions, transition matrices, emission
+parameters):
 
 * ``map`` (default): a point estimate, the posterior mode *in the unconstrained space*
   (:class:`pyro.infer.autoguide.AutoLaplaceApproximation`). Unlike a mode on the simplex,
   it stays finite under Dirichlet weights below 1 (the default panic weight is 0.5), and
   its Hessian gives a Laplace approximation for posterior draws.
 * ``normal``: a mean-field normal in the unconstrained space (:class:`AutoNormal`).
+* :class:`PointGuide` (classic mode): point masses at ``pyro.param`` values, i.e. maximum
+  likelihood under the classic model's flat priors.
 
-Network weights are ``pyro.module`` parameters (point estimates) in both.
+Network weights are ``pyro.module`` parameters (point estimates) in every case.
+
+Every guide offers the same small interface: ``guide(data, ctx)`` (the Pyro guide),
+``point_estimate(data)``, ``draw(data)`` (one draw of the globals; the point estimate for a
+point-mass guide), ``is_point_estimate``, ``regime_marginals(...)`` (None: the exact posterior
+gives the regimes) and ``describe_draws(n)``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoLaplaceApproximation, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
-from ..models.base import RegimeModel
-from ..models.classic import ClassicMarkovSwitching, empty_guide
+from ..data.features import ModelData
+from ..models.base import RegimeModel, StepContext
+from ..models.classic import ClassicMarkovSwitching
+
+__all__ = ["GlobalsGuide", "PointGuide", "sample_site_values"]
+
+Values = dict[str, torch.Tensor]
 
 
-def make_guide(model: RegimeModel, kind: str, init_values: dict[str, torch.Tensor]) -> Callable:
-    if isinstance(model, ClassicMarkovSwitching):
-        return empty_guide
-    init = init_to_value(values=init_values, fallback=init_to_median)
-    if kind == "map":
-        return AutoLaplaceApproximation(model.model, init_loc_fn=init)
-    if kind == "normal":
-        return AutoNormal(model.model, init_loc_fn=init, init_scale=0.02)
-    raise ValueError(f"unknown guide {kind!r}: use 'map' or 'normal'")
+class GlobalsGuide:
+    """MAP (``kind="map"``) or mean-field normal (``kind="normal"``) guide of a model's global sites.
+
+    ``starting_values``: name -> constrained starting value of global sites (others start at
+    the prior median). Raises ``ValueError`` for an unknown ``kind``.
+    """
+
+    def __init__(self, model: RegimeModel, kind: str, starting_values: Values):
+        init = init_to_value(values=starting_values, fallback=init_to_median)
+        self.kind = kind
+        self.auto: AutoLaplaceApproximation | AutoNormal
+        if kind == "map":
+            self.auto = AutoLaplaceApproximation(model.model, init_loc_fn=init)
+        elif kind == "normal":
+            self.auto = AutoNormal(model.model, init_loc_fn=init, init_scale=0.02)
+        else:
+            raise ValueError(f"unknown guide {kind!r}: use 'map' or 'normal'")
+
+    @property
+    def is_point_estimate(self) -> bool:
+        """True for the MAP guide (one draw: its mode)."""
+        return self.kind == "map"
+
+    def __call__(self, data: ModelData, ctx: StepContext | None = None) -> Any:
+        return self.auto(data, ctx)
+
+    def point_estimate(self, data: ModelData) -> Values:
+        """The guide's point estimate of every global site: the mode (map) or median (normal)."""
+        with torch.no_grad():
+            if isinstance(self.auto, AutoLaplaceApproximation):  # a Delta at the mode: trace it
+                return _sample_values(self.auto, data)
+            return {k: v.detach() for k, v in self.auto.median(data, None).items()}
+
+    def draw(self, data: ModelData) -> Values:
+        """One draw of every global site from the guide (the mode for the MAP guide)."""
+        with torch.no_grad():
+            return _sample_values(self.auto, data)
+
+    def regime_marginals(self, model: RegimeModel, data: ModelData, values: Values) -> torch.Tensor | None:
+        """None: the regimes' marginals are the exact posterior's."""
+        return None
+
+    def describe_draws(self, num_draws: int) -> str:
+        """What the draws of :meth:`draw` are, for the ArviZ export's ``note``."""
+        if self.is_point_estimate:
+            return (
+                "point estimate (MAP of the global parameters, map guide) with one draw: no posterior "
+                "uncertainty; refit with the normal guide for posterior draws"
+            )
+        return (
+            f"{num_draws} draws of the global parameters from the {self.kind} guide (variational posterior); "
+            "network weights are fixed at their fitted values"
+        )
 
 
-def point_estimate(guide: Callable, data, state=None) -> dict[str, torch.Tensor]:
-    """The guide's point estimate of every global site (the median of its distribution)."""
-    if guide is empty_guide:
-        return {}
-    with torch.no_grad():
-        if isinstance(guide, AutoLaplaceApproximation):  # a Delta at the mode: trace it
-            nodes = poutine.trace(guide).get_trace(data, state).nodes
-            return {k: v["value"].detach() for k, v in nodes.items()
-                    if v["type"] == "sample" and not k.startswith("_")}
-        return {k: v.detach() for k, v in guide.median(data, state).items()}
+class PointGuide:
+    """Point masses at ``pyro.param`` values (``classic.<name>``): the classic model's maximum likelihood.
+
+    ``starting_values``: name -> constrained starting value of every global of ``model``.
+    """
+
+    kind = "classic"
+    is_point_estimate = True
+
+    def __init__(self, model: ClassicMarkovSwitching, starting_values: Values):
+        self.constraints = model.global_constraints()
+        self.starting_values = {name: starting_values[name] for name in self.constraints}
+
+    def parameters(self) -> Values:
+        """The current values (constrained), creating the parameters from the starting values."""
+        return {
+            name: pyro.param(f"classic.{name}", self.starting_values[name], constraint=constraint)
+            for name, constraint in self.constraints.items()
+        }
+
+    def __call__(self, data: ModelData | None = None, ctx: StepContext | None = None) -> Values:
+        values = self.parameters()
+        for name, value in values.items():
+            pyro.sample(name, dist.Delta(value, event_dim=value.dim()))
+        return values
+
+    def point_estimate(self, data: ModelData | None = None) -> Values:
+        """The maximum-likelihood values."""
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.parameters().items()}
+
+    draw = point_estimate
+
+    def regime_marginals(self, model: RegimeModel, data: ModelData, values: Values) -> torch.Tensor | None:
+        """None: the regimes' marginals are the exact posterior's."""
+        return None
+
+    def describe_draws(self, num_draws: int) -> str:
+        """What the single draw is, for the ArviZ export's ``note``."""
+        return (
+            "point estimate (maximum likelihood, classic mode; the MAP under flat priors) with one draw: "
+            "no posterior uncertainty"
+        )
+
+
+def _sample_values(guide: Callable[..., Any], data: ModelData) -> Values:
+    """The values of the (non-auxiliary) sample sites of one run of ``guide``."""
+    return sample_site_values(poutine.trace(guide).get_trace(data, None))
+
+
+def sample_site_values(trace: Any) -> Values:
+    """Name -> detached value of every sample site of a Pyro trace whose name does not start with ``_``."""
+    return {
+        k: cast(torch.Tensor, v["value"]).detach()
+        for k, v in trace.nodes.items()
+        if v["type"] == "sample" and not k.startswith("_")
+    }

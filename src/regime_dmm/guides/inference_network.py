@@ -22,10 +22,10 @@ simulation (seed 0), globals frozen at the warm start, 200 epochs (600 steps, lr
 most probable regime matched the truth on 81 % / 74 % of the days (two markets) without
 the model terms and 91 % / 84 % with them; the exact posterior: 93 % / 90 %.
 
-The network is owned by the model (``model.inference_net``, so it follows the model's
-dtype) and registered with ``pyro.module("inference_net", ...)`` here. The global
-parameters get a MAP point estimate (:class:`AutoLaplaceApproximation`, as the exact
-mode's ``map`` guide, over the model with only the global sites exposed).
+The network is owned by the guide (:class:`RelaxedGuide`, ``guide.inference_net``) and
+registered with ``pyro.module("inference_net", ...)``. The global parameters get a MAP point
+estimate (:class:`AutoLaplaceApproximation`, as the exact mode's ``map`` guide, over the
+model with only the global sites exposed).
 
 :func:`inference_marginals` runs the network on each market's full series and returns
 q's marginal regime probabilities, the relaxed mode's ``smoothed`` probabilities.
@@ -33,7 +33,7 @@ q's marginal regime probabilities, the relaxed mode's ``smoothed`` probabilities
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any
 
 import pyro
 import torch
@@ -44,8 +44,23 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from torch import nn
 from torch.distributions import register_kl
 
-from ..models.base import AnnealState, ModelData
-from ..models.relaxed_dmm import RelaxedRegimeChain, WindowRegimeDistribution, gather_windows, kl_weight, relaxed_step, stack_steps
+from ..data.features import ModelData
+from ..models.base import RegimeModel, StepContext
+from ..models.relaxed_dmm import (
+    ModelTerms,
+    RelaxedRegimeChain,
+    RelaxedRegimeDMM,
+    WindowRegimeDistribution,
+    gather_windows,
+    kl_weight,
+    relaxed_step,
+    stack_steps,
+)
+from .globals import sample_site_values
+
+__all__ = ["InferenceNetwork", "RelaxedGuide", "StructuredRegimePosterior", "inference_marginals", "reverse_within"]
+
+_NO_SAMPLE_SHAPE = torch.Size()
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -56,28 +71,6 @@ def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, -2, idx[..., None].expand_as(x))
 
 
-class ModelTerms(NamedTuple):
-    """The model's own terms of q's logits (model-informed q), gradient stopped."""
-
-    first_log: torch.Tensor  # (B, K) log p(z_s): the window's first day
-    trans: torch.Tensor  # (B, L, K, K) p(z_t = j | z_{t-1} = i)
-    obs_ll: torch.Tensor  # (B, L, K) log p(x_t | z_t = k)
-
-    def step(self, t: int, z_prev: torch.Tensor) -> torch.Tensor:
-        if t == 0:
-            prior = self.first_log
-        else:
-            probs = (z_prev[..., None, :] @ self.trans[..., t, :, :]).squeeze(-2)
-            prior = probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
-        return prior + self.obs_ll[..., t, :]
-
-    def along(self, value: torch.Tensor) -> torch.Tensor:
-        """All days at once along the chain ``value (B, L, K)``."""
-        rest = (value[..., :-1, None, :] @ self.trans[..., 1:, :, :]).squeeze(-2)
-        rest = rest.clamp(min=torch.finfo(rest.dtype).tiny).log()
-        return torch.cat([self.first_log[..., None, :], rest], dim=-2) + self.obs_ll
-
-
 class InferenceNetwork(nn.Module):
     """Backward GRU over ``[x, |x|]`` plus a combiner MLP on ``[h_t, z_{t-1}]`` -> logits ``(.., K)``."""
 
@@ -85,10 +78,11 @@ class InferenceNetwork(nn.Module):
         super().__init__()
         self.num_regimes = num_regimes
         self.gru = nn.GRU(2 * num_features, hidden, batch_first=True)
-        self.combiner = nn.Sequential(nn.Linear(hidden + num_regimes, hidden), nn.Tanh(),
-                                      nn.Linear(hidden, num_regimes))
-        nn.init.zeros_(self.combiner[2].weight)  # start at the model's terms (or uniform without them)
-        nn.init.zeros_(self.combiner[2].bias)
+        first = nn.Linear(hidden + num_regimes, hidden)  # created before the output layer: the order of
+        out = nn.Linear(hidden, num_regimes)  # random draws is part of a seeded fit's result
+        self.combiner = nn.Sequential(first, nn.Tanh(), out)
+        nn.init.zeros_(out.weight)  # start at the model's terms (or uniform without them)
+        nn.init.zeros_(out.bias)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x (B, L, F)``, prefix ``mask (B, L)`` -> ``h (B, L, H)``, h_t summarising x_{t:end}."""
@@ -98,6 +92,7 @@ class InferenceNetwork(nn.Module):
         return reverse_within(out, lengths)
 
     def logits(self, h: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+        """Logits ``(.., K)`` of q(z_t | z_{t-1}, x_{t:}) from ``h (.., H)`` and ``z_prev (.., K)``."""
         return self.combiner(torch.cat([h, z_prev], dim=-1))
 
 
@@ -108,18 +103,27 @@ class StructuredRegimePosterior(WindowRegimeDistribution):
     support = constraints.independent(constraints.simplex, 1)
     has_rsample = True
 
-    def __init__(self, net: InferenceNetwork, h: torch.Tensor, tau, mask=None, straight_through=False,
-                 terms: ModelTerms | None = None, validate_args=False):
+    def __init__(
+        self,
+        net: InferenceNetwork,
+        h: torch.Tensor,
+        tau,
+        mask=None,
+        straight_through=False,
+        terms: ModelTerms | None = None,
+        validate_args=False,
+    ):
         self.net = net
         self.h = h  # (B, L, H)
         self.terms = terms
         self.tau = torch.as_tensor(tau, dtype=h.dtype)
-        self.mask = mask if mask is not None else torch.ones(h.shape[:-1], dtype=torch.bool)  # (B, L)
+        self.day_mask = mask if mask is not None else torch.ones(h.shape[:-1], dtype=torch.bool)  # (B, L)
         self.straight_through = straight_through
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(h.shape[:-2], torch.Size([h.shape[-2], net.num_regimes]), validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=_NO_SAMPLE_SHAPE):
+        """One relaxed chain per window ``(B, L, K)``, drawn day by day (reparameterised)."""
         if sample_shape:
             raise NotImplementedError("StructuredRegimePosterior draws one chain per window")
         k = self.net.num_regimes
@@ -146,7 +150,6 @@ class StructuredRegimePosterior(WindowRegimeDistribution):
         return logits if self.terms is None else logits + self.terms.along(value)
 
 
-
 @register_kl(StructuredRegimePosterior, RelaxedRegimeChain)
 def _kl_structured_chain(q: StructuredRegimePosterior, p: RelaxedRegimeChain) -> torch.Tensor:
     """KL of the regimes along q's sampled path, per window ``(B,)``: the chain rule
@@ -163,74 +166,108 @@ def _kl_structured_chain(q: StructuredRegimePosterior, p: RelaxedRegimeChain) ->
     lq = torch.log_softmax(q.step_logits(value), dim=-1)
     lp = torch.log_softmax(p.step_logits(value), dim=-1)
     kl = (lq.exp() * (lq - lp)).sum(-1)
-    return torch.where(q.mask, kl, torch.zeros_like(kl)).sum(-1)
+    return torch.where(q.day_mask, kl, torch.zeros_like(kl)).sum(-1)
 
 
-def global_site_names(model) -> list[str]:
-    """Names of the model's global sample sites (as drawn by ``sample_globals``)."""
-    dtype = next(iter(model.inference_net.parameters())).dtype
+def global_site_names(model: RegimeModel, dtype: torch.dtype) -> list[str]:
+    """Names of the model's global sample sites (as drawn by ``sample_globals``; draws from the prior)."""
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(model.sample_globals).get_trace(dtype)
     return [name for name, site in trace.nodes.items() if site["type"] == "sample"]
 
 
 class RelaxedGuide:
-    """MAP of the globals (AutoLaplaceApproximation) + the structured inference network."""
+    """MAP of the globals (AutoLaplaceApproximation) + the structured inference network.
 
-    def __init__(self, model, init_values: dict[str, torch.Tensor] | None = None, model_informed: bool = True):
+    ``starting_values``: name -> constrained starting value of global sites; ``hidden_size``:
+    the network's width; ``dtype``: the model's float type; ``model_informed``: add the model's
+    own terms to q's logits (see the module docstring).
+    """
+
+    kind = "relaxed"
+    is_point_estimate = True
+
+    def __init__(
+        self,
+        model: RelaxedRegimeDMM,
+        starting_values: dict[str, torch.Tensor] | None = None,
+        *,
+        hidden_size: int = 16,
+        dtype: torch.dtype = torch.float64,
+        model_informed: bool = True,
+    ):
         self.model = model
         self.model_informed = model_informed
-        self.global_names = global_site_names(model)
+        self.inference_net = InferenceNetwork(model.dims.num_emitted, model.num_regimes, hidden_size).to(dtype)
+        self.global_names = global_site_names(model, dtype)
         names = set(self.global_names)
-        init = init_to_value(values=dict(init_values or {}), fallback=init_to_median)
+        init = init_to_value(values=dict(starting_values or {}), fallback=init_to_median)
         blocked = poutine.block(model.model, expose_fn=lambda msg: msg.get("name") in names)
         self.globals_guide = AutoLaplaceApproximation(blocked, init_loc_fn=init)
 
-    def __call__(self, data: ModelData, state: AnnealState | None = None):
-        state = state or AnnealState()
-        values = self.globals_guide(data, state)
+    def __call__(self, data: ModelData, ctx: StepContext | None = None) -> Any:
+        ctx = ctx if ctx is not None else StepContext()
+        state = ctx.anneal
+        values = self.globals_guide(data, ctx)
         model = self.model
-        net = pyro.module("inference_net", model.inference_net)
-        batch = model.current_batch(data)
+        pyro.module("inference_net", self.inference_net)
+        net = self.inference_net
+        batch = ctx.batch if ctx.batch is not None else model.all_windows(data)
         w = gather_windows(data, batch)
         terms = model.model_terms(values, w) if self.model_informed else None
-        q = StructuredRegimePosterior(net, net.encode(w.x, w.mask), state.tau, w.mask,
-                                      model.config.training.straight_through, terms)
+        q = StructuredRegimePosterior(
+            net, net.encode(w.x, w.mask), state.tau, w.mask, model.hyper.straight_through, terms
+        )
         with poutine.scale(scale=batch.scale), pyro.plate("windows", len(w.market), dim=-1), kl_weight(state.beta):
             z = pyro.sample("regimes", q)
-        model.context["q_log_probs"] = torch.log_softmax(q.step_logits(z), dim=-1)
+        ctx.guide_regime_log_probs = torch.log_softmax(q.step_logits(z), dim=-1)
         return values
 
-    def median(self, data: ModelData, state: AnnealState | None = None) -> dict[str, torch.Tensor]:
-        """Point estimate of every global site."""
+    def point_estimate(self, data: ModelData) -> dict[str, torch.Tensor]:
+        """Point estimate (MAP) of every global site."""
         with torch.no_grad():
-            nodes = poutine.trace(self.globals_guide).get_trace(data, state or AnnealState()).nodes
-        return {k: v["value"].detach() for k, v in nodes.items() if v["type"] == "sample" and not k.startswith("_")}
+            return sample_site_values(poutine.trace(self.globals_guide).get_trace(data, StepContext()))
 
+    draw = point_estimate
 
-def make_relaxed_guide(model, init_values: dict[str, torch.Tensor] | None = None, *,
-                       model_informed: bool = True) -> RelaxedGuide:
-    return RelaxedGuide(model, init_values, model_informed)
+    def regime_marginals(self, model: RegimeModel, data: ModelData, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """q's marginal regime probabilities ``(M, T, K)`` over each market's full series
+        (:func:`inference_marginals`)."""
+        assert isinstance(model, RelaxedRegimeDMM)
+        return inference_marginals(self.inference_net, model, data, values, model_informed=self.model_informed)
+
+    def describe_draws(self, num_draws: int) -> str:
+        """What the single draw is, for the ArviZ export's ``note``."""
+        return (
+            "point estimate (MAP of the global parameters, relaxed mode) with one draw: no posterior "
+            "uncertainty; smoothed_probs here are the exact posterior at those values, not the "
+            "inference network's marginals reported in the fit's results"
+        )
 
 
 @torch.no_grad()
-def inference_marginals(model, data: ModelData, globals_: dict[str, torch.Tensor] | None = None, *,
-                        tau: float | None = None, num_samples: int = 0, model_informed: bool = True) -> torch.Tensor:
+def inference_marginals(
+    net: InferenceNetwork,
+    model: RelaxedRegimeDMM,
+    data: ModelData,
+    globals_: dict[str, torch.Tensor] | None = None,
+    *,
+    tau: float | None = None,
+    num_samples: int = 0,
+    model_informed: bool = True,
+) -> torch.Tensor:
     """q's marginal regime probabilities ``(M, T, K)`` over each market's FULL series (no windows).
 
-    ``model`` is the :class:`~regime_dmm.models.relaxed_dmm.RelaxedRegimeDMM` (its
-    ``inference_net``); ``globals_`` the global values for the model-informed terms (needed
-    unless ``model_informed=False``). Default (``num_samples = 0``): the marginals of the
-    discrete chain that q defines, propagated exactly,
+    ``net`` is the guide's :class:`InferenceNetwork`, ``model`` the
+    :class:`~regime_dmm.models.relaxed_dmm.RelaxedRegimeDMM`, ``globals_`` the global values for
+    the model-informed terms (needed unless ``model_informed=False``). Default
+    (``num_samples = 0``): the marginals of the discrete chain that q defines, propagated exactly,
     q(z_t) = sum_i q(z_{t-1} = i) q(z_t | z_{t-1} = e_i, x_{t:T}) (the tau -> 0 limit of the
     relaxed q, which is what the straight-through forward pass samples; deterministic). With
     ``num_samples > 0``: the average of that many relaxed chains drawn at temperature ``tau``
-    (the final training temperature). Padded days hold junk.
+    (the final training temperature). Padded days hold junk. Raises ``ValueError`` when the
+    global values or ``tau`` are missing.
     """
-    if isinstance(model, InferenceNetwork):
-        raise TypeError("inference_marginals takes the RelaxedRegimeDMM (not its inference_net) and the global "
-                        "values: inference_marginals(model, data, globals_)")
-    net = model.inference_net
     h = net.encode(data.x, data.mask)  # (M, T, H)
     k = net.num_regimes
     terms = None
@@ -243,7 +280,7 @@ def inference_marginals(model, data: ModelData, globals_: dict[str, torch.Tensor
             raise ValueError("tau is needed to average relaxed samples")
         hs = h.repeat_interleave(num_samples, dim=0)
         rep = None if terms is None else ModelTerms(*(t.repeat_interleave(num_samples, dim=0) for t in terms))
-        z = StructuredRegimePosterior(net, hs, tau, None, model.config.training.straight_through, rep).rsample()
+        z = StructuredRegimePosterior(net, hs, tau, None, model.hyper.straight_through, rep).rsample()
         return z.reshape(h.shape[0], num_samples, *z.shape[1:]).mean(1)
     eye = torch.eye(k, dtype=h.dtype)
     steps = h.shape[-2]

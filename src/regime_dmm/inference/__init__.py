@@ -1,8 +1,12 @@
-"""Exact inference core: log Z, filtered/smoothed/pairwise marginals, Viterbi, forecasts."""
+"""Exact inference core: log Z, filtered/smoothed/pairwise marginals, Viterbi, forecasts.
+
+Pure tensor maths on log-potentials (after dynamax's ``hidden_markov_model/inference.py``):
+it imports nothing else of the package, and every model, guide, trainer and consumer
+calls it rather than re-implementing the recursions.
+"""
 
 from .exact import (
     HMMPosterior,
-    brute_force,
     forecast,
     log_normalizer,
     posterior,
@@ -12,7 +16,6 @@ from .exact import (
 
 __all__ = [
     "HMMPosterior",
-    "brute_force",
     "forecast",
     "log_normalizer",
     "posterior",

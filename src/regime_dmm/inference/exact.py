@@ -21,7 +21,7 @@ trained through them.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 import pyro.distributions as dist
@@ -34,7 +34,6 @@ __all__ = [
     "viterbi",
     "forecast",
     "stationary_distribution",
-    "brute_force",
 ]
 
 
@@ -77,10 +76,12 @@ class HMMPosterior(NamedTuple):
 
     @property
     def smoothed(self) -> torch.Tensor:
+        """``(B, T, K)`` p(z_t | x_{1:T})."""
         return self.log_smoothed.exp()
 
     @property
     def filtered(self) -> torch.Tensor:
+        """``(B, T, K)`` p(z_t | x_{1:t})."""
         return self.log_filtered.exp()
 
 
@@ -122,12 +123,7 @@ def posterior(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Ten
     log_z = torch.logsumexp(log_alpha[..., -1, :], dim=-1)
     log_filtered = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
     log_smoothed = log_alpha + log_beta - log_z[..., None, None]
-    pair_rest = (
-        log_alpha[..., :-1, :, None]
-        + mats
-        + log_beta[..., 1:, None, :]
-        - log_z[..., None, None, None]
-    )
+    pair_rest = log_alpha[..., :-1, :, None] + mats + log_beta[..., 1:, None, :] - log_z[..., None, None, None]
     pair_first = torch.full_like(log_trans[..., :1, :, :], -float("inf"))
     log_pairwise = torch.cat([pair_first, pair_rest], dim=-3)
     log_evidence = torch.logsumexp(log_alpha, dim=-1)  # (B, T) log p(x_{1:t})
@@ -167,29 +163,33 @@ def forecast(filtered_last: np.ndarray, transition: np.ndarray, horizon: int) ->
     return probs
 
 
-def stationary_distribution(transition: np.ndarray) -> np.ndarray:
-    """Left eigenvector of a row-stochastic matrix for eigenvalue 1, normalised."""
-    k = transition.shape[0]
-    system = np.vstack([transition.T - np.eye(k), np.ones((1, k))])
-    rhs = np.zeros(k + 1)
-    rhs[-1] = 1.0
-    solution, *_ = np.linalg.lstsq(system, rhs, rcond=None)
-    solution = np.clip(solution, 0.0, None)
-    return solution / solution.sum()
+@overload
+def stationary_distribution(transition: torch.Tensor) -> torch.Tensor: ...
 
 
-def brute_force(log_init: np.ndarray, log_trans: np.ndarray, obs_ll: np.ndarray):
-    """Enumerate all K^T paths of one series: (log Z, smoothed (T,K), best path). Tests only."""
-    import itertools
+@overload
+def stationary_distribution(transition: np.ndarray) -> np.ndarray: ...
 
-    steps, k = obs_ll.shape
-    paths = np.array(list(itertools.product(range(k), repeat=steps)))
-    scores = log_init[paths[:, 0]] + obs_ll[np.arange(steps), paths].sum(1)
-    for t in range(1, steps):
-        scores = scores + log_trans[t, paths[:, t - 1], paths[:, t]]
-    log_z = np.logaddexp.reduce(scores)
-    weights = np.exp(scores - log_z)
-    smoothed = np.zeros((steps, k))
-    for t in range(steps):
-        np.add.at(smoothed[t], paths[:, t], weights)
-    return log_z, smoothed, paths[np.argmax(scores)]
+
+def stationary_distribution(transition: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Stationary distribution ``(..., K)`` of row-stochastic ``transition (..., K, K)``.
+
+    Solves ``pi (P - I) = 0`` with ``sum(pi) = 1`` by least squares (batched, and
+    differentiable for a torch input); tiny negative round-off is clipped and the result
+    renormalised. A numpy input gives a numpy output (float64). For a reducible chain the
+    least-squares solution is one of its stationary distributions.
+    """
+    if isinstance(transition, torch.Tensor):
+        return _stationary(transition)
+    return _stationary(torch.as_tensor(np.asarray(transition, dtype=np.float64))).numpy()
+
+
+def _stationary(trans: torch.Tensor) -> torch.Tensor:
+    k = trans.shape[-1]
+    eye = torch.eye(k, dtype=trans.dtype)
+    ones = torch.ones(trans.shape[:-2] + (1, k), dtype=trans.dtype)
+    system = torch.cat([trans.transpose(-1, -2) - eye, ones], dim=-2)  # (..., K+1, K)
+    rhs = torch.zeros(trans.shape[:-2] + (k + 1, 1), dtype=trans.dtype)
+    rhs[..., -1, 0] = 1.0
+    solution = torch.linalg.lstsq(system, rhs).solution[..., 0].clamp(min=0.0)
+    return solution / solution.sum(-1, keepdim=True)

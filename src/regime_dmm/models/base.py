@@ -1,72 +1,145 @@
-"""What every regime model shares: the tensors it reads and the exact-likelihood site.
+"""What every regime model shares: sizes, log-potentials, the annealing state, one step's context,
+and the exact-likelihood objective.
 
-A model subclass writes ``log_potentials(data)`` (initial, transition and per-step
-emission log-likelihoods, sampling its global parameters as Pyro sites) and
-``emission_summary``; the base class turns log-potentials into the ``pyro.factor``
-terms of the objective, with the exact posterior (:mod:`regime_dmm.inference`).
+A model variant (exact DMM, classic, relaxed DMM) is a :class:`RegimeModel` built as
+``Variant(dims, hyper)``: the sizes from the feature pipeline (:class:`ModelDims`) and its own
+explicit hyperparameters. It writes ``sample_globals`` (its global parameters as Pyro sample
+sites) and ``log_potentials(data)`` (initial, transition and per-day emission log-likelihoods);
+this base class turns log-potentials into the ``pyro.factor`` terms of the objective with the
+exact posterior of :mod:`regime_dmm.inference`.
+
+Model and guide are called as ``model(data, ctx)`` / ``guide(data, ctx)``: everything that
+changes from step to step (the annealing values, the minibatch) and what a step reports
+(the diagnostics) travels in the explicit :class:`StepContext`, as ``annealing_factor`` does in
+Pyro's ``examples/dmm.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 
-from ..data.features import Panel
+from ..config import PenaltyConfig
+from ..data.features import ModelData
 from ..inference import log_normalizer
-from ..training.penalties import PenaltyWeights, diversity_penalty, entropy_penalty, separation_penalty
-from .networks import lagged_history
+from .penalties import diversity_penalty, entropy_penalty, separation_penalty
+
+__all__ = ["AnnealState", "ModelDims", "Potentials", "RegimeModel", "StepContext", "no_penalties"]
 
 
-@dataclass
-class ModelData:
-    """Tensors a model reads, built once per fit from a :class:`Panel`."""
+@dataclass(frozen=True)
+class ModelDims:
+    """Sizes of a model, read from the feature pipeline and the data.
 
-    x: torch.Tensor  # (M, T, F) emitted features, zero-padded
-    mask: torch.Tensor  # (M, T) bool
-    history: torch.Tensor  # (M, T, F_all * L) lagged features seen by the networks
-    lengths: torch.Tensor  # (M,)
+    ``num_markets`` M, ``num_regimes`` K, ``num_emitted`` F (emitted features; the return is
+    first), ``history_size`` H (width of the networks' input: features x lags).
+    """
 
-    @classmethod
-    def from_panel(cls, panel: Panel, lags: int, dtype: torch.dtype, emitted: tuple[str, ...] | None = None) -> "ModelData":
-        """``emitted`` names the features the emissions model (default all); the networks see all."""
-        full = panel.x.to(dtype)
-        names = panel.feature_names
-        index = [i for i, name in enumerate(names) if emitted is None or name in emitted]
-        return cls(x=full[..., index], mask=panel.mask, history=lagged_history(full, lags), lengths=panel.lengths)
-
-    def window(self, index) -> "ModelData":
-        """A subset of the markets (a minibatch), same padding."""
-        return ModelData(self.x[index], self.mask[index], self.history[index], self.lengths[index])
+    num_markets: int
+    num_regimes: int
+    num_emitted: int
+    history_size: int
 
 
 class Potentials(NamedTuple):
+    """Log-potentials of the regime chain (see :mod:`regime_dmm.inference`) and the values behind them."""
+
     log_init: torch.Tensor  # (M, K)
     log_trans: torch.Tensor  # (M, T, K, K)
     obs_ll: torch.Tensor  # (M, T, K), zero on padded steps
     emission_loc: torch.Tensor  # (M, K, F) base emission locations (normalised units)
     emission_scale: torch.Tensor  # (M, K, F) base emission scales
+    values: dict[str, torch.Tensor]  # the global parameters used (constrained values)
+
+    def detached(self) -> Potentials:
+        """The same potentials cut from the autograd graph."""
+        return Potentials(
+            self.log_init.detach(),
+            self.log_trans.detach(),
+            self.obs_ll.detach(),
+            self.emission_loc.detach(),
+            self.emission_scale.detach(),
+            {k: v.detach() for k, v in self.values.items()},
+        )
+
+
+def no_penalties() -> PenaltyConfig:
+    """Penalty weights all zero (thresholds and targets at their defaults)."""
+    return PenaltyConfig(diversity_weight=0.0, separation_weight=0.0, entropy_weight=0.0)
 
 
 @dataclass
 class AnnealState:
-    """Values the annealing callbacks set at the start of each epoch."""
+    """Values the annealing schedules set at the start of each epoch (plain floats)."""
 
     beta: float = 1.0  # weight of the regime KL (1 = exact marginal likelihood)
     tau: float = 1.0  # temperature of relaxed regimes (unused by exact models)
-    penalties: PenaltyWeights = field(default_factory=PenaltyWeights)
+    penalties: PenaltyConfig = field(default_factory=no_penalties)
+
+
+@dataclass
+class StepContext:
+    """The explicit second argument of every model and guide call.
+
+    Inputs: ``anneal`` (beta, tau, penalty weights) and ``batch`` (the relaxed model's minibatch
+    of windows; None = every window). Outputs, written during the step: ``guide_regime_log_probs``
+    (the relaxed guide's per-day regime log-probabilities ``(B, L, K)``, read by the model's
+    penalties; the guide runs first) and ``diagnostics`` (the model's terms for the history:
+    log-likelihood, reconstruction, KL, entropy, usage, penalties).
+    """
+
+    anneal: AnnealState = field(default_factory=AnnealState)
+    batch: Any = None
+    guide_regime_log_probs: torch.Tensor | None = None
+    diagnostics: dict[str, torch.Tensor] | None = None
 
 
 class RegimeModel(PyroModule):
-    """Base class: ``model(data, state)`` adds the exact likelihood and penalties."""
+    """Base class of the model variants: ``model(data, ctx)`` adds the exact likelihood and penalties.
 
-    num_regimes: int
+    Subclasses set ``dims`` and implement :meth:`sample_globals` and :meth:`log_potentials`.
+    """
+
+    dims: ModelDims
+
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+
+    @property
+    def num_regimes(self) -> int:
+        """K."""
+        return self.dims.num_regimes
+
+    def sample_globals(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """The global parameters as Pyro sample sites (name -> constrained value)."""
+        raise NotImplementedError
 
     def log_potentials(self, data: ModelData) -> Potentials:  # pragma: no cover - abstract
+        """Sample the globals and return the log-potentials of ``data`` (shapes in :class:`Potentials`)."""
         raise NotImplementedError
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The model's neural networks (none by default)."""
+        return []
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the networks as at construction: the same random draws in the same order, in
+        torch's default float32 (as a freshly built network), then cast back to the model's dtype.
+        The parameter objects stay the same."""
+        for net in self.networks():
+            dtype = next(net.parameters()).dtype
+            net.float()
+            _reset(net)
+            net.to(dtype)
+
+    def emission_shift(self, data: ModelData) -> torch.Tensor | None:
+        """Daily shifts ``(M, T, K)`` of the regimes' return locations (normalised units), or None."""
+        return None
 
     def evaluate(self, data: ModelData, state: AnnealState | None = None) -> tuple[torch.Tensor, dict, dict]:
         """The objective's terms without registering them: ``(objective, penalties, diagnostics)``.
@@ -80,10 +153,12 @@ class RegimeModel(PyroModule):
         with torch.enable_grad():
             obs_ll = pot.obs_ll if pot.obs_ll.requires_grad else pot.obs_ll.detach().requires_grad_()
             log_z = log_normalizer(pot.log_init, pot.log_trans, obs_ll)
-            needs_graph = torch.is_grad_enabled() and (weights.diversity > 0 or weights.entropy > 0)
+            needs_graph = torch.is_grad_enabled() and (weights.diversity_weight > 0 or weights.entropy_weight > 0)
             # Smoothed marginals are d log Z / d obs_ll (differentiable when a penalty needs them).
             (gamma,) = torch.autograd.grad(
-                log_z.sum(), obs_ll, retain_graph=True,
+                log_z.sum(),
+                obs_ll,
+                retain_graph=True,
                 create_graph=needs_graph and pot.obs_ll.requires_grad,
             )
         mask = data.mask.to(gamma.dtype)
@@ -97,11 +172,11 @@ class RegimeModel(PyroModule):
         entropy_t = -(gamma * gamma.clamp(min=1e-30).log()).sum(-1)
         entropy = (entropy_t * mask).sum(-1) / steps  # (M,)
         penalties = {
-            "diversity": diversity_penalty(usage, weights.diversity, weights.diversity_threshold),
+            "diversity": diversity_penalty(usage, weights.diversity_weight, weights.diversity_threshold),
             "separation": separation_penalty(
-                pot.emission_loc, pot.emission_scale, weights.separation, weights.separation_scale
+                pot.emission_loc, pot.emission_scale, weights.separation_weight, weights.separation_scale
             ),
-            "entropy": entropy_penalty(entropy, weights.entropy, weights.entropy_target),
+            "entropy": entropy_penalty(entropy, weights.entropy_weight, weights.entropy_target),
         }
         diagnostics = {
             "log_likelihood": log_z.detach(),
@@ -115,12 +190,31 @@ class RegimeModel(PyroModule):
         }
         return objective, penalties, diagnostics
 
-    def model(self, data: ModelData, state: AnnealState | None = None) -> dict:
-        """The Pyro model: globals as sample sites, the regimes summed out in a factor."""
-        objective, penalties, diagnostics = self.evaluate(data, state)
+    def model(self, data: ModelData, ctx: StepContext | None = None) -> None:
+        """The Pyro model: globals as sample sites, the regimes summed out in a factor.
+
+        Writes the step's diagnostics into ``ctx.diagnostics``.
+        """
+        ctx = ctx if ctx is not None else StepContext()
+        objective, penalties, diagnostics = self.evaluate(data, ctx.anneal)
         pyro.factor("log_likelihood", objective)
-        for name, value in penalties.items():
-            if value.requires_grad or float(value) != 0.0:
-                pyro.factor(f"{name}_penalty", -value)
-        self.last_diagnostics = diagnostics
-        return diagnostics
+        add_penalty_factors(penalties)
+        ctx.diagnostics = diagnostics
+
+
+def add_penalty_factors(penalties: dict[str, torch.Tensor]) -> None:
+    """One ``pyro.factor`` per penalty that is switched on (value subtracted from the objective)."""
+    for name, value in penalties.items():
+        if value.requires_grad or float(value) != 0.0:
+            pyro.factor(f"{name}_penalty", -value)
+
+
+def _reset(module: torch.nn.Module) -> None:
+    """``reset_parameters`` of every submodule, in registration order (the order of construction)."""
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset) and sub is not module:
+            reset()
+    after = getattr(module, "after_reset", None)
+    if callable(after):
+        after()

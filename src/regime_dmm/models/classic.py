@@ -3,58 +3,92 @@
 The model of statsmodels' ``MarkovRegression(switching_variance=True)`` and hmmlearn's
 ``GaussianHMM`` with a free initial distribution: per market and regime a mean and a
 standard deviation of the return, in the units given (no normalisation, no networks,
-flat priors, no penalties). Parameters are plain ``pyro.param`` s, so the objective is the
-exact log-likelihood; the standard deviations are ordered (cumulative positive steps), so
-regime 0 is always the calmest.
+flat priors, no penalties). The globals are sample sites with improper flat priors
+(:class:`pyro.distributions.ImproperUniform`, log-density 0), so with a point-mass guide
+(:class:`~regime_dmm.guides.globals.PointGuide`) the objective is the exact log-likelihood
+and its optimum the maximum-likelihood estimate. The standard deviations are ordered
+(cumulative positive steps above a floor), so regime 0 is always the calmest.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from ..config import FitConfig
-from .base import ModelData, Potentials, RegimeModel
+from ..data.features import ModelData
+from .base import ModelDims, Potentials, RegimeModel
+
+__all__ = ["ClassicHyper", "ClassicMarkovSwitching"]
+
+
+@dataclass(frozen=True)
+class ClassicHyper:
+    """Hyperparameters of :class:`ClassicMarkovSwitching`.
+
+    ``scale_floor``: per market, the lowest standard deviation a regime may have (input
+    units). Like hmmlearn's ``min_covar``: the Gaussian likelihood is unbounded on a regime
+    that shrinks onto a few identical days.
+    """
+
+    scale_floor: tuple[float, ...]
 
 
 class ClassicMarkovSwitching(RegimeModel):
-    def __init__(self, config: FitConfig, num_markets: int, init_values: dict[str, torch.Tensor]):
-        super().__init__()
-        self.config = config
-        self.num_markets = num_markets
-        self.num_regimes = config.model.num_regimes
+    """Gaussian Markov-switching model of the return (see the module docstring)."""
+
+    def __init__(self, dims: ModelDims, hyper: ClassicHyper):
+        super().__init__(dims)
+        self.hyper = hyper
+        self.num_markets = dims.num_markets
         self.num_features = 1
-        self.init_values = init_values
-        self.scale_floor = init_values["ret_scale_floor"]  # (M,) lower bound of the calm sd
+
+    def global_constraints(self) -> dict[str, constraints.Constraint]:
+        """Support of each global parameter, in the order the point guide creates them."""
+        return {
+            "initial": constraints.simplex,
+            "transition": constraints.simplex,
+            "ret_loc": constraints.real,
+            "ret_scale_base": constraints.positive,
+            "ret_scale_steps": constraints.positive,
+        }
+
+    def global_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of each global parameter."""
+        m, k = self.num_markets, self.num_regimes
+        return {
+            "initial": (m, k),
+            "transition": (m, k, k),
+            "ret_loc": (m, k),
+            "ret_scale_base": (m,),
+            "ret_scale_steps": (m, k - 1),
+        }
 
     def sample_globals(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        iv = {k: v.to(dtype) for k, v in self.init_values.items()}
+        """The globals as sample sites with flat priors (a guide or a condition gives their values)."""
+        shapes = self.global_shapes()
         return {
-            "initial": pyro.param("classic.initial", iv["initial"], constraint=constraints.simplex),
-            "transition": pyro.param("classic.transition", iv["transition"], constraint=constraints.simplex),
-            "ret_loc": pyro.param("classic.ret_loc", iv["ret_loc"]),
-            "ret_scale_base": pyro.param("classic.ret_scale_base", iv["ret_scale_base"], constraint=constraints.positive),
-            "ret_scale_steps": pyro.param(
-                "classic.ret_scale_steps", iv["ret_scale_steps"], constraint=constraints.positive
-            ),
+            name: pyro.sample(name, dist.ImproperUniform(support, (), shapes[name]))
+            for name, support in self.global_constraints().items()
         }
 
     def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Locations and ordered scales ``(M, K, 1)`` of the return (input units)."""
         zero = torch.zeros_like(g["ret_scale_base"])[..., None]
-        base = self.scale_floor.to(g["ret_scale_base"].dtype) + g["ret_scale_base"]  # sd of the calm regime
+        floor = torch.tensor(self.hyper.scale_floor, dtype=g["ret_scale_base"].dtype)
+        base = floor + g["ret_scale_base"]  # sd of the calm regime
         scale = base[..., None] * torch.exp(torch.cumsum(torch.cat([zero, g["ret_scale_steps"]], -1), -1))
         return g["ret_loc"][..., None], scale[..., None]
 
     def log_potentials(self, data: ModelData) -> Potentials:
+        """Potentials of the return (the first emitted feature) at the globals."""
         g = self.sample_globals(data.x.dtype)
         loc, scale = self.emission_base(g)
         steps = data.x.shape[-2]
         log_a = g["transition"].clamp(min=1e-300).log()[..., None, :, :].expand(-1, steps, -1, -1)
         obs_ll = torch.distributions.Normal(loc[..., None, :, 0], scale[..., None, :, 0]).log_prob(data.x[..., :1])
         obs_ll = obs_ll * data.mask[..., None].to(obs_ll.dtype)
-        return Potentials(g["initial"].clamp(min=1e-300).log(), log_a, obs_ll, loc, scale)
-
-
-def empty_guide(*args, **kwargs) -> None:
-    """Classic mode has no latent sites: the parameters are point estimates."""
+        return Potentials(g["initial"].clamp(min=1e-300).log(), log_a, obs_ll, loc, scale, g)

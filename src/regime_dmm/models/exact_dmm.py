@@ -17,13 +17,36 @@ The default regime prior ``a`` is calm 2, neutral 2, volatile 1, panic 0.5.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyro
 import pyro.distributions as dist
 import torch
 
-from ..config import FitConfig
-from .base import ModelData, Potentials, RegimeModel
+from ..data.features import ModelData
+from .base import ModelDims, Potentials, RegimeModel
 from .networks import EmissionNet, TransitionNet
+
+__all__ = ["ExactDMMHyper", "ExactRegimeDMM", "ordered_levels"]
+
+
+@dataclass(frozen=True)
+class ExactDMMHyper:
+    """Hyperparameters of :class:`ExactRegimeDMM` (the ``model`` section of the configuration).
+
+    ``regime_prior``: K Dirichlet weights; ``stickiness``: extra weight on the diagonal of each
+    transition row; ``emission``: ``"gaussian"`` or ``"studentt"``; ``hidden_size``: the networks'
+    width; ``covariate_transitions`` / ``emission_network``: whether each network is used;
+    ``network_prior_scale``: sd of the Gaussian prior on the networks' weights (0 = none).
+    """
+
+    regime_prior: tuple[float, ...]
+    stickiness: float = 10.0
+    emission: str = "gaussian"
+    hidden_size: int = 16
+    covariate_transitions: bool = True
+    emission_network: bool = True
+    network_prior_scale: float = 0.1
 
 
 def ordered_levels(base: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -35,30 +58,29 @@ def ordered_levels(base: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 class ExactRegimeDMM(RegimeModel):
     """Deep Markov Model with exactly marginalised regimes (see module docstring)."""
 
-    def __init__(self, config: FitConfig, num_markets: int, num_features: int):
-        super().__init__()
-        mc = config.model
-        self.config = config
-        self.num_markets = num_markets
-        self.num_regimes = mc.num_regimes
-        self.num_features = num_features
-        self.student_t = mc.emission == "studentt"
-        history_size = 2 * mc.history  # lagged return and realised volatility
-        self.transition_net = (
-            TransitionNet(history_size, mc.num_regimes, mc.hidden_size) if mc.covariate_transitions else None
-        )
-        self.emission_net = (
-            EmissionNet(history_size, mc.num_regimes, num_features, mc.hidden_size) if mc.emission_network else None
-        )
+    def __init__(self, dims: ModelDims, hyper: ExactDMMHyper):
+        super().__init__(dims)
+        self.hyper = hyper
+        self.num_markets = dims.num_markets
+        self.num_features = dims.num_emitted
+        self.student_t = hyper.emission == "studentt"
+        k, h = dims.num_regimes, hyper.hidden_size
+        self.transition_net = TransitionNet(dims.history_size, k, h) if hyper.covariate_transitions else None
+        self.emission_net = EmissionNet(dims.history_size, k, dims.num_emitted, h) if hyper.emission_network else None
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The transition and emission networks that are switched on."""
+        return [net for net in (self.transition_net, self.emission_net) if net is not None]
 
     def _prior_concentration(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         k, m = self.num_regimes, self.num_markets
-        weights = torch.tensor(self.config.model.prior_weights(), dtype=dtype)
+        weights = torch.tensor(self.hyper.regime_prior, dtype=dtype)
         init_conc = weights.expand(m, k)
-        trans_conc = weights + self.config.model.stickiness * torch.eye(k, dtype=dtype)
+        trans_conc = weights + self.hyper.stickiness * torch.eye(k, dtype=dtype)
         return init_conc, trans_conc.expand(m, k, k)
 
     def sample_globals(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Initial distributions, transition matrices and emission parameters per market (sample sites)."""
         k, m = self.num_regimes, self.num_markets
         one = torch.ones((), dtype=dtype)
         init_conc, trans_conc = self._prior_concentration(dtype)
@@ -76,9 +98,7 @@ class ExactRegimeDMM(RegimeModel):
             g["vol_loc_steps"] = pyro.sample(
                 "vol_loc_steps", dist.Gamma(2.0 * one, 2.0 * one).expand([m, k - 1]).to_event(2)
             )
-            g["vol_scale"] = pyro.sample(
-                "vol_scale", dist.LogNormal(-0.7 * one, one).expand([m, k]).to_event(2)
-            )
+            g["vol_scale"] = pyro.sample("vol_scale", dist.LogNormal(-0.7 * one, one).expand([m, k]).to_event(2))
         if self.student_t:
             g["df"] = pyro.sample("df", dist.Gamma(2.0 * one, 0.1 * one).expand([m]).to_event(1))
         return g
@@ -100,10 +120,10 @@ class ExactRegimeDMM(RegimeModel):
         Without it, a transition network fed the last days' returns learns to flip the
         regime on every large move: higher likelihood, meaningless regimes.
         """
-        scale = self.config.model.network_prior_scale
+        scale = self.hyper.network_prior_scale
         total = torch.zeros(())
-        for net in (self.transition_net, self.emission_net):
-            if net is not None and scale > 0:
+        for net in self.networks():
+            if scale > 0:
                 for w in net.parameters():
                     total = total - 0.5 * (w / scale).pow(2).sum()
         return total
@@ -117,7 +137,14 @@ class ExactRegimeDMM(RegimeModel):
         if self.transition_net is not None or self.emission_net is not None:
             pyro.factor("network_prior", self.network_log_prior())
 
+    def emission_shift(self, data: ModelData) -> torch.Tensor | None:
+        """The emission network's daily shifts ``(M, T, K)`` of the return location (normalised), or None."""
+        if self.emission_net is None:
+            return None
+        return self.emission_net(data.history)[..., 0]
+
     def log_potentials(self, data: ModelData) -> Potentials:
+        """Potentials of ``data`` at sampled globals (see the module docstring for the model)."""
         self.register_networks()
         g = self.sample_globals(data.x.dtype)
         loc, scale = self.emission_base(g)
@@ -141,7 +168,4 @@ class ExactRegimeDMM(RegimeModel):
             obs_ll = obs_ll + dist.Normal(loc_t[..., 1:], scale_t[..., 1:]).log_prob(x[..., 1:]).sum(-1)
         obs_ll = obs_ll * data.mask[..., None].to(obs_ll.dtype)
         log_init = g["initial"].clamp(min=1e-30).log()
-        return Potentials(log_init, log_a, obs_ll, loc, scale)
-
-    def base_transition(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
-        return g["transition"]
+        return Potentials(log_init, log_a, obs_ll, loc, scale, g)

@@ -14,7 +14,7 @@ days:
 in the forward pass (relaxed gradients backward; densities of the relaxed sample, as in
 :class:`pyro.distributions.RelaxedOneHotCategoricalStraightThrough`).
 
-Objective: the training loop uses :meth:`RelaxedRegimeDMM.make_elbo`, a ``TraceMeanField_ELBO``:
+Objective: the training loop uses a ``TraceMeanField_ELBO``:
 the reconstruction is a one-sample estimate with the relaxed regimes, and the regime sites'
 KL is the chain-rule KL along q's sampled path with each day's term the exact KL between
 the categorical distributions of q's and the prior's logits (registered for the pair of
@@ -29,19 +29,20 @@ real days (padded days are masked inside the distribution), so the whole window 
 in one vectorised call; only sampling is sequential. Regime sites are weighted by ``state.beta`` (the KL
 annealing of Pyro's ``examples/dmm.py``; ``beta = 0`` masks them) in model and guide alike.
 
-Minibatches: the training loop calls :meth:`RelaxedRegimeDMM.epoch_batches` at the start of
-every epoch; it tiles every market's series into windows (with a random offset per epoch,
-so the cuts move), shuffles them and splits them into batches of ``training.batch_windows``.
-One SVI step per batch; the batch in use is ``model.batch`` and the guide reads it from
-there, so model and guide always see the same windows. The choice depends only on
-``(training.seed, restart, epoch)``: reproducible, and unchanged by a resume. Each batch's
-likelihood and regime terms are multiplied by ``windows / batch size``, so a step's ELBO is
-an unbiased estimate of the full-data ELBO.
+Minibatches: the training loop draws each epoch's batches with :func:`epoch_batches`: it
+tiles every market's series into windows (with a random offset per epoch, so the cuts
+move), shuffles them and splits them into batches of ``training.batch_windows``. One SVI
+step per batch; the batch is ``ctx.batch`` of the :class:`~regime_dmm.models.base.StepContext`
+that model and guide both receive, so they always see the same windows. The choice depends
+only on ``(training.seed, restart, epoch)``: reproducible, and unchanged by a resume. Each
+batch's likelihood and regime terms are multiplied by ``windows / batch size``, so a step's
+ELBO is an unbiased estimate of the full-data ELBO.
 
 Penalties (diversity, separation, entropy) are the same ``pyro.factor`` terms as in the
 exact model, computed from the *guide's* per-day regime probabilities
-``q(z_t | z_{t-1}, x_{t:})`` (the guide leaves them in ``model.context``; a model run
-without a guide falls back to the prior's probabilities).
+``q(z_t | z_{t-1}, x_{t:})`` (the guide, which runs first, leaves them in
+``ctx.guide_regime_log_probs``; a model run without a guide falls back to the prior's
+probabilities).
 
 Diagnostics use the exact model's keys; ``log_likelihood`` is the EXACT ``log Z`` of the
 full data at the current global parameters (no gradient), so both modes are comparable.
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -59,14 +61,41 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.infer import TraceMeanField_ELBO
 from torch.distributions.utils import clamp_probs
 
-from ..config import FitConfig
-from ..inference import log_normalizer
-from ..training.penalties import diversity_penalty, entropy_penalty, separation_penalty
-from .base import AnnealState, ModelData
-from .exact_dmm import ExactRegimeDMM
+from ..data.features import ModelData
+from ..inference import log_normalizer, stationary_distribution
+from .base import ModelDims, StepContext, add_penalty_factors
+from .exact_dmm import ExactDMMHyper, ExactRegimeDMM
+from .penalties import diversity_penalty, entropy_penalty, separation_penalty
+
+__all__ = [
+    "ModelTerms",
+    "RelaxedDMMHyper",
+    "RelaxedRegimeChain",
+    "RelaxedRegimeDMM",
+    "WindowBatch",
+    "WindowRegimeDistribution",
+    "Windows",
+    "epoch_batches",
+    "gather_windows",
+    "kl_weight",
+    "relaxed_step",
+    "stack_steps",
+    "tile_windows",
+]
+
+_NO_SAMPLE_SHAPE = torch.Size()
+
+
+@dataclass(frozen=True)
+class RelaxedDMMHyper(ExactDMMHyper):
+    """Hyperparameters of :class:`RelaxedRegimeDMM`: those of the exact DMM, plus
+    ``straight_through`` (one-hot regimes forward, relaxed gradients backward) and
+    ``window_length`` (days per training window)."""
+
+    straight_through: bool = False
+    window_length: int = 64
 
 
 @dataclass
@@ -106,6 +135,7 @@ def tile_windows(lengths, window_length: int, offset: int = 0) -> tuple[np.ndarr
 
 
 def gather_windows(data: ModelData, batch: WindowBatch) -> Windows:
+    """The tensors of ``batch``'s windows, gathered from ``data`` (days past a series' end masked)."""
     steps = data.x.shape[-2]
     t = batch.start[:, None] + torch.arange(batch.length)[None, :]  # (B, L)
     tc = t.clamp(max=steps - 1)
@@ -117,13 +147,45 @@ def gather_windows(data: ModelData, batch: WindowBatch) -> Windows:
     return Windows(batch.market, batch.start, x, data.history[m, tc], mask)
 
 
-def stationary(trans: torch.Tensor, squarings: int = 10) -> torch.Tensor:
-    """Stationary distribution ``(..., K)`` of row-stochastic ``(..., K, K)`` by repeated squaring (differentiable)."""
-    p = trans
-    for _ in range(squarings):
-        p = p @ p
-    row = p[..., 0, :]
-    return row / row.sum(-1, keepdim=True)
+def epoch_batches(
+    lengths, window_length: int, batch_windows: int, seed: int, restart: int, epoch: int
+) -> list[WindowBatch]:
+    """The batches of one epoch: every window once, shuffled; depends on (seed, restart, epoch) only."""
+    rng = np.random.default_rng([seed, restart, epoch])
+    offset = int(rng.integers(window_length))
+    market, start = tile_windows(lengths, window_length, offset)
+    order = rng.permutation(len(market))
+    total = len(order)
+    batches = []
+    for lo in range(0, total, batch_windows):
+        idx = order[lo : lo + batch_windows]
+        batches.append(
+            WindowBatch(torch.as_tensor(market[idx]), torch.as_tensor(start[idx]), window_length, total / len(idx))
+        )
+    return batches
+
+
+class ModelTerms(NamedTuple):
+    """The model's own terms of the model-informed q's logits, gradient stopped."""
+
+    first_log: torch.Tensor  # (B, K) log p(z_s): the window's first day
+    trans: torch.Tensor  # (B, L, K, K) p(z_t = j | z_{t-1} = i)
+    obs_ll: torch.Tensor  # (B, L, K) log p(x_t | z_t = k)
+
+    def step(self, t: int, z_prev: torch.Tensor) -> torch.Tensor:
+        """Logit terms ``(B, K)`` of day ``t`` given the previous day's (relaxed) regime ``z_prev (B, K)``."""
+        if t == 0:
+            prior = self.first_log
+        else:
+            probs = (z_prev[..., None, :] @ self.trans[..., t, :, :]).squeeze(-2)
+            prior = probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
+        return prior + self.obs_ll[..., t, :]
+
+    def along(self, value: torch.Tensor) -> torch.Tensor:
+        """All days at once along the chain ``value (B, L, K)``."""
+        rest = (value[..., :-1, None, :] @ self.trans[..., 1:, :, :]).squeeze(-2)
+        rest = rest.clamp(min=torch.finfo(rest.dtype).tiny).log()
+        return torch.cat([self.first_log[..., None, :], rest], dim=-2) + self.obs_ll
 
 
 def relaxed_step(tau: torch.Tensor, logits: torch.Tensor, straight_through: bool):
@@ -139,7 +201,7 @@ def stack_steps(values: list[torch.Tensor], softs: list[torch.Tensor], straight_
     """``(B, K)`` per day -> ``(B, L, K)``; straight-through keeps the relaxed values for the densities."""
     value = torch.stack(values, dim=-2)
     if straight_through:
-        value._unquantize = torch.stack(softs, dim=-2)
+        value._unquantize = torch.stack(softs, dim=-2)  # type: ignore[attr-defined]  # as pyro does
     return value
 
 
@@ -156,12 +218,14 @@ class WindowRegimeDistribution(TorchDistribution):
     def day_log_prob(self, value):
         """Per-day terms ``(B, L)``, zero on padded days."""
         lp = relaxed_log_prob(self.tau, self.step_logits(value), value)
-        return torch.where(self.mask, lp, torch.zeros_like(lp))
+        return torch.where(self.day_mask, lp, torch.zeros_like(lp))
 
     def log_prob(self, value):
+        """Log density ``(B,)`` of the windows' chains: the sum of the per-day terms."""
         return self.day_log_prob(value).sum(-1)
 
     def expand(self, batch_shape, _instance=None):
+        """Only the identity expansion is supported (one chain per window)."""
         if tuple(batch_shape) != tuple(self.batch_shape):
             raise NotImplementedError(f"{type(self).__name__} cannot be expanded")
         return self
@@ -178,7 +242,7 @@ class RelaxedRegimeChain(WindowRegimeDistribution):
         self.tau = torch.as_tensor(tau, dtype=trans.dtype)
         self.first_probs = first_probs  # (B, K)
         self.trans = trans  # (B, L, K, K) row-stochastic
-        self.mask = mask  # (B, L) bool: real days
+        self.day_mask = mask  # (B, L) bool: real days
         self.straight_through = straight_through
         super().__init__(trans.shape[:-3], trans.shape[-3:-1], validate_args=validate_args)
 
@@ -188,10 +252,12 @@ class RelaxedRegimeChain(WindowRegimeDistribution):
         probs = torch.cat([self.first_probs[..., None, :], rest], dim=-2)
         return probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=_NO_SAMPLE_SHAPE):
+        """One relaxed chain per window ``(B, L, K)``, drawn day by day from the prior."""
         if sample_shape:
             raise NotImplementedError("RelaxedRegimeChain draws one chain per window")
-        values, softs = [], []
+        values: list[torch.Tensor] = []
+        softs: list[torch.Tensor] = []
         probs = self.first_probs
         for t in range(self.trans.shape[-3]):
             if t > 0:
@@ -203,44 +269,19 @@ class RelaxedRegimeChain(WindowRegimeDistribution):
         return stack_steps(values, softs, self.straight_through)
 
 
-
 class RelaxedRegimeDMM(ExactRegimeDMM):
     """Deep Markov Model with Gumbel-Softmax regimes (see module docstring)."""
 
-    def __init__(self, config: FitConfig, num_markets: int, num_features: int):
-        super().__init__(config, num_markets, num_features)
-        from ..guides.inference_network import InferenceNetwork
+    hyper: RelaxedDMMHyper
 
-        self.inference_net = InferenceNetwork(num_features, self.num_regimes, config.model.hidden_size)
-        self.batch: WindowBatch | None = None
-        self.context: dict = {}  # the guide's per-day regime probabilities of the current step
-        self._usage_cache: torch.Tensor | None = None
-        self._entropy_cache: torch.Tensor | None = None
+    def __init__(self, dims: ModelDims, hyper: RelaxedDMMHyper):
+        super().__init__(dims, hyper)
 
-    # ---- minibatches ---------------------------------------------------------------------
-    def epoch_batches(self, data: ModelData, epoch: int, restart: int = 0) -> list[WindowBatch]:
-        """The batches of one epoch: every window once, shuffled; depends on (seed, restart, epoch) only."""
-        tc = self.config.training
-        self.context.clear()
-        self._usage_cache = self._entropy_cache = None  # diagnostics carry over within an epoch only
-        rng = np.random.default_rng([tc.seed, restart, epoch])
-        offset = int(rng.integers(tc.window_length))
-        market, start = tile_windows(data.lengths.tolist(), tc.window_length, offset)
-        order = rng.permutation(len(market))
-        total = len(order)
-        batches = []
-        for lo in range(0, total, tc.batch_windows):
-            idx = order[lo: lo + tc.batch_windows]
-            batches.append(WindowBatch(torch.as_tensor(market[idx]), torch.as_tensor(start[idx]),
-                                       tc.window_length, total / len(idx)))
-        return batches
-
-    def current_batch(self, data: ModelData) -> WindowBatch:
-        """``self.batch`` when the training loop set one, else every window at once (scale 1)."""
-        if self.batch is not None:
-            return self.batch
-        market, start = tile_windows(data.lengths.tolist(), self.config.training.window_length)
-        return WindowBatch(torch.as_tensor(market), torch.as_tensor(start), self.config.training.window_length, 1.0)
+    def all_windows(self, data: ModelData) -> WindowBatch:
+        """Every window of every market at once (scale 1): the batch when ``ctx.batch`` is None."""
+        length = self.hyper.window_length
+        market, start = tile_windows(data.lengths.tolist(), length)
+        return WindowBatch(torch.as_tensor(market), torch.as_tensor(start), length, 1.0)
 
     # ---- the model -----------------------------------------------------------------------
     def window_potentials(self, g: dict[str, torch.Tensor], w: Windows):
@@ -252,7 +293,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
             log_a = torch.log_softmax(log_a + self.transition_net(w.history), dim=-1)
         trans = log_a.exp()
         init = g["initial"][w.market]
-        mid = (stationary(base)[:, None, :] @ trans[:, 0]).squeeze(-2)
+        mid = (stationary_distribution(base)[:, None, :] @ trans[:, 0]).squeeze(-2)
         first = torch.where((w.start == 0)[:, None], init, mid)
         loc_w = loc[w.market][:, None]  # (B, 1, K, F)
         if self.emission_net is not None:
@@ -273,26 +314,23 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         return ll
 
     @torch.no_grad()
-    def model_terms(self, g: dict[str, torch.Tensor], w: Windows):
+    def model_terms(self, g: dict[str, torch.Tensor], w: Windows) -> ModelTerms:
         """The model's terms of the model-informed q on the windows ``w`` (no gradient)."""
-        from ..guides.inference_network import ModelTerms
-
         g = {k: v.detach() for k, v in g.items()}
         trans, first, loc_w, scale_w, _, _ = self.window_potentials(g, w)
         obs_ll = self.regime_log_lik(g, w.x, loc_w, scale_w, w.market) * w.mask[..., None].to(w.x.dtype)
         return ModelTerms(first.clamp(min=torch.finfo(first.dtype).tiny).log(), trans, obs_ll)
 
     @torch.no_grad()
-    def full_terms(self, g: dict[str, torch.Tensor], data: ModelData):
+    def full_terms(self, g: dict[str, torch.Tensor], data: ModelData) -> ModelTerms:
         """The same terms on every market's full series (days 0 .. T-1), from the exact potentials."""
-        from ..guides.inference_network import ModelTerms
-
         values = {k: v.detach() for k, v in g.items()}
         with poutine.block():
             pot = poutine.condition(partial(ExactRegimeDMM.log_potentials, self), data=values)(data)
         return ModelTerms(pot.log_init, pot.log_trans.exp(), pot.obs_ll)
 
     def emission_dist(self, g, z, loc_w, scale_w, market):
+        """Emission distributions of the windows given relaxed regimes ``z (B, L, K)``: (return, rest or None)."""
         loc_mix = (z[..., None] * loc_w).sum(-2)  # (B, L, F)
         scale_mix = (z[..., None] * scale_w).sum(-2)
         if self.student_t:
@@ -304,15 +342,21 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
             return dist.StudentT(df, loc_mix, scale_mix).to_event(1), None
         return dist.Normal(loc_mix, scale_mix).to_event(1), None
 
-    def model(self, data: ModelData, state: AnnealState | None = None) -> dict:
-        state = state or AnnealState()
+    def model(self, data: ModelData, ctx: StepContext | None = None) -> None:
+        """The Pyro model of the windows of ``ctx.batch`` (see the module docstring).
+
+        Writes the step's diagnostics into ``ctx.diagnostics``: they add ``present (M,)``, the
+        markets the batch holds (``usage`` and ``entropy`` of the others are placeholders).
+        """
+        ctx = ctx if ctx is not None else StepContext()
+        state = ctx.anneal
         dtype = data.x.dtype
-        batch = self.current_batch(data)
+        batch = ctx.batch if ctx.batch is not None else self.all_windows(data)
         w = gather_windows(data, batch)
         self.register_networks()
         g = self.sample_globals(dtype)
         trans, first, loc_w, scale_w, loc, scale = self.window_potentials(g, w)
-        prior = RelaxedRegimeChain(state.tau, first, trans, w.mask, self.config.training.straight_through)
+        prior = RelaxedRegimeChain(state.tau, first, trans, w.mask, self.hyper.straight_through)
         with poutine.scale(scale=batch.scale), pyro.plate("windows", len(w.market), dim=-1):
             with kl_weight(state.beta):
                 z = pyro.sample("regimes", prior)
@@ -323,20 +367,18 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
                 pyro.sample("obs", ret_dist.mask(w.mask).to_event(1), obs=w.x[..., :1])
                 pyro.sample("obs_rest", rest_dist.mask(w.mask).to_event(1), obs=w.x[..., 1:])
         # ---- penalties from the guide's regime probabilities -------------------------------
-        q_log_probs = self.context.pop("q_log_probs", None)
+        q_log_probs, ctx.guide_regime_log_probs = ctx.guide_regime_log_probs, None
         q_probs = prior.step_logits(z).exp() if q_log_probs is None else q_log_probs.exp()
         weights = state.penalties
         usage, entropy, present = self._batch_usage(q_probs, w, data.x.shape[0])
         usage_pen = torch.where(present[:, None], usage, torch.zeros_like(usage))
         entropy_pen = torch.where(present, entropy, torch.full_like(entropy, weights.entropy_target))
         penalties = {
-            "diversity": diversity_penalty(usage_pen, weights.diversity, weights.diversity_threshold),
-            "separation": separation_penalty(loc, scale, weights.separation, weights.separation_scale),
-            "entropy": entropy_penalty(entropy_pen, weights.entropy, weights.entropy_target),
+            "diversity": diversity_penalty(usage_pen, weights.diversity_weight, weights.diversity_threshold),
+            "separation": separation_penalty(loc, scale, weights.separation_weight, weights.separation_scale),
+            "entropy": entropy_penalty(entropy_pen, weights.entropy_weight, weights.entropy_target),
         }
-        for name, value in penalties.items():
-            if value.requires_grad or float(value) != 0.0:
-                pyro.factor(f"{name}_penalty", -value)
+        add_penalty_factors(penalties)
         # ---- diagnostics --------------------------------------------------------------------
         with torch.no_grad():
             maskf = w.mask.to(dtype)
@@ -344,29 +386,23 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
             if rest_dist is not None:
                 obs_ll = obs_ll + rest_dist.log_prob(w.x[..., 1:])
             recon = batch.scale * (obs_ll * maskf).sum()
-            if q_log_probs is not None:  # the regime sites' KL as the ELBO computes it (see make_elbo)
+            if q_log_probs is not None:  # the regime sites' KL as the ELBO computes it
                 p_log_probs = torch.log_softmax(prior.step_logits(z), dim=-1)
                 kl_t = (q_probs * (q_log_probs - p_log_probs)).sum(-1)
                 kl = batch.scale * (kl_t * maskf).sum()
             else:
                 kl = torch.zeros((), dtype=dtype)
-            usage_d, entropy_d = self._carry(usage.detach(), entropy.detach(), present)
-            self.last_diagnostics = {
+            ctx.diagnostics = {
                 "log_likelihood": self.exact_log_likelihood(g, data),
                 "recon": recon,
                 "kl": kl,
-                "entropy": entropy_d,
-                "usage": usage_d,
+                "entropy": entropy.detach(),
+                "usage": usage.detach(),
+                "present": present,
                 "diversity": penalties["diversity"].detach(),
                 "separation": penalties["separation"].detach(),
                 "entropy_penalty": penalties["entropy"].detach(),
             }
-        return self.last_diagnostics
-
-    def make_elbo(self):
-        """The ELBO the training loop uses: :class:`TraceMeanField_ELBO`, which takes the regime
-        sites' KL from the registered chain-rule categorical KL (guides/inference_network.py)."""
-        return TraceMeanField_ELBO(num_particles=1)
 
     def _batch_usage(self, probs: torch.Tensor, w: Windows, num_markets: int):
         """Per-market usage ``(M, K)``, mean entropy ``(M,)`` over the batch's real days, and which markets it has."""
@@ -379,16 +415,6 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         ent_t = -(probs * probs.clamp(min=1e-30).log()).sum(-1)  # (B, L)
         entropy = (onehot.T @ (ent_t * maskf).sum(-1)) / days.clamp(min=1)
         return usage, entropy, present
-
-    def _carry(self, usage, entropy, present):
-        """Markets missing from a batch keep their last values (diagnostics only)."""
-        k = usage.shape[-1]
-        if self._usage_cache is None or self._usage_cache.shape != usage.shape:
-            self._usage_cache = torch.full_like(usage, 1.0 / k)
-            self._entropy_cache = torch.full_like(entropy, float(np.log(k)))
-        self._usage_cache = torch.where(present[:, None], usage, self._usage_cache)
-        self._entropy_cache = torch.where(present, entropy, self._entropy_cache)
-        return self._usage_cache.clone(), self._entropy_cache.clone()
 
     def exact_log_likelihood(self, g: dict[str, torch.Tensor], data: ModelData) -> torch.Tensor:
         """Exact ``log Z`` ``(M,)`` of the full data at the globals ``g`` (no gradient, no sites)."""

@@ -7,15 +7,20 @@ calls every schedule at the start of every epoch and logs the resulting values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..config import FitConfig
+from ..config import FitConfig, PenaltyConfig
 from ..models.base import AnnealState
+
+__all__ = ["BetaWarmup", "PenaltySwitch", "Schedule", "TemperatureDecay", "default_schedules"]
 
 
 class Schedule(Protocol):
+    """Sets some values of ``state`` for ``epoch`` (1-based) of ``num_epochs``."""
+
     def __call__(self, epoch: int, num_epochs: int, state: AnnealState) -> None: ...
 
 
@@ -27,6 +32,7 @@ class BetaWarmup:
     ramp: float = 0.2
 
     def value(self, epoch: int, num_epochs: int) -> float:
+        """beta at ``epoch`` (1-based) of ``num_epochs``."""
         done = (epoch - 1) / num_epochs  # share of epochs completed before this one
         if done < self.warmup:
             return 0.0
@@ -46,6 +52,7 @@ class TemperatureDecay:
     floor: float = 0.5
 
     def value(self, epoch: int, num_epochs: int) -> float:
+        """tau at ``epoch`` (1-based) of ``num_epochs``."""
         if num_epochs <= 1:
             return self.floor
         frac = (epoch - 1) / (num_epochs - 1)
@@ -56,39 +63,29 @@ class TemperatureDecay:
 
 
 @dataclass
-class PenaltyWeightsSchedule:
-    """Penalty weights from the configuration, switched on after ``start`` share of epochs."""
+class PenaltySwitch:
+    """The configured penalty weights, switched on once ``start`` share of the epochs is done (zero before)."""
 
-    diversity: float = 0.2
-    separation: float = 0.1
-    entropy: float = 0.5
-    diversity_threshold: float = 0.5
-    separation_scale: float = 0.5
-    entropy_target: float = 0.7
+    weights: PenaltyConfig = field(default_factory=PenaltyConfig)
     start: float = 0.0
 
     def __call__(self, epoch: int, num_epochs: int, state: AnnealState) -> None:
         on = (epoch - 1) / num_epochs >= self.start
-        p = state.penalties
-        p.diversity = self.diversity * on
-        p.separation = self.separation * on
-        p.entropy = self.entropy * on
-        p.diversity_threshold = self.diversity_threshold
-        p.separation_scale = self.separation_scale
-        p.entropy_target = self.entropy_target
+        state.penalties = (
+            self.weights
+            if on
+            else dataclasses.replace(self.weights, diversity_weight=0.0, separation_weight=0.0, entropy_weight=0.0)
+        )
 
 
-def default_schedules(config: FitConfig) -> list[Schedule]:
-    t, p = config.training, config.penalties
+def default_schedules(config: FitConfig, penalties: bool = True) -> list[Schedule]:
+    """beta warm-up, temperature decay and (unless ``penalties`` is False) the configured penalties
+    (without them the state keeps its zero penalty weights)."""
+    t = config.training
     schedules: list[Schedule] = [
         BetaWarmup(t.warmup_fraction, t.ramp_fraction),
         TemperatureDecay(t.tau_start, t.tau_floor),
     ]
-    if not config.model.classic:
-        schedules.append(
-            PenaltyWeightsSchedule(
-                p.diversity_weight, p.separation_weight, p.entropy_weight,
-                p.diversity_threshold, p.separation_scale, p.entropy_target,
-            )
-        )
+    if penalties:
+        schedules.append(PenaltySwitch(config.penalties))
     return schedules

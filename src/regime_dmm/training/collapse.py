@@ -4,8 +4,8 @@ Three kinds, each an entry ``{market, kind, detail, advice}``:
 
 * ``dominant_regime``: one regime takes more than 80 % of a market's days while the data
   do not justify it: the reference, a plain maximum-likelihood Gaussian HMM of the returns
-  (:func:`reference_usage`), has no regime above 80 %. Without a reference it fires on the
-  80 % rule alone (and says so).
+  (the warm start's, :class:`~regime_dmm.training.starting_values.WarmStart`), has no regime
+  above 80 %. Without a reference it fires on the 80 % rule alone (and says so).
 * ``uniform_posterior``: a market's mean posterior entropy is above 0.9 log K and the
   regimes' KL is about zero after the warm-up: the regimes carry no information.
 * ``vanishing_inference_gradients`` (only where the history has ``grad_norm_inference``,
@@ -18,11 +18,12 @@ An empty list means healthy.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
+
+__all__ = ["detect_collapse", "format_collapse", "posterior_entropy"]
 
 DOMINANT_SHARE = 0.8
 UNIFORM_ENTROPY = 0.9  # share of log K
@@ -73,12 +74,15 @@ def detect_collapse(
                 justified = ref_top > DOMINANT_SHARE
                 why = f"a plain maximum-likelihood HMM of the returns puts at most {ref_top:.0%} in one regime"
             if not justified:
-                out.append({
-                    "market": name, "kind": "dominant_regime",
-                    "detail": f"regime {top} has {share:.0%} of the days; {why}",
-                    "advice": "raise penalties.diversity_weight (or lower penalties.diversity_threshold); "
-                              "in relaxed mode also lower training.tau_floor or raise training.epochs / warmup",
-                })
+                out.append(
+                    {
+                        "market": name,
+                        "kind": "dominant_regime",
+                        "detail": f"regime {top} has {share:.0%} of the days; {why}",
+                        "advice": "raise penalties.diversity_weight (or lower penalties.diversity_threshold); "
+                        "in relaxed mode also lower training.tau_floor or raise training.epochs / warmup",
+                    }
+                )
 
     kl_late = None
     if len(late) and "kl" in late.columns:
@@ -87,25 +91,31 @@ def detect_collapse(
     log_k = math.log(num_regimes)
     for m, name in enumerate(names):
         if entropy[m] > UNIFORM_ENTROPY * log_k and kl_late is not None and kl_late < kl_tol:
-            out.append({
-                "market": name, "kind": "uniform_posterior",
-                "detail": f"mean posterior entropy {entropy[m]:.3f} nats (log K = {log_k:.3f}) and regime KL "
-                          f"{kl_late:.3g} nats after the warm-up: the regimes explain nothing",
-                "advice": "raise penalties.entropy_weight (entropy_target below log K), raise training.epochs / "
-                          "warmup or training.lr; in relaxed mode lower training.tau_floor",
-            })
+            out.append(
+                {
+                    "market": name,
+                    "kind": "uniform_posterior",
+                    "detail": f"mean posterior entropy {entropy[m]:.3f} nats (log K = {log_k:.3f}) and regime KL "
+                    f"{kl_late:.3g} nats after the warm-up: the regimes explain nothing",
+                    "advice": "raise penalties.entropy_weight (entropy_target below log K), raise training.epochs / "
+                    "warmup or training.lr; in relaxed mode lower training.tau_floor",
+                }
+            )
 
     if len(late) and "grad_norm_inference" in late.columns:
         tail = max(1, math.ceil(TAIL_SHARE * len(late)))
         norms = late["grad_norm_inference"].to_numpy(dtype=float)[-tail:]
         if np.all(np.nan_to_num(norms, nan=0.0) < GRAD_FLOOR):
-            out.append({
-                "market": "all", "kind": "vanishing_inference_gradients",
-                "detail": f"inference-network gradient norm below {GRAD_FLOOR:g} over the last {tail} epochs "
-                          f"(max {float(np.nanmax(norms)) if np.isfinite(norms).any() else float('nan'):.3g})",
-                "advice": "raise training.lr or training.tau_floor (saturated relaxed samples), "
-                          "shorten the warm-up (training.warmup_fraction)",
-            })
+            out.append(
+                {
+                    "market": "all",
+                    "kind": "vanishing_inference_gradients",
+                    "detail": f"inference-network gradient norm below {GRAD_FLOOR:g} over the last {tail} epochs "
+                    f"(max {float(np.nanmax(norms)) if np.isfinite(norms).any() else float('nan'):.3g})",
+                    "advice": "raise training.lr or training.tau_floor (saturated relaxed samples), "
+                    "shorten the warm-up (training.warmup_fraction)",
+                }
+            )
     return out
 
 
@@ -118,37 +128,3 @@ def posterior_entropy(smoothed: np.ndarray) -> float:
     """Mean entropy (nats) of the rows of ``smoothed (T, K)``."""
     p = np.clip(np.asarray(smoothed, dtype=float), 1e-300, 1.0)
     return float(-(p * np.log(p)).sum(-1).mean())
-
-
-def classic_usage(panel, data, config, values: dict[str, torch.Tensor]) -> np.ndarray:
-    """Usage ``(M, K)`` of the classic Gaussian HMM of the returns whose parameters are in Pyro's
-    param store (``classic.*``, as :func:`~regime_dmm.models.init_values.warm_start` leaves them)."""
-    from ..inference import posterior
-    from ..models.base import ModelData
-    from ..models.classic import ClassicMarkovSwitching
-
-    classic = ClassicMarkovSwitching(config, panel.num_markets, values)
-    returns_only = ModelData(data.x[..., :1], data.mask, data.history, data.lengths)
-    with torch.no_grad():
-        pot = classic.log_potentials(returns_only)
-        gamma = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach()).smoothed
-    mask = data.mask.to(gamma.dtype)[..., None]
-    return ((gamma * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-
-
-def reference_usage(panel, data, config, dtype: torch.dtype, restart: int = 0) -> np.ndarray:
-    """Usage ``(M, K)`` of the plain maximum-likelihood Gaussian HMM of the returns that warm-starts
-    restart ``restart`` (:func:`~regime_dmm.models.init_values.warm_start`, L-BFGS; deterministic).
-
-    Uses, and clears, Pyro's param store. :func:`regime_dmm.fit` records the same numbers for
-    free right after each warm start and calls this only for a restart resumed mid-way.
-    """
-    import pyro
-
-    from ..models.init_values import warm_start
-
-    pyro.clear_param_store()
-    values = warm_start(panel, data, config, np.random.default_rng([config.training.seed, restart]), dtype)
-    usage = classic_usage(panel, data, config, values)
-    pyro.clear_param_store()
-    return usage

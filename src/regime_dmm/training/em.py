@@ -5,30 +5,49 @@ to (numerically) zero: its gradient vanishes with it, although the optimum may s
 small positive value (seen on the S&P 500 at K = 3 and 4, 0.02-0.05 nats short of
 hmmlearn's best). EM has no such trap: from a matrix mixed with a little of the uniform
 one, its closed-form updates move every entry to where the expected counts put it and
-never decrease the likelihood.
+never decrease the likelihood (Rabiner 1989, "A tutorial on hidden Markov models", eq. 40a-c).
 """
 
 from __future__ import annotations
 
 import pyro
 import torch
+from pyro import poutine
 
-from ..inference import posterior
+from ..data.features import ModelData
+from ..guides.globals import PointGuide
+from ..inference import HMMPosterior, posterior
+from ..models.classic import ClassicMarkovSwitching
+
+__all__ = ["classic_posterior", "em_polish"]
 
 
-def em_polish(model, data, *, mix: float = 1e-3, max_iter: int = 300, tol: float = 1e-9) -> float:
-    """Improve a fitted :class:`ClassicMarkovSwitching` in place; returns the final log-likelihood.
+def classic_posterior(model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> HMMPosterior:
+    """Exact posterior of the regimes at the guide's current parameters (no gradient)."""
+    with torch.no_grad():
+        pot = poutine.condition(model.log_potentials, data=guide.point_estimate())(data)
+        return posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+
+
+def em_polish(
+    model: ClassicMarkovSwitching,
+    guide: PointGuide,
+    data: ModelData,
+    *,
+    mix: float = 1e-3,
+    max_iter: int = 300,
+    tol: float = 1e-9,
+) -> float:
+    """Improve a fitted classic model in place (its ``classic.*`` parameters); returns the final log-likelihood.
 
     The parameters change only if EM ends above the starting log-likelihood.
     """
     store = pyro.get_param_store()
-    names = ("initial", "transition", "ret_loc", "ret_scale_base", "ret_scale_steps")
+    names = tuple(model.global_constraints())
     start = {n: store[f"classic.{n}"].detach().clone() for n in names}
 
     def loglik() -> float:
-        with torch.no_grad():
-            pot = model.log_potentials(data)
-            return float(posterior(pot.log_init, pot.log_trans, pot.obs_ll).log_z.sum())
+        return float(classic_posterior(model, guide, data).log_z.sum())
 
     best = loglik()
     k = start["initial"].shape[-1]
@@ -37,11 +56,11 @@ def em_polish(model, data, *, mix: float = 1e-3, max_iter: int = 300, tol: float
         store["classic.transition"] = (1 - mix) * start["transition"] + mix / k
     x = data.x[..., 0]
     mask = data.mask.to(x.dtype)
+    floor = torch.tensor(model.hyper.scale_floor, dtype=x.dtype)[:, None]
     previous = -float("inf")
     for _ in range(max_iter):
         with torch.no_grad():
-            pot = model.log_potentials(data)
-            post = posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+            post = classic_posterior(model, guide, data)
             current = float(post.log_z.sum())
             if current - previous < tol:
                 break
@@ -53,10 +72,11 @@ def em_polish(model, data, *, mix: float = 1e-3, max_iter: int = 300, tol: float
             weight = gamma.sum(1).clamp(min=1e-300)  # (M, K)
             loc = (gamma * x[..., None]).sum(1) / weight
             var = (gamma * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
-            floor = model.scale_floor.to(var.dtype)[:, None]
             sd, order = var.sqrt().maximum(floor * (1 + 1e-9)).sort(dim=-1)  # keep calm first
             loc = loc.gather(-1, order)
-            trans = trans.gather(-2, order[..., :, None].expand_as(trans)).gather(-1, order[..., None, :].expand_as(trans))
+            trans = trans.gather(-2, order[..., :, None].expand_as(trans)).gather(
+                -1, order[..., None, :].expand_as(trans)
+            )
             initial = post.smoothed[:, 0].gather(-1, order)
             log_sd = sd.log()
             steps = (log_sd[..., 1:] - log_sd[..., :-1]).clamp(min=1e-12)

@@ -1,9 +1,9 @@
 """The training loop: SVI with ClippedAdam, annealing callbacks, early stopping, history.
 
 One loop serves every model and guide. Each epoch: the schedules set beta, tau and the
-penalty weights; one step on the ELBO (full batch: the exact likelihood of every market; a
-model with ``epoch_batches`` - the relaxed DMM - takes one step per minibatch it returns,
-and the epoch's loss and gradient norms are the means over its steps);
+penalty weights; one step on the ELBO (full batch: the exact likelihood of every market;
+given ``batches`` - the relaxed DMM's minibatches of windows - one step per minibatch, and
+the epoch's loss and gradient norms are the means over its steps);
 the model's diagnostics (reconstruction, KL, entropy, usage, penalties) and per-module
 gradient norms go into the history. A step whose loss or gradient is not finite never
 reaches the parameters: it is skipped, the learning rate halved, and the event logged;
@@ -17,24 +17,33 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
-from ..config import FitConfig
+from ..config import TrainConfig
+from ..data.features import ModelData
 from ..errors import TrainingError
+from ..guides.globals import PointGuide
 from ..inference import log_normalizer
-from ..models.base import AnnealState, ModelData, RegimeModel
-from .penalties import PenaltyWeights
+from ..models.base import AnnealState, RegimeModel, StepContext
+from ..models.classic import ClassicMarkovSwitching
 from .annealing import Schedule
+from .em import em_polish
+
+__all__ = ["LoopState", "TrainOutcome", "format_epoch", "train_lbfgs", "train_svi"]
 
 
 @dataclass
 class TrainOutcome:
+    """What one restart's training produced: its history rows, final loss, epochs run, faults."""
+
     history: list[dict]
     final_loss: float
     epochs_run: int
@@ -57,6 +66,7 @@ class LoopState:
     optimizer: dict | None = None  # ClippedAdam state_dict
 
     def to_dict(self) -> dict:
+        """Plain data for a checkpoint (tensors and builtins only)."""
         return dict(self.__dict__)
 
 
@@ -71,8 +81,10 @@ def _module_of(name: str) -> str:
 
 
 def format_epoch(row: dict, num_epochs: int) -> str:
+    """The two-line training log of one epoch's history row."""
     return (
-        f"Epoch {row['epoch']}/{num_epochs} | Loss: {row['loss']:.2f} | Recon: {row['recon']:.2f} | KL: {row['kl']:.2f}\n"
+        f"Epoch {row['epoch']}/{num_epochs} | Loss: {row['loss']:.2f} | Recon: {row['recon']:.2f}"
+        f" | KL: {row['kl']:.2f}\n"
         f"    Ent: {row['entropy']:.3f} | Div: {row['diversity']:.4f} | Sep: {row['separation']:.4f}"
         f" | Beta: {row['beta']:.3f} | Tau: {row['tau']:.3f}"
     )
@@ -80,12 +92,14 @@ def format_epoch(row: dict, num_epochs: int) -> str:
 
 def train_svi(
     model: RegimeModel,
-    guide: Callable,
+    guide: Callable[..., Any],
     data: ModelData,
-    config: FitConfig,
+    training: TrainConfig,
     schedules: list[Schedule],
-    markets: list[str],
+    markets: Sequence[str],
     *,
+    elbo: Trace_ELBO,
+    batches: Callable[[int], list[Any]] | None = None,
     restart: int = 0,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
@@ -93,13 +107,14 @@ def train_svi(
     loop: LoopState | None = None,
     on_epoch: Callable[[LoopState], None] | None = None,
 ) -> TrainOutcome:
-    """Run SVI for ``config.training.epochs`` epochs (or until the loss plateaus).
+    """Run SVI for ``training.epochs`` epochs (or until the loss plateaus) with ClippedAdam.
 
-    ``loop`` continues a checkpointed run; ``on_epoch(loop)`` is called after every
-    completed epoch (checkpoints, interrupts).
+    ``elbo``: the objective (``Trace_ELBO`` for the exact models); ``batches(epoch)``: the
+    minibatches of one epoch (None: one full-data step). ``loop`` continues a checkpointed run;
+    ``on_epoch(loop)`` is called after every completed epoch (checkpoints, interrupts).
+    Raises :class:`TrainingError` after ``max_faults`` consecutive non-finite steps.
     """
-    tc = config.training
-    elbo = model.make_elbo() if hasattr(model, "make_elbo") else Trace_ELBO(num_particles=1)
+    tc = training
     state = AnnealState()
     loop = loop or LoopState(lr=tc.lr)
     log_every = max(1, tc.epochs // 10)
@@ -111,18 +126,15 @@ def train_svi(
             break
         for schedule in schedules:
             schedule(epoch, tc.epochs, state)
-        # Relaxed models train on minibatches of windows: several steps per epoch (the model picks
-        # them); other models take one full-batch step, as before.
-        batches = model.epoch_batches(data, epoch, restart) if hasattr(model, "epoch_batches") else [None]
         step_losses: list[float] = []
         step_norms: list[dict[str, float]] = []
         diag = None
-        for batch in batches:
-            if batch is not None:
-                model.batch = batch
+        carried: tuple[torch.Tensor, torch.Tensor] | None = None  # minibatches: last usage of each market
+        for batch in batches(epoch) if batches is not None else [None]:
+            ctx = StepContext(anneal=state, batch=batch)
             # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
             with pyro.validation_enabled(False):
-                loss = elbo.differentiable_loss(model.model, guide, data, state)
+                loss = elbo.differentiable_loss(model.model, guide, data, ctx)
             if optimizer is None:  # parameters exist once model and guide have run
                 params = dict(pyro.get_param_store().named_parameters())
                 optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
@@ -152,8 +164,12 @@ def train_svi(
                 loop.lr /= 2.0
                 for group in optimizer.param_groups:
                     group["lr"] = loop.lr
-                event = {"restart": restart, "epoch": epoch, "non_finite": problem,
-                         "action": f"step skipped, lr -> {loop.lr:.3g}"}
+                event = {
+                    "restart": restart,
+                    "epoch": epoch,
+                    "non_finite": problem,
+                    "action": f"step skipped, lr -> {loop.lr:.3g}",
+                }
                 loop.faults.append(event)
                 if log:
                     log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {event['action']}")
@@ -166,15 +182,18 @@ def train_svi(
             loop.consecutive_faults = 0
             step_losses.append(float(loss.detach()))
             step_norms.append(norms)
-            diag = model.last_diagnostics
-        if hasattr(model, "epoch_batches"):
-            model.batch = None
+            diag = ctx.diagnostics
+            if diag is not None and "present" in diag:
+                carried = _carry(carried, diag)
+                diag = dict(diag, usage=carried[0].clone(), entropy=carried[1].clone())
         if not step_losses:  # every step of the epoch was skipped
             loop.epoch = epoch
+            assert optimizer is not None
             loop.optimizer = optimizer.state_dict()
             if on_epoch:
                 on_epoch(loop)
             continue
+        assert diag is not None and optimizer is not None
         norms = step_norms[0] if len(step_norms) == 1 else _mean_norms(step_norms)
         row = {
             "restart": restart,
@@ -223,35 +242,67 @@ def train_svi(
     return TrainOutcome(loop.history, loop.history[-1]["loss"], loop.epoch, loop.stopped_early, loop.faults)
 
 
-def train_lbfgs(model: RegimeModel, data: ModelData, *, max_iter: int = 500, restart: int = 0) -> TrainOutcome:
-    """Maximum likelihood for a model without latent sites (classic mode)."""
-    state = AnnealState(penalties=PenaltyWeights())  # classic mode: no penalties
-    model.log_potentials(data)  # creates the parameters
+def train_lbfgs(
+    model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData, *, max_iter: int = 500, restart: int = 0
+) -> TrainOutcome:
+    """Maximum likelihood for the classic model: L-BFGS on the guide's parameters, then an EM polish.
+
+    ``guide`` is the model's :class:`~regime_dmm.guides.globals.PointGuide`. Raises
+    :class:`TrainingError` when the log-likelihood ends non-finite.
+    """
+    guide.parameters()  # creates the parameters
     params = [p for _, p in pyro.get_param_store().named_parameters()]
     optimizer = torch.optim.LBFGS(
-        params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-        history_size=50, line_search_fn="strong_wolfe",
+        params,
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=50,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
         optimizer.zero_grad()
-        pot = model.log_potentials(data)
+        pot = poutine.condition(model.log_potentials, data=guide.parameters())(data)
         loss = -log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    from .em import em_polish
-
-    em_polish(model, data)  # EM frees transition probabilities L-BFGS left stuck at zero
-    _, _, diag = model.evaluate(data, state)
+    em_polish(model, guide, data)  # EM frees transition probabilities L-BFGS left stuck at zero
+    _, _, diag = poutine.condition(model.evaluate, data=guide.point_estimate())(data, AnnealState())
     loss = -float(diag["log_likelihood"].sum())
     if not math.isfinite(loss):
         raise TrainingError("classic fit ended with a non-finite log-likelihood: check the data's scale")
-    row = {"restart": restart, "epoch": 1, "loss": loss, "log_likelihood": -loss, "recon": float(diag["recon"]),
-           "kl": float(diag["kl"]), "entropy": float(diag["entropy"].mean()), "diversity": 0.0,
-           "separation": 0.0, "entropy_penalty": 0.0, "beta": 1.0, "tau": 1.0, "lr": 1.0}
+    row = {
+        "restart": restart,
+        "epoch": 1,
+        "loss": loss,
+        "log_likelihood": -loss,
+        "recon": float(diag["recon"]),
+        "kl": float(diag["kl"]),
+        "entropy": float(diag["entropy"].mean()),
+        "diversity": 0.0,
+        "separation": 0.0,
+        "entropy_penalty": 0.0,
+        "beta": 1.0,
+        "tau": 1.0,
+        "lr": 1.0,
+    }
     return TrainOutcome([row], loss, 1, False)
+
+
+def _carry(
+    previous: tuple[torch.Tensor, torch.Tensor] | None, diag: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usage and entropy per market over an epoch's minibatches: markets missing from a batch keep their
+    last values (uniform usage and log K before their first batch). Diagnostics only."""
+    usage, entropy, present = diag["usage"], diag["entropy"], diag["present"]
+    if previous is None or previous[0].shape != usage.shape:
+        k = usage.shape[-1]
+        previous = (torch.full_like(usage, 1.0 / k), torch.full_like(entropy, math.log(k)))
+    return (torch.where(present[:, None], usage, previous[0]), torch.where(present, entropy, previous[1]))
 
 
 def _grad_norms(params: dict[str, torch.Tensor]) -> dict[str, float]:

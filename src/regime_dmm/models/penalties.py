@@ -8,25 +8,16 @@
 * entropy: ``w * sum_m (H_m - target)^2`` with ``H_m`` the mean posterior entropy (nats)
   of market m's regimes.
 
-Usage and entropy come from the exact posterior, so the penalties are differentiable
-through the forward-backward recursions.
+Usage and entropy come from the exact posterior (the relaxed model: the guide's regime
+probabilities), so the penalties are differentiable through the forward-backward recursions.
+The weights are a :class:`~regime_dmm.config.PenaltyConfig`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class PenaltyWeights:
-    diversity: float = 0.0
-    diversity_threshold: float = 0.5
-    separation: float = 0.0
-    separation_scale: float = 0.5
-    entropy: float = 0.0
-    entropy_target: float = 0.7
+__all__ = ["diversity_penalty", "entropy_penalty", "separation_penalty"]
 
 
 def diversity_penalty(usage: torch.Tensor, weight: float, threshold: float = 0.5) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""The fitted model: one object that every consumer of a fit asks.
+
+:class:`FittedModel` holds the configuration, the feature pipeline, the data it was fitted
+on, the model, the guide and its own parameters (in the spirit of
+``pyro.contrib.forecast.Forecaster`` and dynamax's parameter containers). ``fit`` builds it
+once from the kept restart; loading a saved fit builds it with the same constructor. Results,
+nowcasts, forecasts, model selection, the ArviZ export and the plots call its methods and
+never touch Pyro's global parameter store or ``poutine`` themselves:
+
+* :meth:`point_estimate` - the global parameters' point estimate;
+* :meth:`draws` - draws of the global parameters (the point estimate for a point-mass guide);
+* :meth:`potentials` - log-potentials of any data at the point estimate or at given values;
+* :meth:`posterior` - those potentials with their exact posterior (cached for the fitted data);
+* :meth:`smoothed` - the regime marginals the fit reports (the relaxed mode: its inference network's);
+* :meth:`num_parameters` - the number of free parameters (for BIC and the summary).
+
+Its parameters live in the object: each method swaps them into Pyro's parameter store for the
+duration of the call and restores whatever was there before, so several fits can live side by
+side in one session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+
+from .config import FitConfig
+from .data.features import FeaturePipeline, ModelData, Panel
+from .inference import HMMPosterior, posterior
+from .models.base import Potentials, RegimeModel
+from .training.restarts import materialise, restore_parameters
+from .training.variants import Variant, variant_for
+
+__all__ = ["FittedModel"]
+
+Values = dict[str, torch.Tensor]
+
+
+class FittedModel:
+    """A trained regime model with its configuration, features, data and parameters.
+
+    Parameters
+    ----------
+    variant, config:
+        The mode's :class:`~regime_dmm.training.variants.Variant` and the resolved configuration.
+    pipeline, panel, data:
+        The fitted :class:`FeaturePipeline`, the :class:`Panel` it was fitted on and its
+        :class:`ModelData` tensors.
+    model, guide:
+        The model and a guide of the right structure (their parameter values are replaced).
+    params:
+        The parameters to hold (name -> unconstrained tensor, as in Pyro's param store).
+
+    Raises :class:`~regime_dmm.errors.CheckpointError` when ``params`` do not fit the model.
+    """
+
+    def __init__(
+        self,
+        variant: Variant,
+        config: FitConfig,
+        pipeline: FeaturePipeline,
+        panel: Panel,
+        data: ModelData,
+        model: RegimeModel,
+        guide: Any,
+        params: dict[str, torch.Tensor],
+    ):
+        self.variant = variant
+        self.config = config
+        self.pipeline = pipeline
+        self.panel = panel
+        self.data = data
+        self.model = model
+        self.guide = guide
+        self.dtype = data.x.dtype
+        with _swapped_store(None):
+            materialise(model, guide, data)
+            restore_parameters(params)
+            self._state = pyro.get_param_store().get_state()
+        self._point: Values | None = None
+        self._evaluation: tuple[Potentials, HMMPosterior] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        config: FitConfig,
+        pipeline: FeaturePipeline,
+        panel: Panel,
+        params: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+    ) -> FittedModel:
+        """A fitted model from saved parameters: the variant builds model and guide, then :meth:`__init__`."""
+        variant = variant_for(config)
+        model = variant.build_model(config, pipeline.spec, panel, dtype)
+        guide = variant.build_guide(model, config, variant.placeholder_values(panel, config, dtype), dtype)
+        return cls(variant, config, pipeline, panel, pipeline.model_data(panel, dtype), model, guide, params)
+
+    # ---- parameters ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Pyro's parameter store holds exactly this fit's parameters inside the block; restored afterwards."""
+        with _swapped_store(self._state):
+            yield
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """A copy of the parameters (name -> unconstrained tensor), for checkpoints."""
+        return {name: value.detach().clone() for name, value in self._state["params"].items()}
+
+    def point_estimate(self) -> Values:
+        """Point estimate of the global parameters (name -> constrained value; cached)."""
+        if self._point is None:
+            with self.active():
+                self._point = self.guide.point_estimate(self.data)
+        return dict(self._point)
+
+    def draws(self, num_draws: int, seed: int = 0) -> list[Values]:
+        """``num_draws`` draws of the global parameters from the guide, or ``[point estimate]`` for a
+        point-mass guide. Seeded; torch's global random state is left as it was."""
+        if self.guide.is_point_estimate:
+            return [self.point_estimate()]
+        with self.active(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return [self.guide.draw(self.data) for _ in range(int(num_draws))]
+
+    def describe_draws(self, num_draws: int) -> str:
+        """What :meth:`draws` returns, in words."""
+        return str(self.guide.describe_draws(num_draws))
+
+    # ---- potentials and posteriors -----------------------------------------------------------------
+    def model_data(self, panel: Panel) -> ModelData:
+        """The model's tensors of another panel (e.g. the fitted one extended with new days)."""
+        return self.pipeline.model_data(panel, self.dtype)
+
+    def potentials(self, data: ModelData | None = None, values: Values | None = None) -> Potentials:
+        """Log-potentials of ``data`` (default: the fitted data) at ``values`` (default: the point estimate)."""
+        data = self.data if data is None else data
+        values = self.point_estimate() if values is None else values
+        with self.active(), torch.no_grad():
+            return poutine.condition(self.model.log_potentials, data=values)(data).detached()
+
+    def posterior(self, data: ModelData | None = None, values: Values | None = None) -> tuple[Potentials, HMMPosterior]:
+        """``(potentials, exact posterior)`` of ``data`` at ``values``; computed once for the fitted data
+        at the point estimate."""
+        if data is None and values is None:
+            if self._evaluation is None:
+                pot = self.potentials()
+                self._evaluation = (pot, posterior(pot.log_init, pot.log_trans, pot.obs_ll))
+            return self._evaluation
+        pot = self.potentials(data, values)
+        return pot, posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+
+    def smoothed(self) -> torch.Tensor:
+        """The smoothed regime probabilities ``(M, T, K)`` the fit reports: the exact posterior's, or
+        the guide's own marginals where it has them (the relaxed mode's inference network)."""
+        with self.active():
+            own = self.guide.regime_marginals(self.model, self.data, self.point_estimate())
+        return self.posterior()[1].smoothed if own is None else own.detach()
+
+    def emission_shift(self, data: ModelData | None = None) -> torch.Tensor | None:
+        """The emission network's daily shifts ``(M, T, K)`` of the return location (normalised), or None."""
+        with self.active(), torch.no_grad():
+            return self.model.emission_shift(self.data if data is None else data)
+
+    def num_parameters(self) -> int:
+        """Free parameters of the model (all markets): a simplex of K entries counts K - 1.
+
+        Counts the model's global sites (initial K-1 and transition K(K-1) per market, emission
+        parameters) and network weights; the guide's variational parameters are not counted.
+        """
+        with self.active(), torch.no_grad():
+            trace = poutine.trace(poutine.condition(self.model.log_potentials, data=self.point_estimate())).get_trace(
+                self.data
+            )
+        total = 0
+        nodes: dict[str, Any] = dict(trace.nodes)
+        for name, site in nodes.items():
+            if site["type"] == "sample":
+                if name.startswith("_") or site["infer"].get("is_auxiliary") or isinstance(site["fn"], dist.Unit):
+                    continue
+                support = site["fn"].support
+            elif site["type"] == "param":
+                support = constraints.real
+            else:
+                continue
+            value = site["value"]
+            base = support
+            while hasattr(base, "base_constraint"):
+                base = base.base_constraint
+            n = int(value.numel())
+            if base is constraints.simplex and value.dim() >= 1 and value.shape[-1] > 0:
+                n = n // value.shape[-1] * (value.shape[-1] - 1)
+            total += n
+        return total
+
+
+@contextlib.contextmanager
+def _swapped_store(state: Any) -> Iterator[None]:
+    """Pyro's param store holds ``state`` (empty for None) inside the block; what it held is restored after.
+
+    ``set_state`` merges into the store, so it is cleared first.
+    """
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
+    if state is not None:
+        store.set_state(state)
+    try:
+        yield
+    finally:
+        store.clear()
+        store.set_state(saved)

@@ -1,0 +1,178 @@
+"""Restarts: train one model from several starting points and keep the best.
+
+Restarts run one after another. Each restart seeds the random generators from
+``(training.seed, restart)``, takes its starting values from the variant (a warm start from
+a maximum-likelihood HMM, jittered per restart), re-initialises the model's networks, builds a
+fresh guide and trains; the restart with the best score is kept. With a checkpoint callback,
+the whole run state (finished restarts, the best so far, the restart in progress with its
+optimiser and random state) is saved every ``checkpoint_every`` epochs and at the end of each
+restart, so an interrupted run continues to the same result as an uninterrupted one.
+
+The model is built once per run; the guide once per restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from ..config import FitConfig
+from ..data.features import FeatureSpec, ModelData, Panel
+from ..errors import CheckpointError, RegimeDMMError, TrainingError
+from ..models.base import RegimeModel, StepContext
+from .run_state import BestRestart, InProgress, RestartRecord, RunState
+from .svi import LoopState
+from .variants import Variant
+
+__all__ = ["FitInterrupted", "TrainedRun", "materialise", "restore_parameters", "run_restarts", "snapshot_parameters"]
+
+
+class FitInterrupted(RegimeDMMError):
+    """Training was stopped on request (SIGINT/SIGTERM); a checkpoint was saved when one was asked for."""
+
+    def __init__(self, message: str, checkpoint: Any = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainedRun:
+    """The model and the last guide of a run (their parameters are the last restart's) and the run's state."""
+
+    model: RegimeModel
+    guide: Any
+    state: RunState
+
+
+def materialise(model: RegimeModel, guide: Any, data: ModelData) -> None:
+    """Run guide and model once (no gradient) so that every parameter exists in Pyro's param store."""
+    with torch.no_grad():
+        Trace_ELBO().differentiable_loss(model.model, guide, data, StepContext())
+
+
+def snapshot_parameters() -> dict[str, torch.Tensor]:
+    """A copy of every parameter in Pyro's param store (unconstrained values)."""
+    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+
+
+def restore_parameters(values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the existing parameters of Pyro's param store, in place.
+
+    Raises :class:`CheckpointError` when the names or shapes differ from the store's.
+    """
+    store = dict(pyro.get_param_store().named_parameters())
+    missing = set(store) ^ set(values)
+    if missing:
+        raise CheckpointError(f"checkpoint parameters do not match the model: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, p in store.items():
+            if p.shape != values[name].shape:
+                raise CheckpointError(
+                    f"checkpoint parameter {name} has shape {tuple(values[name].shape)}, "
+                    f"the model expects {tuple(p.shape)}"
+                )
+            p.copy_(values[name])
+
+
+def run_restarts(
+    variant: Variant,
+    config: FitConfig,
+    spec: FeatureSpec,
+    panel: Panel,
+    data: ModelData,
+    *,
+    dtype: torch.dtype,
+    state: RunState | None = None,
+    save: Callable[[], None] | None = None,
+    checkpoint_every: int = 50,
+    stop_requested: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> TrainedRun:
+    """Train ``config.training.restarts`` restarts (those not finished in ``state``) and keep the best.
+
+    ``save()`` persists ``state`` (called every ``checkpoint_every`` epochs, after each restart and on
+    a stop request). ``stop_requested()`` is polled after every epoch: when it turns true the state is
+    saved and :class:`FitInterrupted` raised. Raises :class:`TrainingError` when every restart fails.
+    """
+    tc = config.training
+    state = state if state is not None else RunState()
+    print_ = log or (lambda _msg: None)
+    markets = list(panel.markets)
+    model = variant.build_model(config, spec, panel, dtype)
+    guide = None
+    done = state.finished()
+    for restart in range(tc.restarts):
+        if restart in done:
+            continue
+        pyro.clear_param_store()
+        pyro.set_rng_seed(tc.seed * 1009 + restart)
+        rng = np.random.default_rng([tc.seed, restart])
+        current = state.current if state.current is not None and state.current.restart == restart else None
+        start = variant.starting_values(panel, data, config, rng, dtype)
+        pyro.clear_param_store()
+        model.reset_parameters()
+        guide = variant.build_guide(model, config, start.values, dtype)
+        loop = None
+        if current is not None:
+            materialise(model, guide, data)
+            restore_parameters(current.params)
+            torch.set_rng_state(current.torch_rng)
+            loop = current.loop
+            print_(f"[restart {restart}] resumed after epoch {loop.epoch}")
+
+        def on_epoch(loop_state: LoopState, restart: int = restart) -> None:
+            stop = stop_requested is not None and stop_requested()
+            if save is not None and (stop or loop_state.epoch % checkpoint_every == 0):
+                state.current = InProgress(restart, loop_state, snapshot_parameters(), torch.get_rng_state())
+                save()
+            if stop:
+                raise FitInterrupted(f"stopped at restart {restart}, epoch {loop_state.epoch}")
+
+        reference = None if start.reference_usage is None else start.reference_usage.tolist()
+        try:
+            outcome = variant.train(
+                model,
+                guide,
+                data,
+                config,
+                markets,
+                restart=restart,
+                log=log,
+                progress=progress,
+                loop=loop,
+                on_epoch=on_epoch,
+            )
+        except TrainingError as exc:
+            print_(f"[restart {restart}] failed: {exc}")
+            state.completed.append(RestartRecord(restart, {"restart": restart, "status": "failed", "reason": str(exc)}))
+            state.current = None
+            if save is not None:
+                save()
+            continue
+        summary = {
+            "restart": restart,
+            "status": "ok",
+            "final_loss": round(outcome.final_loss, 6),
+            "log_likelihood_normalised": round(outcome.history[-1]["log_likelihood"], 6),
+            "epochs": outcome.epochs_run,
+            "stopped_early": outcome.stopped_early,
+        }
+        state.completed.append(RestartRecord(restart, summary, outcome.history, outcome.faults, reference))
+        score = variant.restart_score(outcome)
+        if state.best is None or score < state.best.score:
+            state.best = BestRestart(restart, score, snapshot_parameters())
+        state.current = None
+        if save is not None:
+            save()
+    if state.best is None:
+        raise TrainingError("every restart failed: " + "; ".join(str(r.summary.get("reason")) for r in state.completed))
+    if guide is None:  # every restart was finished before a resume: build the last one's guide to hold the best
+        guide = variant.build_guide(model, config, variant.placeholder_values(panel, config, dtype), dtype)
+    return TrainedRun(model, guide, state)
