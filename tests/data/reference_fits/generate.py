@@ -22,8 +22,13 @@ HERE = Path(__file__).resolve().parent
 CASES = {
     "exact_map_gaussian": ({"training": {"epochs": 12, "restarts": 2}}, 3, 400),
     "exact_normal_studentt_vol": (
-        {"model": {"emission": "studentt", "features": ["return", "vol"]},
-         "training": {"epochs": 10, "restarts": 1, "guide": "normal"}}, 4, 300),
+        {
+            "model": {"emission": "studentt", "features": ["return", "vol"]},
+            "training": {"epochs": 10, "restarts": 1, "guide": "normal"},
+        },
+        4,
+        300,
+    ),
     "classic": ({"model": {"classic": True}, "training": {"restarts": 2}}, 3, 400),
     "relaxed": ({"training": {"inference": "relaxed", "epochs": 3, "restarts": 1}}, 5, 300),
 }
