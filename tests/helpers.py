@@ -10,6 +10,18 @@ from regime_dmm.data import FeaturePipeline, ModelData, load_prices
 from regime_dmm.models import RegimeModel
 from regime_dmm.training.variants import variant_for
 
+#: Files every ``regime-dmm fit`` writes (besides the posterior export).
+FIT_OUTPUTS = (
+    "regimes.csv",
+    "summary.json",
+    "history.csv",
+    "model.pt",
+    "regimes.png",
+    "transitions.png",
+    "usage.png",
+    "training.png",
+)
+
 
 def head(frame: pd.DataFrame, n: int) -> pd.DataFrame:
     """The first ``n`` rows of each market."""

@@ -9,6 +9,8 @@ import pytest
 
 from regime_dmm.cli import main
 
+from helpers import FIT_OUTPUTS
+
 
 @pytest.fixture(scope="module")
 def small_csv(tmp_path_factory):
@@ -30,16 +32,7 @@ def test_fit_writes_every_output(small_csv, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Epoch 30/30 | Loss:" in printed and "Ent:" in printed and "Beta:" in printed
     assert "Transition matrix, traditional_cre" in printed
-    for name in (
-        "regimes.csv",
-        "summary.json",
-        "history.csv",
-        "model.pt",
-        "regimes.png",
-        "transitions.png",
-        "usage.png",
-        "training.png",
-    ):
+    for name in FIT_OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     regimes = pd.read_csv(out / "regimes.csv")
     assert list(regimes.columns[:3]) == ["date", "market", "regime"]

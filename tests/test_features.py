@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from regime_dmm.data import (
+    FeaturePipeline,
+    FeatureSpec,
     MarketSeries,
     build_features,
     load_prices,
     make_panel,
-    scale_to_input_units,
-    to_input_units,
 )
 from regime_dmm.errors import DataError
 
@@ -94,15 +94,16 @@ def test_normalisation_stats_map_back():
     np.testing.assert_allclose(s.features.std(axis=0), 1.0, rtol=1e-12)
     np.testing.assert_allclose(s.feature_mean, raw.features.mean(axis=0))
     np.testing.assert_allclose(s.feature_std, raw.features.std(axis=0))
+    pipe = FeaturePipeline.fit(price_frame(), FeatureSpec(("return", "vol"), ("return",), 3, True, 1))
     for i, name in enumerate(s.feature_names):
-        np.testing.assert_allclose(to_input_units(s, i, s.features[:, i]), raw.features[:, i], rtol=1e-12)
-        np.testing.assert_allclose(to_input_units(s, name, s.features[:, i]), raw.features[:, i], rtol=1e-12)
+        np.testing.assert_allclose(pipe.to_input_units("m", i, s.features[:, i]), raw.features[:, i], rtol=1e-12)
+        np.testing.assert_allclose(pipe.to_input_units("m", name, s.features[:, i]), raw.features[:, i], rtol=1e-12)
     # tensors keep their type; scales only get multiplied
-    back = to_input_units(s, "return", torch.tensor(s.features[:, 0]))
+    back = pipe.to_input_units("m", "return", torch.tensor(s.features[:, 0]))
     assert isinstance(back, torch.Tensor)
     torch.testing.assert_close(back, torch.tensor(s.returns))
-    assert scale_to_input_units(s, 0, 2.0) == pytest.approx(2.0 * s.feature_std[0])
-    scaled = scale_to_input_units(s, "vol", np.array([1.0, 0.5]))
+    assert pipe.scale_to_input_units("m", 0, 2.0) == pytest.approx(2.0 * s.feature_std[0])
+    scaled = pipe.scale_to_input_units("m", "vol", np.array([1.0, 0.5]))
     np.testing.assert_allclose(scaled, [s.feature_std[1], 0.5 * s.feature_std[1]])
 
 

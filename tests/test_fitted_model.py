@@ -88,8 +88,12 @@ def test_posterior_is_the_exact_filter_of_its_potentials(two_fits):
         np.testing.assert_allclose(alpha.numpy(), m.filtered[t], atol=1e-10)
 
 
-def test_draws_are_seeded_and_a_map_fit_has_one(frame):
-    normal = rd.fit(frame, rd.FitConfig().replace(training={"epochs": 4, "restarts": 1, "guide": "normal"}))
+def test_draws_are_seeded_and_a_map_fit_has_one(small_fit, two_fits):
+    map_fit = two_fits[0]
+    (only,) = map_fit.fitted.draws(50, seed=3)
+    point = map_fit.fitted.point_estimate()
+    assert set(only) == set(point) and all(torch.equal(only[k], point[k]) for k in point)
+    normal = small_fit(0, 250, training={"epochs": 20, "restarts": 1, "guide": "normal"})  # shared with the plots
     d1, d2 = normal.fitted.draws(3, seed=5), normal.fitted.draws(3, seed=5)
     assert len(d1) == 3 and all(torch.equal(x[k], y[k]) for x, y in zip(d1, d2) for k in x)
     assert not torch.equal(d1[0]["ret_loc"], d1[1]["ret_loc"])

@@ -3,13 +3,23 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from pyro import poutine
 
 from regime_dmm import FitConfig, fit
 from regime_dmm.cli import main
-from regime_dmm.data import MarketSpec, make_panel, rolling_log_rms, simulate_default, simulate_markets
+from regime_dmm.data import (
+    MarketSpec,
+    ModelData,
+    lagged_history,
+    make_panel,
+    rolling_log_rms,
+    simulate_default,
+    simulate_markets,
+)
 from regime_dmm.data.features import MarketSeries
 from regime_dmm.errors import DataError
-from regime_dmm.inference import stationary_distribution
+from regime_dmm.inference import posterior, stationary_distribution
 from regime_dmm.nowcast import filter_update, forecast_table, nowcast, update_filter
 from regime_dmm.outputs import write_outputs
 
@@ -82,8 +92,17 @@ def _direct_filter(result, full: pd.DataFrame) -> list[np.ndarray]:
             MarketSeries(s.name, dates, returns, prices[1:], feats, s.feature_names, s.feature_mean, s.feature_std)
         )
     panel = make_panel(series)
-    _, post = result.fitted.posterior(result.fitted.model_data(panel))
-    filtered = post.filtered.numpy()
+    data = ModelData(
+        x=panel.x[..., :1],
+        mask=panel.mask,
+        history=lagged_history(panel.x, config.model.history),
+        lengths=panel.lengths,
+    )
+    fitted = result.fitted
+    with fitted.active(), torch.no_grad():  # the fitted parameters, evaluated here without FittedModel.posterior
+        values = fitted.guide.point_estimate(data)
+        pot = poutine.condition(fitted.model.log_potentials, data=values)(data)
+    filtered = posterior(pot.log_init, pot.log_trans, pot.obs_ll).filtered.numpy()
     return [filtered[m, : s.length] for m, s in enumerate(series)]
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-import regime_dmm as rd
 from regime_dmm import posterior_plots as pp
 from regime_dmm.arviz_export import load_netcdf, save_netcdf, to_inference_data
 
@@ -21,9 +20,8 @@ az = pytest.importorskip("arviz")
 
 
 @pytest.fixture(scope="module")
-def fit():
-    cfg = rd.FitConfig().replace(training={"epochs": 20, "restarts": 1, "guide": "normal"})
-    return rd.fit(rd.simulate_default(0, n_days=250).frame, cfg)
+def fit(small_fit):
+    return small_fit(0, 250, training={"epochs": 20, "restarts": 1, "guide": "normal"})
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,9 @@ EXPECTED_NUM_PARAMETERS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(generate.CASES))
 def test_outputs_equal_those_of_main_before_the_redesign(name, tmp_path):
-    regimes, summary = generate.run_case(name, tmp_path)
+    regimes, summary, history = generate.run_case(name, tmp_path)
     assert regimes == (HERE / f"{name}.regimes.csv").read_bytes()
+    assert history == (HERE / f"{name}.history.csv").read_bytes()
     reference = (HERE / f"{name}.summary.json").read_bytes()
     ours, theirs = json.loads(summary), json.loads(reference)
     assert ours["num_parameters"] == EXPECTED_NUM_PARAMETERS[name]

@@ -18,7 +18,7 @@ from regime_dmm.guides.inference_network import StructuredRegimePosterior
 from regime_dmm.models import AnnealState, StepContext
 from regime_dmm.models.relaxed_dmm import RelaxedRegimeChain, WindowBatch, epoch_batches
 
-from helpers import model_and_data
+from helpers import FIT_OUTPUTS, model_and_data
 
 K = 4
 
@@ -176,16 +176,7 @@ def test_relaxed_fit_through_the_cli_writes_every_output(small_csv, tmp_path, ca
     assert rc == 0
     printed = capsys.readouterr().out
     assert "Epoch 10/10 | Loss:" in printed
-    for name in (
-        "regimes.csv",
-        "summary.json",
-        "history.csv",
-        "model.pt",
-        "regimes.png",
-        "transitions.png",
-        "usage.png",
-        "training.png",
-    ):
+    for name in FIT_OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     regimes = pd.read_csv(out / "regimes.csv")
     probs = regimes[[c for c in regimes.columns if c.startswith("prob_")]]

@@ -13,10 +13,10 @@ from regime_dmm.data import (
     load_prices,
     simulate_default,
     simulate_markets,
-    stationary_distribution,
     transition_matrix,
     write_csv,
 )
+from regime_dmm.inference import stationary_distribution
 
 TARGET_USAGE = {
     "traditional_cre": np.array([0.70, 0.20, 0.08, 0.02]),

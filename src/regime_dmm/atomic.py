@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "replace_folder", "staging_folder"]
+__all__ = ["atomic_write", "atomic_write_text", "replace_folder", "staged_files", "staging_folder"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -69,3 +69,20 @@ def staging_folder(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` to write files into; when the block ends normally, each file
+    replaces its namesake in ``folder`` (one at a time, each whole; other files of ``folder`` are kept).
+
+    On any exception nothing in ``folder`` changes and the temporary folder is deleted.
+    """
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged-", dir=folder))
+    try:
+        yield tmp
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

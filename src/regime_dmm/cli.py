@@ -7,18 +7,24 @@ one line ``error: ...`` and exit with code 2; nothing is written in that case.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
+import json
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .atomic import atomic_write_text, staging_folder
+from .atomic import atomic_write_text, staged_files, staging_folder
 from .config import FitConfig
+from .data import simulate_default, write_csv
 from .errors import ConfigError, RegimeDMMError
+from .fitting import FitInterrupted, fit, load_resume_state, resume_fit
+from .nowcast import filter_update, forecast_table
+from .outputs import write_outputs
+from .persistence import load_fit
+from .plots import save_all, usage_bars_text
+from .selection import plot_selection, select_regimes
 
 __all__ = ["main", "parse_regimes"]
 
@@ -138,9 +144,6 @@ def _print_matrix(names, matrix) -> str:
 
 def cmd_fit(args) -> int:
     """``regime-dmm fit``: fit (or resume), print the summary, write the outputs; returns the exit code."""
-    from .fitting import FitInterrupted, fit, load_resume_state, resume_fit
-    from .outputs import write_outputs
-
     out = Path(args.resume or args.out)
     checkpoint = out / CHECKPOINT
     if args.resume:
@@ -182,8 +185,6 @@ def cmd_fit(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print()
-    from .plots import usage_bars_text
-
     print("Regime usage (smoothed posterior):")
     print(usage_bars_text(result))
     for m in result.markets:
@@ -201,10 +202,6 @@ def cmd_fit(args) -> int:
 
 def cmd_simulate(args) -> int:
     """``regime-dmm simulate``: write the embedded simulated data (and optionally its true regimes) as CSV."""
-    import pandas as pd
-
-    from .data import simulate_default, write_csv
-
     data = simulate_default(seed=args.seed)
     write_csv(data, args.out)
     if args.truth:
@@ -245,8 +242,6 @@ def parse_regimes(text: str) -> list[int]:
 
 def cmd_select(args) -> int:
     """``regime-dmm select``: compare numbers of regimes on held-out days; writes selection.csv and .png."""
-    from .selection import plot_selection, select_regimes
-
     ks = parse_regimes(args.regimes)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (not args.overwrite and any(out.iterdir()))):
@@ -283,9 +278,6 @@ def cmd_select(args) -> int:
 
 def cmd_forecast(args) -> int:
     """``regime-dmm forecast``: regime probabilities ahead from a saved fit (after a nowcast with ``--new-data``)."""
-    from .nowcast import filter_update, forecast_table
-    from .persistence import load_fit
-
     if args.horizon < 1:
         raise RegimeDMMError(f"--horizon must be >= 1 day, got {args.horizon}")
     out = Path(args.dir)
@@ -312,22 +304,12 @@ def cmd_forecast(args) -> int:
 
 def cmd_report(args) -> int:
     """``regime-dmm report``: rebuild the plots and summary.json of a saved fit."""
-    import json
-
-    from .persistence import load_fit
-    from .plots import save_all
-
     out = Path(args.dir)
     fit = load_fit(out, data=args.data)
-    tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out))
-    try:
+    with staged_files(out) as tmp:
         paths = save_all(fit, tmp)
-        atomic_write_text(tmp / "summary.json", json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
         names = [p.name for p in paths] + ["summary.json"]
-        for name in names:
-            os.replace(tmp / name, out / name)  # one file at a time, each whole
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/: {' '.join(names)}")
     return 0
 

@@ -33,6 +33,7 @@ from pyro.distributions import constraints
 
 from .config import FitConfig
 from .data.features import FeaturePipeline, ModelData, Panel
+from .guides.base import RegimeGuide
 from .inference import HMMPosterior, posterior
 from .models.base import Potentials, RegimeModel
 from .training.restarts import materialise, restore_parameters
@@ -69,7 +70,7 @@ class FittedModel:
         panel: Panel,
         data: ModelData,
         model: RegimeModel,
-        guide: Any,
+        guide: RegimeGuide,
         params: dict[str, torch.Tensor],
     ):
         self.variant = variant
@@ -118,7 +119,7 @@ class FittedModel:
         if self._point is None:
             with self.active():
                 self._point = self.guide.point_estimate(self.data)
-        return dict(self._point)
+        return {name: value.clone() for name, value in self._point.items()}
 
     def draws(self, num_draws: int, seed: int = 0) -> list[Values]:
         """``num_draws`` draws of the global parameters from the guide, or ``[point estimate]`` for a

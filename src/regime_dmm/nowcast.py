@@ -136,7 +136,7 @@ def extend_panel(fit: RegimeFit, new_data: NewData) -> tuple[Panel, list[int]]:
     fitted = fit.require_fitted()
     if not isinstance(new_data, (str, Path, pd.DataFrame)):
         raise DataError(f"new data must be a CSV path or a DataFrame, got {type(new_data).__name__}")
-    table = read_prices(new_data)
+    table = read_prices(new_data, label="new data" if isinstance(new_data, pd.DataFrame) else None)
     return fitted.pipeline.extend(fitted.panel, table)
 
 

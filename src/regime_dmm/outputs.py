@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .arviz_export import save_netcdf, to_inference_data
 from .atomic import staging_folder
+from .checkpoints import write_checkpoint
 from .errors import RegimeDMMError
 from .persistence import MODEL_FILE, model_payload
 from .plots import save_all
@@ -47,7 +46,7 @@ def write_outputs(
             json.dump(fit.summary(), fh, indent=2, sort_keys=False)
             fh.write("\n")
         fit.history.to_csv(tmp / "history.csv", index=False, float_format="%.8g")
-        torch.save(model_payload(fit), tmp / MODEL_FILE)
+        write_checkpoint(model_payload(fit), tmp / MODEL_FILE)
         idata = None
         if posterior:
             idata = to_inference_data(fit, num_samples=num_samples, seed=fit.seed)

@@ -25,9 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import FitConfig
-from .data.loader import load_prices
-from .data.simulator import simulate_default
-from .data.sources import DataSource
+from .data.sources import DataSource, load_source
 from .errors import ConfigError, DataError, TrainingError
 from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
@@ -73,9 +71,7 @@ def select_regimes(
     if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 < holdout < 1:
         raise ConfigError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
     print_ = log or (lambda _msg: None)
-    if data is None:
-        data = simulate_default(seed=config.training.seed).frame
-    full = load_prices(data, min_observations=config.training.min_observations)
+    full = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed).frame
     train = _training_part(full, holdout, config.training.min_observations)
 
     rows = []

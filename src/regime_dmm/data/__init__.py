@@ -21,8 +21,6 @@ from regime_dmm.data.features import (
     lagged_history,
     make_panel,
     rolling_log_rms,
-    scale_to_input_units,
-    to_input_units,
 )
 from regime_dmm.data.loader import load_prices, read_prices
 from regime_dmm.data.simulator import (
@@ -36,7 +34,6 @@ from regime_dmm.data.simulator import (
     write_csv,
 )
 from regime_dmm.data.sources import EMBEDDED_LABEL, DataSource, LoadedData, load_source
-from regime_dmm.inference import stationary_distribution  # re-exported: the simulator's chains are checked with it
 
 __all__ = [
     "DEFAULT_SPECS",
@@ -60,11 +57,8 @@ __all__ = [
     "make_panel",
     "read_prices",
     "rolling_log_rms",
-    "scale_to_input_units",
     "simulate_default",
     "simulate_markets",
-    "stationary_distribution",
-    "to_input_units",
     "transition_matrix",
     "write_csv",
 ]

@@ -14,7 +14,7 @@ Features (per market, per return date ``t``):
 
 With ``normalise=True`` each feature is z-scored per market; the mean and
 standard deviation are kept so model outputs can be mapped back to input units
-with :func:`to_input_units` and :func:`scale_to_input_units`.
+(:meth:`FeaturePipeline.to_input_units`, :meth:`FeaturePipeline.scale_to_input_units`).
 
 :class:`FeaturePipeline` is the one place where features are made: it is fitted once on
 the training data (per-market statistics), turns tables into a :class:`Panel`, extends a
@@ -50,8 +50,6 @@ __all__ = [
     "lagged_history",
     "make_panel",
     "rolling_log_rms",
-    "to_input_units",
-    "scale_to_input_units",
 ]
 
 #: Feature names understood by :func:`build_features`.
@@ -674,19 +672,3 @@ def _as_array(values: Any) -> Any:
     if isinstance(values, (torch.Tensor, np.ndarray, numbers.Number)):
         return values
     return np.asarray(values, dtype=np.float64)
-
-
-def to_input_units(series: MarketSeries, feature_index: int | str, values: Any) -> Any:
-    """Map normalised values of one feature back to input units: ``values * std + mean``.
-
-    ``values`` may be a number, numpy array or torch tensor (the type is kept);
-    ``feature_index`` is an index or a feature name.
-    """
-    i = _feature_index(series, feature_index)
-    return _as_array(values) * float(series.feature_std[i]) + float(series.feature_mean[i])
-
-
-def scale_to_input_units(series: MarketSeries, feature_index: int | str, scales: Any) -> Any:
-    """Map a scale (standard deviation) of one feature back to input units: ``scales * std``."""
-    i = _feature_index(series, feature_index)
-    return _as_array(scales) * float(series.feature_std[i])

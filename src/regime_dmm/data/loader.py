@@ -91,25 +91,27 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
     return _load(source, int(min_observations))
 
 
-def read_prices(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+def read_prices(source: str | Path | pd.DataFrame, *, label: str | None = None) -> pd.DataFrame:
     """Read and validate a long-format table row by row, without the per-market checks of a fit.
 
     The same reader and messages as :func:`load_prices` (columns, dates, values, duplicate
     rows), but a market may have any number of rows and may be constant: for new days
     appended to a fitted series (nowcasts), whose checks are made against the fitted data.
+    ``label`` names the source in messages (default: the path, or "input DataFrame").
     Returns the same table as :func:`load_prices`; raises :class:`DataError`.
     """
-    return _load(source, None)
+    return _load(source, None, label)
 
 
-def _load(source: str | Path | pd.DataFrame, min_observations: int | None) -> pd.DataFrame:
+def _load(source: str | Path | pd.DataFrame, min_observations: int | None, label: str | None = None) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
-        label = "input DataFrame"
+        label = label or "input DataFrame"
         header = [str(c) for c in source.columns]
         columns = {i: source.iloc[:, i] for i in range(source.shape[1])}
         row_numbers = np.arange(1, len(source) + 1)
     elif isinstance(source, (str, Path)):
-        label, header, columns, row_numbers = _read_csv(Path(source))
+        read_label, header, columns, row_numbers = _read_csv(Path(source))
+        label = label or read_label
     else:
         raise TypeError(f"source must be a path (str or Path) or a pandas DataFrame, got {type(source).__name__}")
 

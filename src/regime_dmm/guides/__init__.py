@@ -5,7 +5,16 @@ All offer ``guide(data, ctx)``, ``point_estimate``, ``draw``, ``is_point_estimat
 ``regime_marginals`` and ``describe_draws`` (see :mod:`.globals`).
 """
 
+from .base import RegimeGuide, Values
 from .globals import GlobalsGuide, PointGuide
 from .inference_network import InferenceNetwork, RelaxedGuide, inference_marginals
 
-__all__ = ["GlobalsGuide", "InferenceNetwork", "PointGuide", "RelaxedGuide", "inference_marginals"]
+__all__ = [
+    "GlobalsGuide",
+    "InferenceNetwork",
+    "PointGuide",
+    "RegimeGuide",
+    "RelaxedGuide",
+    "Values",
+    "inference_marginals",
+]

@@ -35,10 +35,9 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from ..data.features import ModelData
 from ..models.base import RegimeModel, StepContext
 from ..models.classic import ClassicMarkovSwitching
+from .base import Values
 
 __all__ = ["GlobalsGuide", "PointGuide", "sample_site_values"]
-
-Values = dict[str, torch.Tensor]
 
 
 class GlobalsGuide:
@@ -112,9 +111,26 @@ class PointGuide:
     def parameters(self) -> Values:
         """The current values (constrained), creating the parameters from the starting values."""
         return {
-            name: pyro.param(f"classic.{name}", self.starting_values[name], constraint=constraint)
+            name: pyro.param(self._name(name), self.starting_values[name], constraint=constraint)
             for name, constraint in self.constraints.items()
         }
+
+    def unconstrained(self) -> list[torch.Tensor]:
+        """The parameters' unconstrained tensors (what an optimiser moves), in creation order."""
+        self.parameters()
+        names = {self._name(name) for name in self.constraints}
+        return [p for name, p in pyro.get_param_store().named_parameters() if name in names]
+
+    def set_values(self, values: Values) -> None:
+        """Set some parameters to the constrained ``values`` (name -> tensor), e.g. an EM update."""
+        store = pyro.get_param_store()
+        with torch.no_grad():
+            for name, value in values.items():
+                store[self._name(name)] = value
+
+    @staticmethod
+    def _name(name: str) -> str:
+        return f"classic.{name}"
 
     def __call__(self, data: ModelData | None = None, ctx: StepContext | None = None) -> Values:
         values = self.parameters()

@@ -89,7 +89,8 @@ class StepContext:
     of windows; None = every window). Outputs, written during the step: ``guide_regime_log_probs``
     (the relaxed guide's per-day regime log-probabilities ``(B, L, K)``, read by the model's
     penalties; the guide runs first) and ``diagnostics`` (the model's terms for the history:
-    log-likelihood, reconstruction, KL, entropy, usage, penalties).
+    log-likelihood, reconstruction, KL, entropy, usage, penalties, and ``present (M,)``, the
+    markets the step saw; usage and entropy of the others are placeholders).
     """
 
     anneal: AnnealState = field(default_factory=AnnealState)
@@ -184,6 +185,7 @@ class RegimeModel(PyroModule):
             "kl": (recon - log_z.sum()).detach(),
             "entropy": entropy.detach(),
             "usage": usage.detach(),
+            "present": torch.ones(usage.shape[0], dtype=torch.bool),  # every market is in every step
             "diversity": penalties["diversity"].detach(),
             "separation": penalties["separation"].detach(),
             "entropy_penalty": penalties["entropy"].detach(),

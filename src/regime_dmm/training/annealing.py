@@ -78,14 +78,11 @@ class PenaltySwitch:
         )
 
 
-def default_schedules(config: FitConfig, penalties: bool = True) -> list[Schedule]:
-    """beta warm-up, temperature decay and (unless ``penalties`` is False) the configured penalties
-    (without them the state keeps its zero penalty weights)."""
+def default_schedules(config: FitConfig) -> list[Schedule]:
+    """beta warm-up, temperature decay and the configured penalties."""
     t = config.training
-    schedules: list[Schedule] = [
+    return [
         BetaWarmup(t.warmup_fraction, t.ramp_fraction),
         TemperatureDecay(t.tau_start, t.tau_floor),
+        PenaltySwitch(config.penalties),
     ]
-    if penalties:
-        schedules.append(PenaltySwitch(config.penalties))
-    return schedules

@@ -10,7 +10,6 @@ never decrease the likelihood (Rabiner 1989, "A tutorial on hidden Markov models
 
 from __future__ import annotations
 
-import pyro
 import torch
 from pyro import poutine
 
@@ -38,22 +37,23 @@ def em_polish(
     max_iter: int = 300,
     tol: float = 1e-9,
 ) -> float:
-    """Improve a fitted classic model in place (its ``classic.*`` parameters); returns the final log-likelihood.
+    """Improve a fitted classic model in place (the guide's parameters); returns the final log-likelihood.
 
     The parameters change only if EM ends above the starting log-likelihood.
     """
-    store = pyro.get_param_store()
-    names = tuple(model.global_constraints())
-    start = {n: store[f"classic.{n}"].detach().clone() for n in names}
+    start = {n: v.clone() for n, v in guide.point_estimate().items()}
 
     def loglik() -> float:
         return float(classic_posterior(model, guide, data).log_z.sum())
 
     best = loglik()
     k = start["initial"].shape[-1]
-    with torch.no_grad():
-        store["classic.initial"] = (1 - mix) * start["initial"] + mix / k
-        store["classic.transition"] = (1 - mix) * start["transition"] + mix / k
+    guide.set_values(
+        {
+            "initial": (1 - mix) * start["initial"] + mix / k,
+            "transition": (1 - mix) * start["transition"] + mix / k,
+        }
+    )
     x = data.x[..., 0]
     mask = data.mask.to(x.dtype)
     floor = torch.tensor(model.hyper.scale_floor, dtype=x.dtype)[:, None]
@@ -80,15 +80,17 @@ def em_polish(
             initial = post.smoothed[:, 0].gather(-1, order)
             log_sd = sd.log()
             steps = (log_sd[..., 1:] - log_sd[..., :-1]).clamp(min=1e-12)
-            store["classic.initial"] = initial.clamp(min=1e-300) / initial.clamp(min=1e-300).sum(-1, keepdim=True)
-            store["classic.transition"] = trans.clamp(min=1e-300) / trans.clamp(min=1e-300).sum(-1, keepdim=True)
-            store["classic.ret_loc"] = loc
-            store["classic.ret_scale_base"] = (sd[..., 0] - floor[:, 0]).clamp(min=1e-12 * floor[:, 0])
-            store["classic.ret_scale_steps"] = steps
+            guide.set_values(
+                {
+                    "initial": initial.clamp(min=1e-300) / initial.clamp(min=1e-300).sum(-1, keepdim=True),
+                    "transition": trans.clamp(min=1e-300) / trans.clamp(min=1e-300).sum(-1, keepdim=True),
+                    "ret_loc": loc,
+                    "ret_scale_base": (sd[..., 0] - floor[:, 0]).clamp(min=1e-12 * floor[:, 0]),
+                    "ret_scale_steps": steps,
+                }
+            )
     final = loglik()
     if final <= best:
-        with torch.no_grad():
-            for n, value in start.items():
-                store[f"classic.{n}"] = value
+        guide.set_values(start)
         return best
     return final

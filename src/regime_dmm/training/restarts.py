@@ -25,6 +25,7 @@ from pyro.infer import Trace_ELBO
 from ..config import FitConfig
 from ..data.features import FeatureSpec, ModelData, Panel
 from ..errors import CheckpointError, RegimeDMMError, TrainingError
+from ..guides.base import RegimeGuide
 from ..models.base import RegimeModel, StepContext
 from .run_state import BestRestart, InProgress, RestartRecord, RunState
 from .svi import LoopState
@@ -46,11 +47,11 @@ class TrainedRun:
     """The model and the last guide of a run (their parameters are the last restart's) and the run's state."""
 
     model: RegimeModel
-    guide: Any
+    guide: RegimeGuide
     state: RunState
 
 
-def materialise(model: RegimeModel, guide: Any, data: ModelData) -> None:
+def materialise(model: RegimeModel, guide: RegimeGuide, data: ModelData) -> None:
     """Run guide and model once (no gradient) so that every parameter exists in Pyro's param store."""
     with torch.no_grad():
         Trace_ELBO().differentiable_loss(model.model, guide, data, StepContext())
@@ -115,10 +116,15 @@ def run_restarts(
         pyro.set_rng_seed(tc.seed * 1009 + restart)
         rng = np.random.default_rng([tc.seed, restart])
         current = state.current if state.current is not None and state.current.restart == restart else None
-        start = variant.starting_values(panel, data, config, rng, dtype)
+        if current is None:
+            start = variant.starting_values(panel, data, config, rng, dtype)
+            reference = None if start.reference_usage is None else start.reference_usage.tolist()
+            values = start.values
+        else:  # the checkpoint holds the parameters and the warm start's reference usage
+            reference, values = current.reference_usage, variant.placeholder_values(panel, config, dtype)
         pyro.clear_param_store()
         model.reset_parameters()
-        guide = variant.build_guide(model, config, start.values, dtype)
+        guide = variant.build_guide(model, config, values, dtype)
         loop = None
         if current is not None:
             materialise(model, guide, data)
@@ -127,15 +133,14 @@ def run_restarts(
             loop = current.loop
             print_(f"[restart {restart}] resumed after epoch {loop.epoch}")
 
-        def on_epoch(loop_state: LoopState, restart: int = restart) -> None:
+        def on_epoch(loop_state: LoopState, restart: int = restart, reference: Any = reference) -> None:
             stop = stop_requested is not None and stop_requested()
             if save is not None and (stop or loop_state.epoch % checkpoint_every == 0):
-                state.current = InProgress(restart, loop_state, snapshot_parameters(), torch.get_rng_state())
+                state.current = InProgress(restart, loop_state, snapshot_parameters(), torch.get_rng_state(), reference)
                 save()
             if stop:
                 raise FitInterrupted(f"stopped at restart {restart}, epoch {loop_state.epoch}")
 
-        reference = None if start.reference_usage is None else start.reference_usage.tolist()
         try:
             outcome = variant.train(
                 model,

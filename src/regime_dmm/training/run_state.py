@@ -48,12 +48,14 @@ class BestRestart:
 
 @dataclass
 class InProgress:
-    """A restart stopped mid-way: the loop state, its parameters and torch's random state."""
+    """A restart stopped mid-way: the loop state, its parameters, torch's random state and the
+    reference usage of its warm start (so that a resume need not redo the warm start)."""
 
     restart: int
     loop: LoopState
     params: dict[str, torch.Tensor]
     torch_rng: torch.Tensor
+    reference_usage: list[list[float]] | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class RunState:
                 "loop": self.current.loop.to_dict(),
                 "params": self.current.params,
                 "torch_rng": self.current.torch_rng,
+                "reference_usage": self.current.reference_usage,
             },
         }
 
@@ -100,7 +103,13 @@ class RunState:
             best=None if best is None else BestRestart(**best),
             current=None
             if current is None
-            else InProgress(current["restart"], LoopState(**current["loop"]), current["params"], current["torch_rng"]),
+            else InProgress(
+                current["restart"],
+                LoopState(**current["loop"]),
+                current["params"],
+                current["torch_rng"],
+                current.get("reference_usage"),
+            ),
         )
 
 

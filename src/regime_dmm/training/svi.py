@@ -30,6 +30,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 from ..config import TrainConfig
 from ..data.features import ModelData
 from ..errors import TrainingError
+from ..guides.base import RegimeGuide
 from ..guides.globals import PointGuide
 from ..inference import log_normalizer
 from ..models.base import AnnealState, RegimeModel, StepContext
@@ -75,7 +76,7 @@ def _module_of(name: str) -> str:
         return "transition"
     if name.startswith("emission_net"):
         return "emission"
-    if name.startswith("inference_net") or name.startswith("guide_net"):
+    if name.startswith("inference_net"):
         return "inference"
     return "globals"
 
@@ -92,7 +93,7 @@ def format_epoch(row: dict, num_epochs: int) -> str:
 
 def train_svi(
     model: RegimeModel,
-    guide: Callable[..., Any],
+    guide: RegimeGuide,
     data: ModelData,
     training: TrainConfig,
     schedules: list[Schedule],
@@ -182,10 +183,9 @@ def train_svi(
             loop.consecutive_faults = 0
             step_losses.append(float(loss.detach()))
             step_norms.append(norms)
-            diag = ctx.diagnostics
-            if diag is not None and "present" in diag:
-                carried = _carry(carried, diag)
-                diag = dict(diag, usage=carried[0].clone(), entropy=carried[1].clone())
+            assert ctx.diagnostics is not None, "the model must write its diagnostics into the step context"
+            carried = _carry(carried, ctx.diagnostics)
+            diag = dict(ctx.diagnostics, usage=carried[0].clone(), entropy=carried[1].clone())
         if not step_losses:  # every step of the epoch was skipped
             loop.epoch = epoch
             assert optimizer is not None
@@ -250,8 +250,7 @@ def train_lbfgs(
     ``guide`` is the model's :class:`~regime_dmm.guides.globals.PointGuide`. Raises
     :class:`TrainingError` when the log-likelihood ends non-finite.
     """
-    guide.parameters()  # creates the parameters
-    params = [p for _, p in pyro.get_param_store().named_parameters()]
+    params = guide.unconstrained()
     optimizer = torch.optim.LBFGS(
         params,
         lr=1.0,

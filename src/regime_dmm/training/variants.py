@@ -26,7 +26,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from ..config import FitConfig
 from ..data.features import FeatureSpec, ModelData, Panel
 from ..errors import ConfigError
-from ..guides import GlobalsGuide, PointGuide, RelaxedGuide
+from ..guides import GlobalsGuide, PointGuide, RegimeGuide, RelaxedGuide
 from ..models import (
     ClassicHyper,
     ClassicMarkovSwitching,
@@ -69,7 +69,7 @@ class Variant:
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
-    ) -> Any:
+    ) -> RegimeGuide:
         """The guide, starting at ``values`` (name -> constrained starting value)."""
         raise NotImplementedError
 
@@ -87,10 +87,18 @@ class Variant:
         """The annealing schedules of training."""
         return default_schedules(config)
 
+    def elbo(self) -> Trace_ELBO:
+        """The training objective."""
+        return Trace_ELBO(num_particles=1)
+
+    def batches(self, data: ModelData, config: FitConfig, restart: int) -> Callable[[int], list[Any]] | None:
+        """The minibatches of each epoch (None: one full-data step per epoch)."""
+        return None
+
     def train(
         self,
         model: RegimeModel,
-        guide: Any,
+        guide: RegimeGuide,
         data: ModelData,
         config: FitConfig,
         markets: Sequence[str],
@@ -101,7 +109,8 @@ class Variant:
         loop: LoopState | None,
         on_epoch: Callable[[LoopState], None] | None,
     ) -> TrainOutcome:
-        """Train one restart (raises :class:`~regime_dmm.errors.TrainingError` when it cannot)."""
+        """Train one restart by SVI with :meth:`elbo` over :meth:`batches` (raises
+        :class:`~regime_dmm.errors.TrainingError` when it cannot)."""
         return train_svi(
             model,
             guide,
@@ -109,7 +118,8 @@ class Variant:
             config.training,
             self.schedules(config),
             markets,
-            elbo=Trace_ELBO(num_particles=1),
+            elbo=self.elbo(),
+            batches=self.batches(data, config, restart),
             restart=restart,
             log=log,
             progress=progress,
@@ -146,7 +156,7 @@ class ExactVariant(Variant):
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
-    ) -> Any:
+    ) -> RegimeGuide:
         """The ``training.guide`` guide of the globals (map or normal)."""
         return GlobalsGuide(model, config.training.guide, values)
 
@@ -167,47 +177,24 @@ class RelaxedVariant(ExactVariant):
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
-    ) -> Any:
+    ) -> RegimeGuide:
         """MAP globals and the inference network (``training.guide`` does not apply)."""
         assert isinstance(model, RelaxedRegimeDMM)
         return RelaxedGuide(model, values, hidden_size=config.model.hidden_size, dtype=dtype)
 
-    def train(
-        self,
-        model: RegimeModel,
-        guide: Any,
-        data: ModelData,
-        config: FitConfig,
-        markets: Sequence[str],
-        *,
-        restart: int,
-        log: Callable[[str], None] | None,
-        progress: bool,
-        loop: LoopState | None,
-        on_epoch: Callable[[LoopState], None] | None,
-    ) -> TrainOutcome:
-        """SVI on minibatches of windows (:func:`~regime_dmm.models.relaxed_dmm.epoch_batches`)."""
+    def elbo(self) -> Trace_ELBO:
+        """``TraceMeanField_ELBO``: the regime sites' KL is the registered chain-rule categorical KL."""
+        return TraceMeanField_ELBO(num_particles=1)
+
+    def batches(self, data: ModelData, config: FitConfig, restart: int) -> Callable[[int], list[Any]] | None:
+        """Shuffled windows of every series (:func:`~regime_dmm.models.relaxed_dmm.epoch_batches`)."""
         tc = config.training
         lengths = data.lengths.tolist()
 
-        def batches(epoch: int) -> list[Any]:
+        def of_epoch(epoch: int) -> list[Any]:
             return epoch_batches(lengths, tc.window_length, tc.batch_windows, tc.seed, restart, epoch)
 
-        return train_svi(
-            model,
-            guide,
-            data,
-            tc,
-            self.schedules(config),
-            markets,
-            elbo=TraceMeanField_ELBO(num_particles=1),
-            batches=batches,
-            restart=restart,
-            log=log,
-            progress=progress,
-            loop=loop,
-            on_epoch=on_epoch,
-        )
+        return of_epoch
 
     def restart_score(self, outcome: TrainOutcome) -> float:
         """Minus the exact log-likelihood at the final parameters: the relaxed loss is a one-sample
@@ -243,7 +230,7 @@ class ClassicVariant(Variant):
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
-    ) -> Any:
+    ) -> RegimeGuide:
         """Point masses at ``pyro.param`` values (maximum likelihood)."""
         assert isinstance(model, ClassicMarkovSwitching)
         return PointGuide(model, values)
@@ -257,7 +244,7 @@ class ClassicVariant(Variant):
     def train(
         self,
         model: RegimeModel,
-        guide: Any,
+        guide: RegimeGuide,
         data: ModelData,
         config: FitConfig,
         markets: Sequence[str],

@@ -1,7 +1,9 @@
 """Writes the reference outputs that tests/test_reference_outputs.py compares against.
 
-The files in this folder were written by this script on main at commit a3a2119, BEFORE the
-redesign of issue #8 (one fitted-model object, one-way layers). The redesign promised the
+The files in this folder were written by this script running the code of main at commit a3a2119,
+BEFORE the redesign of issue #8 (one fitted-model object, one-way layers); the history files were
+added later, written the same way by that commit's code (checked out in a worktree, PYTHONPATH to
+its src/). The redesign promised the
 same bytes for the same data, configuration and seed; the test keeps it to that promise.
 Regenerate them only for a deliberate change of behaviour, and say so in the commit.
 
@@ -34,8 +36,8 @@ CASES = {
 }
 
 
-def run_case(name: str, tmp: Path) -> tuple[bytes, bytes]:
-    """Fit one case and return the bytes of its regimes.csv and summary.json."""
+def run_case(name: str, tmp: Path) -> tuple[bytes, bytes, bytes]:
+    """Fit one case and return the bytes of its regimes.csv, summary.json and history.csv."""
     import regime_dmm as rd
     from regime_dmm.outputs import write_outputs
 
@@ -45,7 +47,7 @@ def run_case(name: str, tmp: Path) -> tuple[bytes, bytes]:
     config = rd.FitConfig().replace(**overrides)
     result = rd.fit(frame, config)
     out = write_outputs(result, tmp / name, plots=False, posterior=False)
-    return (out / "regimes.csv").read_bytes(), (out / "summary.json").read_bytes()
+    return tuple((out / name).read_bytes() for name in ("regimes.csv", "summary.json", "history.csv"))
 
 
 def main() -> int:
@@ -54,9 +56,10 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name in CASES:
-            regimes, summary = run_case(name, Path(tmp))
+            regimes, summary, history = run_case(name, Path(tmp))
             (HERE / f"{name}.regimes.csv").write_bytes(regimes)
             (HERE / f"{name}.summary.json").write_bytes(summary)
+            (HERE / f"{name}.history.csv").write_bytes(history)
             print(name, len(regimes), len(json.loads(summary)["markets"]))
     return 0
 
