@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "regime_dmm"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "atomic", "inference", "inference.exact"},
     {"config", "checkpoints"},
-    {"data", "data.loader", "data.features", "data.simulator", "data.sources"},
+    {"data", "data.loader", "data.observations", "data.features", "data.simulator", "data.sources"},
     {
         "models",
         "models.base",
@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     },
     {"fitted"},
     {"results"},
-    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots"},
+    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market"},
     {"fitting"},
     {"persistence", "selection"},
     {"outputs"},

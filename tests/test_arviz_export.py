@@ -22,7 +22,7 @@ NUM_SAMPLES = 40
 
 def _ragged_frame(n_days: int = 300):
     """The simulated panel with the second market's first 60 days dropped: unequal lengths."""
-    frame = rd.simulate_default(0, n_days=n_days).frame
+    frame = rd.simulate_default(0, n_days=n_days, no_trade_share=0, jump_prob=0).frame  # every day observed
     markets = list(pd.unique(frame["market"]))
     second = frame[frame["market"] == markets[1]]
     keep = frame["market"] != markets[1]
@@ -121,7 +121,7 @@ def test_dims_and_coords(idata_map, fit_map):
     assert idata_map.posterior_predictive["returns"].dims == ("chain", "draw", "market", "date")
     ll = idata_map.log_likelihood
     assert ll["returns"].dims == ("chain", "draw", "obs")
-    assert ll.sizes["obs"] == sum(len(m.dates) for m in fit_map.markets)
+    assert ll.sizes["obs"] == sum(int(m.observed.sum()) for m in fit_map.markets)  # masked days have no observation
     assert ll["obs_market"].dims == ("obs",) and ll["obs_date"].dims == ("obs",)
     for m in fit_map.markets:
         idx = obs_index(idata_map, m.name)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from regime_dmm.config import DataConfig
 from regime_dmm.data import (
     FeaturePipeline,
     FeatureSpec,
@@ -18,6 +19,10 @@ from regime_dmm.data import (
     make_panel,
 )
 from regime_dmm.errors import DataError
+
+# These tests check the features of the rows as given: repeated prices are zero returns here
+# (the default masks them as days without a trade; see test_observations.py).
+KEEP = DataConfig(stale="keep")
 
 PRICES = [100.0, 110.0, 99.0, 99.0, 108.9, 108.9]
 
@@ -41,7 +46,7 @@ def hand_features(returns: list[float], window: int) -> tuple[list[float], list[
 
 
 def test_features_match_hand_computation():
-    (s,) = build_features(price_frame(), vol_window=3, normalise=False)
+    (s,) = build_features(price_frame(), vol_window=3, normalise=False, rules=KEEP)
     returns = [math.log(PRICES[i + 1] / PRICES[i]) for i in range(len(PRICES) - 1)]
     ret, vol = hand_features(returns, 3)
     assert s.name == "m"
@@ -60,14 +65,14 @@ def test_features_match_hand_computation():
 
 def test_zero_returns_give_finite_vol():
     prices = [100, 101, 101, 101, 101, 101, 101, 100, 100]
-    (s,) = build_features(price_frame(prices), vol_window=2, normalise=False)
+    (s,) = build_features(price_frame(prices), vol_window=2, normalise=False, rules=KEEP)
     assert np.all(np.isfinite(s.features))
     eps = 1e-3 * np.std(s.returns)
     assert s.features[3, 1] == pytest.approx(math.log(eps))  # two zero returns in the window
 
 
 def test_window_one_is_log_abs_return():
-    (s,) = build_features(price_frame(), vol_window=1, normalise=False, features=("vol",))
+    (s,) = build_features(price_frame(), vol_window=1, normalise=False, features=("vol",), rules=KEEP)
     eps = 1e-3 * np.std(s.returns)
     np.testing.assert_allclose(s.features[:, 0], np.log(np.abs(s.returns) + eps))
 
@@ -78,7 +83,7 @@ def test_return_input_used_as_given():
         pd.DataFrame({"date": pd.date_range("2022-01-01", periods=5), "market": "r", "return": returns}),
         min_observations=5,
     )
-    (s,) = build_features(df, features=("return",), normalise=False)
+    (s,) = build_features(df, features=("return",), normalise=False, rules=KEEP)
     assert s.prices is None
     assert s.length == 5
     assert s.dates.equals(pd.date_range("2022-01-01", periods=5))
@@ -88,13 +93,13 @@ def test_return_input_used_as_given():
 
 
 def test_normalisation_stats_map_back():
-    raw = build_features(price_frame(), vol_window=3, normalise=False)[0]
-    (s,) = build_features(price_frame(), vol_window=3, normalise=True)
+    raw = build_features(price_frame(), vol_window=3, normalise=False, rules=KEEP)[0]
+    (s,) = build_features(price_frame(), vol_window=3, normalise=True, rules=KEEP)
     np.testing.assert_allclose(s.features.mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(s.features.std(axis=0), 1.0, rtol=1e-12)
     np.testing.assert_allclose(s.feature_mean, raw.features.mean(axis=0))
     np.testing.assert_allclose(s.feature_std, raw.features.std(axis=0))
-    pipe = FeaturePipeline.fit(price_frame(), FeatureSpec(("return", "vol"), ("return",), 3, True, 1))
+    pipe = FeaturePipeline.fit(price_frame(), FeatureSpec(("return", "vol"), ("return",), 3, True, 1, KEEP))
     for i, name in enumerate(s.feature_names):
         np.testing.assert_allclose(pipe.to_input_units("m", i, s.features[:, i]), raw.features[:, i], rtol=1e-12)
         np.testing.assert_allclose(pipe.to_input_units("m", name, s.features[:, i]), raw.features[:, i], rtol=1e-12)
@@ -111,7 +116,7 @@ def test_market_order_and_multiple_markets():
     a = price_frame(PRICES, market="zeta")
     b = price_frame([1.0, 2.0, 1.5, 1.7], market="alpha", freq="D")
     df = load_prices(pd.concat([a, b], ignore_index=True), min_observations=2)
-    series = build_features(df)
+    series = build_features(df, rules=KEEP)
     assert [s.name for s in series] == ["zeta", "alpha"]
     assert [s.length for s in series] == [5, 3]
 
@@ -119,22 +124,22 @@ def test_market_order_and_multiple_markets():
 def test_bad_options():
     df = price_frame()
     with pytest.raises(ValueError, match="vol_window"):
-        build_features(df, vol_window=0)
+        build_features(df, vol_window=0, rules=KEEP)
     with pytest.raises(ValueError, match="did you mean 'vol'"):
-        build_features(df, features=("return", "vola"))
+        build_features(df, features=("return", "vola"), rules=KEEP)
     with pytest.raises(ValueError):
-        build_features(df, features=())
+        build_features(df, features=(), rules=KEEP)
 
 
 def test_constant_series_rejected():
     df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=4), "market": "c", "price": [5.0] * 4})
     with pytest.raises(DataError, match="'c'"):
-        build_features(df)
+        build_features(df, rules=KEEP)
 
 
 def test_ragged_panel_padding_and_mask():
-    a = build_features(price_frame(PRICES, market="long"))[0]
-    b = build_features(price_frame([1.0, 2.0, 1.5, 1.7], market="short"))[0]
+    a = build_features(price_frame(PRICES, market="long"), rules=KEEP)[0]
+    b = build_features(price_frame([1.0, 2.0, 1.5, 1.7], market="short"), rules=KEEP)[0]
     panel = make_panel([a, b])
     assert panel.x.shape == (2, 5, 2)
     assert panel.x.dtype == torch.float64
@@ -152,8 +157,8 @@ def test_ragged_panel_padding_and_mask():
 
 
 def test_panel_rejects_mismatched_features_and_empty():
-    a = build_features(price_frame(), features=("return",))[0]
-    b = build_features(price_frame(market="n"))[0]
+    a = build_features(price_frame(), features=("return",), rules=KEEP)[0]
+    b = build_features(price_frame(market="n"), rules=KEEP)[0]
     with pytest.raises(DataError):
         make_panel([a, b])
     with pytest.raises(DataError):
@@ -161,7 +166,7 @@ def test_panel_rejects_mismatched_features_and_empty():
 
 
 def test_market_series_is_plain_dataclass():
-    s = build_features(price_frame())[0]
+    s = build_features(price_frame(), rules=KEEP)[0]
     assert isinstance(s, MarketSeries)
     assert isinstance(s.dates, pd.DatetimeIndex)
     assert s.feature_mean.shape == (2,) and s.feature_std.shape == (2,)

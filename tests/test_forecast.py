@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def dmm():
     """A small DMM (return + vol features, networks) fitted on the first FIT_DAYS of two markets."""
-    full = simulate_default(seed=5, n_days=FIT_DAYS + 25).frame
+    full = simulate_default(seed=5, n_days=FIT_DAYS + 25, no_trade_share=0, jump_prob=0).frame  # every day a trade
     config = FitConfig().replace(model={"num_regimes": 3}, training={"epochs": 5, "restarts": 1})
     return fit(_head(full, FIT_DAYS), config), full
 

@@ -16,6 +16,7 @@ from regime_dmm.data import (
     transition_matrix,
     write_csv,
 )
+from regime_dmm.errors import ConfigError
 from regime_dmm.inference import stationary_distribution
 
 TARGET_USAGE = {
@@ -27,6 +28,12 @@ TARGET_USAGE = {
 @pytest.fixture(scope="module")
 def default():
     return simulate_default()
+
+
+@pytest.fixture(scope="module")
+def clean():
+    """The default markets with a trade every day and no jumps (regime-dmm 0.1's simulator)."""
+    return simulate_default(no_trade_share=0, jump_prob=0)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +64,11 @@ def test_default_shape_and_calendar(default):
         assert z.min() >= 0 and z.max() < 4
 
 
-def test_prices_follow_returns(default):
-    for market in default.markets:
-        r = returns_of(default.frame, market)
-        p = default.params[market]
-        z = default.true_regimes[market]
+def test_prices_follow_returns(clean):
+    for market in clean.markets:
+        r = returns_of(clean.frame, market)
+        p = clean.params[market]
+        z = clean.true_regimes[market]
         # standardised residuals under the true regimes look standard normal
         e = (r - p["mean"][z]) / p["sd"][z]
         assert abs(e.mean()) < 0.1 and abs(e.std() - 1) < 0.1
@@ -120,17 +127,48 @@ def test_volatility_ratio(request, fixture):
     assert 10 < ratio < 14
 
 
-def test_round_trip_through_csv(default, tmp_path):
-    path = write_csv(default, tmp_path / "sub" / "default.csv")
+def test_round_trip_through_csv(clean, tmp_path):
+    path = write_csv(clean, tmp_path / "sub" / "default.csv")
     assert path.read_text().splitlines()[1].startswith("2015-01-02,traditional_cre,100.0")
     df = load_prices(path)
-    pd.testing.assert_frame_equal(df, default.frame, check_exact=False, rtol=1e-14)
+    pd.testing.assert_frame_equal(df, clean.frame, check_exact=False, rtol=1e-14)
     series = build_features(df)
     for s in series:
         assert s.length == 2500
-        np.testing.assert_allclose(s.returns, returns_of(default.frame, s.name), rtol=1e-9, atol=1e-15)
-        dates = default.frame.loc[default.frame["market"] == s.name, "date"].iloc[1:]
+        np.testing.assert_allclose(s.returns, returns_of(clean.frame, s.name), rtol=1e-9, atol=1e-15)
+        dates = clean.frame.loc[clean.frame["market"] == s.name, "date"].iloc[1:]
         assert s.dates.equals(pd.DatetimeIndex(dates))
+
+
+def test_tokenized_market_has_no_trade_days_jumps_and_a_later_listing(default, clean):
+    tok = default.frame[default.frame["market"] == "tokenized_reit"]
+    trad = default.frame[default.frame["market"] == "traditional_cre"]
+    assert tok["date"].min() > trad["date"].min() + pd.Timedelta(days=365)  # listed years later
+    traded = default.traded["tokenized_reit"]
+    assert 0.30 < 1 - traded.mean() < 0.37  # about a third of the days without a trade
+    prices = tok["price"].to_numpy()
+    np.testing.assert_array_equal(prices[1:][~traded], prices[:-1][~traded])  # the last traded price repeats
+    assert (prices[1:][traded] != prices[:-1][traded]).all()
+    assert default.traded["traditional_cre"].all()
+    # the traditional market is exactly the clean one; the token's latent path is too (prices on trade days)
+    pd.testing.assert_frame_equal(trad, clean.frame[clean.frame["market"] == "traditional_cre"])
+    latent = clean.frame.loc[clean.frame["market"] == "tokenized_reit", "price"].to_numpy()[1:]
+    jumps = np.abs(np.log(prices[1:][traded] / latent[traded]))  # jumps are the only difference
+    assert (jumps > 1e-12).any() and np.isfinite(jumps).all()
+
+
+@pytest.mark.parametrize("df", [4.0, 8.0])
+def test_student_t_shocks_keep_the_regime_sds_and_have_heavy_tails(df):
+    sim = simulate_default(seed=2, n_days=20_001, shocks=f"studentt:{df}", no_trade_share=0, jump_prob=0)
+    for market in sim.markets:
+        r = returns_of(sim.frame, market)
+        p, z = sim.params[market], sim.true_regimes[market]
+        e = (r - p["mean"][z]) / p["sd"][z]
+        assert abs(e.std() - 1) < 0.08
+        kurtosis = float(np.mean(e**4) / np.mean(e**2) ** 2)
+        assert kurtosis > 3.5  # a Gaussian has 3
+    with pytest.raises(ConfigError, match="shocks"):
+        simulate_default(shocks="studentt:2")
 
 
 def test_generic_specs_and_validation():

@@ -27,10 +27,10 @@ Groups (``chain`` is always a single chain):
   day (Gaussian or Student-t, including the emission network's shift), in input units.
 * ``log_likelihood``: ``returns`` (chain, draw, obs): the exact one-step-ahead predictive log
   density ``log p(x_t | x_{1:t-1})`` of each market-day in input units, so ``az.loo`` and
-  ``az.waic`` work. ``obs`` enumerates the (market, date) pairs that exist (market by market,
-  dates in order), with coordinates ``obs_market`` and ``obs_date``; summed over one market it
-  is that market's log-likelihood. When the model emits the volatility feature too, the
-  density is the joint one of (return, vol).
+  ``az.waic`` work. ``obs`` enumerates the observed (market, date) pairs (market by market,
+  dates in order; masked days, without an observation, are left out), with coordinates
+  ``obs_market`` and ``obs_date``; summed over one market it is that market's log-likelihood.
+  When the model emits the volatility feature too, the density is the joint one of (return, vol).
 
 The Pyro param store and the global torch RNG are left as they were.
 """
@@ -280,7 +280,8 @@ def _observed(
             out[m, positions[m]] = np.asarray(s.returns, dtype=float)
         else:
             i = s.feature_names.index(feature)
-            out[m, positions[m]] = pipe.to_input_units(s.name, feature, s.features[:, i])
+            values = pipe.to_input_units(s.name, feature, s.features[:, i])
+            out[m, positions[m]] = np.where(s.observed, values, np.nan)
     return out
 
 
@@ -313,24 +314,26 @@ def _predictive_group(
                 noise = rng.standard_t(2.0 + float(g["df"][m]), size=steps)
             else:
                 noise = rng.standard_normal(steps)
-            normalised = day_loc + scale[m][z] * noise
-            out[0, d, m, positions[m]] = pipe.to_input_units(series.name, 0, normalised)
+            normalised = day_loc * np.sqrt(series.span) + scale[m][z] * noise  # a return over n days
+            out[0, d, m, positions[m]] = pipe.returns_to_input_units(series, normalised)
     return out
 
 
 def _log_likelihood_group(
     per_draw: list[dict], pipe: FeaturePipeline, panel: Panel
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lengths = [s.length for s in panel.series]
-    total = int(sum(lengths))
-    out = np.empty((1, len(per_draw), total))
+    """Per observed day (masked days have no observation), the one-step predictive log density in input units."""
+    counts = [s.num_observed for s in panel.series]
+    out = np.empty((1, len(per_draw), int(sum(counts))))
     for d, ev in enumerate(per_draw):
         pred = ev["log_predictive"].double().numpy()
         start = 0
         for m, series in enumerate(panel.series):
-            steps = lengths[m]
-            out[0, d, start : start + steps] = pred[m, :steps] - pipe.log_jacobian(series.name)
-            start += steps
-    obs_market = np.array([s.name for s in panel.series for _ in range(s.length)], dtype=str)
-    obs_date = np.concatenate([_naive(s.dates).values for s in panel.series] or [np.array([], "datetime64[ns]")])
+            obs = series.observed
+            out[0, d, start : start + counts[m]] = (pred[m, : series.length] - pipe.log_jacobian_days(series))[obs]
+            start += counts[m]
+    obs_market = np.array([s.name for s in panel.series for _ in range(s.num_observed)], dtype=str)
+    obs_date = np.concatenate(
+        [_naive(s.dates[s.observed]).values for s in panel.series] or [np.array([], "datetime64[ns]")]
+    )
     return out, obs_market, obs_date

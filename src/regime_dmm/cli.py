@@ -29,6 +29,11 @@ from .selection import plot_selection, select_regimes
 __all__ = ["main", "parse_regimes"]
 
 CHECKPOINT = "checkpoint.pt"
+DATA_HELP = (
+    "price CSV(s): long (date, market, price|return[, volume|trades]), a vendor export (Date, ..., Close, "
+    "Adj Close, Volume; the market is named after the file), an exchange kline export, or a wide table (date "
+    "+ one price column per market); several files are stacked"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit the model and write regimes, summary, history, checkpoint and plots")
-    fit.add_argument("--data", help="CSV in long format: date, market, price|return (default: embedded simulated data)")
+    fit.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help=DATA_HELP + " (default: embedded simulated data)",
+    )
     fit.add_argument("--config", help="YAML file with sections model / penalties / training")
     fit.add_argument("--regimes", type=int, help="number of regimes K (default 4)")
     fit.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -81,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--truth", help="optional CSV of the true regimes (date, market, regime)")
 
     sel = sub.add_parser("select", help="choose the number of regimes by held-out predictive likelihood (and BIC)")
-    sel.add_argument("--data", help="CSV in long format (default: embedded simulated data)")
+    sel.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help=DATA_HELP + " (default: embedded simulated data)",
+    )
     sel.add_argument("--config", help="YAML file with sections model / penalties / training")
     sel.add_argument(
         "--regimes", default="2..6", help="numbers of regimes to compare: A..B or a comma list (default 2..6)"
@@ -102,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     fc = sub.add_parser("forecast", help="regime probabilities h = 1..H days ahead from a saved fit")
     fc.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
     fc.add_argument("--horizon", type=int, default=20, help="days ahead (default 20)")
-    fc.add_argument("--data", help="the data the fit was made on (default: the path stored in DIR/model.pt)")
+    fc.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help="the data the fit was made on (default: the path stored in DIR/model.pt)",
+    )
     fc.add_argument(
         "--new-data",
         metavar="FILE",
@@ -111,8 +131,20 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
-    rep.add_argument("--data", help="the data the fit was made on (default: the path stored in DIR/model.pt)")
+    rep.add_argument(
+        "--data",
+        nargs="+",
+        metavar="FILE",
+        help="the data the fit was made on (default: the path stored in DIR/model.pt)",
+    )
     return parser
+
+
+def _data(args) -> str | list[str] | None:
+    """``--data``: None, one file, or several (stacked; a market may appear in only one of them)."""
+    if not args.data:
+        return None
+    return args.data[0] if len(args.data) == 1 else list(args.data)
 
 
 def _config(args) -> FitConfig:
@@ -171,9 +203,9 @@ def cmd_fit(args) -> int:
     )
     try:
         if args.resume:
-            result = resume_fit(checkpoint, data=args.data, **kwargs)
+            result = resume_fit(checkpoint, data=_data(args), **kwargs)
         else:
-            result = fit(args.data, config, **kwargs)
+            result = fit(_data(args), config, **kwargs)
     except FitInterrupted as exc:
         signum = stop["signal"] or signal.SIGINT
         print(
@@ -256,7 +288,7 @@ def cmd_select(args) -> int:
     config = config.replace(model=model, training=training)
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
-    table = select_regimes(args.data, ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
+    table = select_regimes(_data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
     print(f"\nModel selection (held-out: last {args.holdout:.0%} of each market's days; best first):")
     shown = table.drop(columns=[c for c in ("waic", "loo") if table[c].isna().all()])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -281,7 +313,7 @@ def cmd_forecast(args) -> int:
     if args.horizon < 1:
         raise RegimeDMMError(f"--horizon must be >= 1 day, got {args.horizon}")
     out = Path(args.dir)
-    fit = load_fit(out, data=args.data)
+    fit = load_fit(out, data=_data(args))
     state, origin = None, {m.name: m.dates[-1] for m in fit.markets}
     if args.new_data:
         update = filter_update(fit, args.new_data)
@@ -305,7 +337,7 @@ def cmd_forecast(args) -> int:
 def cmd_report(args) -> int:
     """``regime-dmm report``: rebuild the plots and summary.json of a saved fit."""
     out = Path(args.dir)
-    fit = load_fit(out, data=args.data)
+    fit = load_fit(out, data=_data(args))
     with staged_files(out) as tmp:
         paths = save_all(fit, tmp)
         (tmp / "summary.json").write_text(json.dumps(fit.summary(), indent=2, sort_keys=False) + "\n", encoding="utf-8")

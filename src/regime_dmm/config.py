@@ -1,7 +1,7 @@
 """Configuration of a fit: model, penalties, training. Plain dataclasses, YAML in and out.
 
 Every option has a default that works on the embedded data; a YAML file may set any
-subset, in sections ``model``, ``penalties``, ``training`` (unknown keys are refused
+subset, in sections ``model``, ``penalties``, ``training``, ``data`` (unknown keys are refused
 with the closest valid name), and the CLI flags override both.
 """
 
@@ -17,7 +17,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_NAMES", "DEFAULT_PRIOR", "FitConfig", "ModelConfig", "PenaltyConfig", "TrainConfig"]
+__all__ = ["DEFAULT_NAMES", "DEFAULT_PRIOR", "DataConfig", "FitConfig", "ModelConfig", "PenaltyConfig", "TrainConfig"]
 
 DEFAULT_NAMES = {
     2: ("calm", "volatile"),
@@ -112,6 +112,37 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    """How each market's rows become days (see :mod:`regime_dmm.data.observations`).
+
+    ``stale``: ``mask`` (default) reads a day without a trade - ``volume``/``trades`` 0, else a price
+    exactly equal to the previous one - as missing, and the next return as a multi-day return;
+    ``keep`` reads it as a zero return. ``max_gap``: the longest run of missing calendar days read
+    as a closed market (holidays); longer runs are masked days and reported. ``bad_ticks``: a huge
+    move reversed the next day is ``mask``-ed (default), only reported (``warn``) or refused
+    (``error``). ``calendar``: ``auto`` (inferred per market), ``business``, ``daily`` or ``periodic``
+    (each row one period: weekly or monthly data).
+    """
+
+    stale: str = "mask"
+    max_gap: int = 5
+    bad_ticks: str = "mask"
+    calendar: str = "auto"
+
+    def validate(self) -> DataConfig:
+        """``self`` when every option is valid; else :class:`ConfigError` naming it."""
+        if self.stale not in ("mask", "keep"):
+            raise ConfigError(f"data.stale must be mask or keep, got {self.stale!r}")
+        if self.bad_ticks not in ("warn", "mask", "error"):
+            raise ConfigError(f"data.bad_ticks must be warn, mask or error, got {self.bad_ticks!r}")
+        if self.calendar not in ("auto", "business", "daily", "periodic"):
+            raise ConfigError(f"data.calendar must be auto, business, daily or periodic, got {self.calendar!r}")
+        if isinstance(self.max_gap, bool) or not isinstance(self.max_gap, int) or self.max_gap < 0:
+            raise ConfigError(f"data.max_gap must be a whole number of days >= 0, got {self.max_gap!r}")
+        return self
+
+
+@dataclass
 class FitConfig:
     """The whole configuration of a fit: sections ``model``, ``penalties`` and ``training``.
 
@@ -123,6 +154,7 @@ class FitConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     penalties: PenaltyConfig = field(default_factory=PenaltyConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> FitConfig:
         """``self`` when every option is in range; else :class:`ConfigError` naming the option."""
@@ -167,6 +199,7 @@ class FitConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.data.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,8 +217,8 @@ class FitConfig:
         :class:`ConfigError` with the closest valid name (``origin`` names the source in messages)."""
         data = data or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{origin}: expected a mapping with sections model/penalties/training")
-        sections = {"model": ModelConfig, "penalties": PenaltyConfig, "training": TrainConfig}
+            raise ConfigError(f"{origin}: expected a mapping with sections model/penalties/training/data")
+        sections = {"model": ModelConfig, "penalties": PenaltyConfig, "training": TrainConfig, "data": DataConfig}
         built = {}
         for name in data:
             if name not in sections:

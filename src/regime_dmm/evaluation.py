@@ -15,16 +15,31 @@ from .inference import posterior
 __all__ = ["named_accuracy", "oracle_states"]
 
 
-def oracle_states(returns: np.ndarray, params: dict) -> np.ndarray:
-    """Most probable regime per day under the true Gaussian HMM ``params`` (initial, transition, mean, sd)."""
+def oracle_states(returns: np.ndarray, params: dict, span: np.ndarray | None = None) -> np.ndarray:
+    """Most probable regime per day under the true Gaussian HMM ``params`` (initial, transition, mean, sd).
+
+    ``returns (T,)``: NaN on masked days (no observation: the chain runs through them);
+    ``span (T,)``: days each return covers (default 1): a regime's mean scales with it and its
+    sd with its square root, as in the model.
+    """
+    returns = np.asarray(returns, dtype=float)
     k = len(params["sd"])
-    ll = norm.logpdf(np.asarray(returns)[:, None], params["mean"][None], params["sd"][None])
+    n = np.ones_like(returns) if span is None else np.asarray(span, dtype=float)
+    observed = np.isfinite(returns)
+    ll = norm.logpdf(
+        np.where(observed, returns, 0.0)[:, None],
+        params["mean"][None] * n[:, None],
+        params["sd"][None] * np.sqrt(n)[:, None],
+    )
+    ll = np.where(observed[:, None], ll, 0.0)
     steps = len(returns)
     log_trans = torch.tensor(np.log(params["transition"])).expand(steps, k, k)
     post = posterior(torch.tensor(np.log(params["initial"]))[None], log_trans[None], torch.tensor(ll)[None])
     return post.smoothed[0].numpy().argmax(-1)
 
 
-def named_accuracy(probs: np.ndarray, truth: np.ndarray) -> float:
-    """Share of days whose most probable regime (by index, i.e. by name) is the true one."""
-    return float((np.asarray(probs).argmax(-1) == np.asarray(truth)).mean())
+def named_accuracy(probs: np.ndarray, truth: np.ndarray, observed: np.ndarray | None = None) -> float:
+    """Share of days (the observed ones, when ``observed`` is given) whose most probable regime (by index,
+    i.e. by name) is the true one."""
+    hit = np.asarray(probs).argmax(-1) == np.asarray(truth)
+    return float(hit.mean() if observed is None else hit[np.asarray(observed, dtype=bool)].mean())

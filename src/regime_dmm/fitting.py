@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .config import FitConfig
+from .cross_market import cross_market
 from .data.features import FeaturePipeline
 from .data.sources import DataSource, LoadedData, load_source
 from .errors import CheckpointError
@@ -29,7 +30,7 @@ from .training.restarts import FitInterrupted, run_restarts
 from .training.run_state import DataIdentity, RunCheckpoint, RunState
 from .training.variants import variant_for
 
-__all__ = ["FitInterrupted", "fit", "load_resume_state", "prepare", "resume_fit"]
+__all__ = ["FitInterrupted", "fit", "format_data_warnings", "load_resume_state", "prepare", "resume_fit"]
 
 
 def prepare(data: DataSource, config: FitConfig) -> tuple[FitConfig, LoadedData, FeaturePipeline]:
@@ -68,7 +69,15 @@ def fit(
     tc = config.training
     print_ = log or (lambda _msg: None)
     dtype = getattr(torch, tc.dtype)
+    if not loaded.simulated:
+        for shape in loaded.shapes:
+            print_(f"data: {shape}")
     panel = pipeline.transform(loaded.frame)
+    for s in panel.series:
+        print_(f"data: {s.name}: {s.calendar} calendar, {s.length} days, {s.num_observed} observed")
+    data_warnings = [entry for s in panel.series for entry in s.report]
+    for line in format_data_warnings(data_warnings):
+        print_(line)
     model_data = pipeline.model_data(panel, dtype)
     identity = DataIdentity(loaded.path, loaded.simulated, panel.fingerprint())
     state = RunState()
@@ -123,7 +132,7 @@ def fit(
     )
     for line in format_collapse(collapse):
         print_(line)
-    return RegimeFit(
+    result = RegimeFit(
         config=config,
         regimes=config.model.names(),
         markets=markets,
@@ -138,8 +147,20 @@ def fit(
         data_fingerprint=identity.fingerprint,
         num_parameters=fitted.num_parameters(),
         collapse=collapse,
+        data_warnings=data_warnings,
         fitted=fitted,
     )
+    result.cross_market = cross_market(result, seed=tc.seed)
+    return result
+
+
+def format_data_warnings(entries: list[dict[str, Any]]) -> list[str]:
+    """One ``WARNING data: ...`` line per data-quality entry (market, dates, what was done)."""
+    out = []
+    for e in entries:
+        when = e["start"] if e["start"] == e["end"] else f"{e['start']}..{e['end']}"
+        out.append(f"WARNING data: {e['market']}: {e['kind']} {when}: {e['detail']}")
+    return out
 
 
 def load_resume_state(path: str | Path) -> RunCheckpoint:

@@ -48,7 +48,8 @@ NewData: TypeAlias = str | Path | pd.DataFrame
 class NowcastResult:
     """Filtered probabilities after appending new days.
 
-    ``frame``: date, market, regime (most probable), prob_<name> per regime, one row per new day.
+    ``frame``: date, market, regime (most probable), prob_<name> per regime, observed (0 on a new day
+    without a trade, whose regime the chain carries through), one row per new day.
     ``last``: market -> ``(K,)`` filtered probabilities of its (new) last day (every fitted market;
     a market without new days keeps its fitted last day).
     ``last_date``: market -> that day.
@@ -96,7 +97,7 @@ def filter_update(fit: RegimeFit, new_data: NewData) -> NowcastResult:
         last[s.name] = filtered[m, s.length - 1].copy()
         last_date[s.name] = s.dates[-1]
         if len(probs):
-            frames.append(_prob_frame(fit.regimes, s.name, s.dates[n_old:], probs))
+            frames.append(_prob_frame(fit.regimes, s.name, s.dates[n_old:], probs, s.observed[n_old:]))
     frame = pd.concat(frames, ignore_index=True)
     return NowcastResult(frame=frame, last=last, last_date=last_date, new_days=new_days)
 
@@ -155,9 +156,10 @@ def evaluate_panel(fit: RegimeFit, panel: Panel) -> tuple[Potentials, HMMPosteri
 # ---------------------------------------------------------------------------
 
 
-def _prob_frame(regimes, market: str, dates: pd.DatetimeIndex, probs: np.ndarray) -> pd.DataFrame:
+def _prob_frame(regimes, market: str, dates: pd.DatetimeIndex, probs: np.ndarray, observed: np.ndarray) -> pd.DataFrame:
     frame = pd.DataFrame({"date": pd.DatetimeIndex(dates).strftime("%Y-%m-%d"), "market": market})
     frame["regime"] = [regimes[k] for k in probs.argmax(-1)]
     for k, name in enumerate(regimes):
         frame[f"prob_{name}"] = probs[:, k]
+    frame["observed"] = np.asarray(observed, dtype=np.int64)
     return frame

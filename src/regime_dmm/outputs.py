@@ -13,6 +13,7 @@ from pathlib import Path
 from .arviz_export import save_netcdf, to_inference_data
 from .atomic import staging_folder
 from .checkpoints import write_checkpoint
+from .cross_market import plot_cross_market
 from .errors import RegimeDMMError
 from .persistence import MODEL_FILE, model_payload
 from .plots import save_all
@@ -53,6 +54,12 @@ def write_outputs(
             save_netcdf(idata, tmp / "posterior.nc")
         if plots:
             save_all(fit, tmp)
+            if len(fit.markets) > 1:
+                figure = plot_cross_market(fit, fit.cross_market)
+                try:
+                    figure.savefig(tmp / "cross_market.png", dpi=110, facecolor="white")
+                finally:
+                    figure.clear()
             if idata is not None:
                 save_posterior_plots(idata, tmp)
     return out_dir

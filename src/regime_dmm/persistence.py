@@ -24,6 +24,7 @@ import torch
 from ._version import __version__
 from .checkpoints import read_checkpoint
 from .config import FitConfig
+from .cross_market import cross_market
 from .data.features import FeaturePipeline
 from .data.sources import DataSource, load_source
 from .errors import CheckpointError, RegimeDMMError
@@ -100,10 +101,12 @@ def load_fit(out_dir: str | Path, data: DataSource = None) -> RegimeFit:
     if not explicit:
         if stored.get("path"):
             data = stored["path"]
-            if not Path(data).is_file():
-                raise CheckpointError(
-                    f"the data the fit in {out_dir} was made on ({data}) no longer exist: pass them with --data / data="
-                )
+            for one in [stored["path"]] if isinstance(stored["path"], str) else list(stored["path"]):
+                if not Path(one).is_file():
+                    raise CheckpointError(
+                        f"the data the fit in {out_dir} was made on ({one}) no longer exist: pass them with "
+                        "--data / data="
+                    )
         elif not stored.get("simulated"):
             raise CheckpointError(
                 f"the fit in {out_dir} was made on a DataFrame: pass the same data to load it (--data / data=)"
@@ -125,7 +128,7 @@ def load_fit(out_dir: str | Path, data: DataSource = None) -> RegimeFit:
     dtype = getattr(torch, config.training.dtype)
     fitted = FittedModel.build(config, pipeline, panel, params, dtype)
     restarts = list(summary.get("restarts") or [])
-    return RegimeFit(
+    result = RegimeFit(
         config=config,
         regimes=config.model.names(),
         markets=compute_results(fitted, config.model.names()),
@@ -140,8 +143,11 @@ def load_fit(out_dir: str | Path, data: DataSource = None) -> RegimeFit:
         data_fingerprint=fingerprint,
         num_parameters=fitted.num_parameters(),
         collapse=list(summary.get("collapse") or []),  # the fit's own checks (they need its training run)
+        data_warnings=[entry for s in panel.series for entry in s.report],
         fitted=fitted,
     )
+    result.cross_market = cross_market(result, seed=config.training.seed)
+    return result
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

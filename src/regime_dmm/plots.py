@@ -108,7 +108,7 @@ def _level_series(m: MarketResult) -> tuple[np.ndarray, str]:
         values = np.asarray(m.prices, dtype=float).ravel()
         label = "price"
     else:
-        values = np.cumsum(np.asarray(m.returns, dtype=float).ravel())
+        values = np.nancumsum(np.asarray(m.returns, dtype=float).ravel())  # masked days add nothing
         label = "cumulative log return"
     if values.size > n:  # align on the last days should the lengths ever differ
         values = values[-n:]

@@ -45,6 +45,15 @@ class MarketResult:
     emission: dict[str, list[float]]  # per regime, input units
     log_likelihood: float  # input units of the features
     log_likelihood_normalised: float
+    observed: np.ndarray | None = None  # (T,) bool: a real observation (else masked: no trade, a gap, a bad tick)
+    span: np.ndarray | None = None  # (T,) days each return covers
+    calendar: str = "business"
+
+    def __post_init__(self) -> None:
+        if self.observed is None:
+            self.observed = np.ones(len(self.dates), dtype=bool)
+        if self.span is None:
+            self.span = np.ones(len(self.dates), dtype=np.int64)
 
     @property
     def current_probs(self) -> np.ndarray:
@@ -66,11 +75,15 @@ class RegimeFit:
     simulated: bool = False
     faults: list[dict] = field(default_factory=list)
     truth: SimulatedData | None = None  # when fitted on the embedded simulation
-    data_path: str | None = None  # absolute path of the CSV (None: simulated or a DataFrame)
+    data_path: str | list[str] | None = None  # absolute path(s) of the CSV(s) (None: simulated or a DataFrame)
     data_fingerprint: str = ""  # hash of the markets, dates and features the fit saw
     num_parameters: int = 0  # free parameters of the model (FittedModel.num_parameters)
     # Posterior-collapse warnings (regime_dmm.training.collapse); empty when healthy.
     collapse: list[dict] = field(default_factory=list)
+    # Data-quality reports (gaps, no-trade spans, bad ticks, ...: regime_dmm.data.observations).
+    data_warnings: list[dict] = field(default_factory=list)
+    # Co-occurrence and lead/lag of each pair of markets (regime_dmm.cross_market); empty for one market.
+    cross_market: list[dict] = field(default_factory=list)
     # The fitted model, for further inference (nowcasts, held-out scores, draws); not serialised.
     fitted: FittedModel | None = None
 
@@ -93,7 +106,9 @@ class RegimeFit:
         return self.fitted
 
     def regimes_frame(self) -> pd.DataFrame:
-        """Long table: date, market, regime (most probable smoothed), prob_<name> per regime, viterbi."""
+        """Long table, one row per day of each market's grid: date, market, regime (most probable smoothed),
+        prob_<name> per regime, viterbi, observed (1: a real observation; 0: a masked day, whose regime
+        comes from its neighbours)."""
         frames = []
         for m in self.markets:
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
@@ -101,6 +116,7 @@ class RegimeFit:
             for k, name in enumerate(self.regimes):
                 frame[f"prob_{name}"] = m.smoothed[:, k]
             frame["viterbi"] = [self.regimes[k] for k in m.viterbi]
+            frame["observed"] = np.asarray(m.observed, dtype=np.int64)
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
@@ -127,6 +143,8 @@ class RegimeFit:
                 "last_date": m.dates[-1].strftime("%Y-%m-%d"),
                 "num_days": int(len(m.dates)),
                 "log_likelihood": round(m.log_likelihood, 6),
+                "calendar": m.calendar,
+                "observed_days": int(np.asarray(m.observed).sum()),
             }
         return {
             "regimes": list(self.regimes),
@@ -141,6 +159,8 @@ class RegimeFit:
             "faults": self.faults,
             "collapse": self.collapse,
             "settings": self.config.to_dict(),
+            "data_warnings": self.data_warnings,
+            "cross_market": self.cross_market,
         }
 
 
@@ -170,7 +190,7 @@ def compute_results(fitted: FittedModel, regimes: tuple[str, ...]) -> list[Marke
         trans = np.exp(log_trans[1:]).mean(0) if steps > 1 else np.exp(log_trans[0])
         trans = trans / trans.sum(-1, keepdims=True)
         log_z = float(post.log_z[m])
-        log_jac = steps * fitted.pipeline.log_jacobian(series.name)
+        log_jac = fitted.pipeline.log_jacobian(series)
         out.append(
             MarketResult(
                 name=series.name,
@@ -188,6 +208,9 @@ def compute_results(fitted: FittedModel, regimes: tuple[str, ...]) -> list[Marke
                 emission=emission_input_units(fitted, m, pot.emission_loc[m].numpy(), pot.emission_scale[m].numpy(), g),
                 log_likelihood=log_z - log_jac,
                 log_likelihood_normalised=log_z,
+                observed=series.observed.copy(),
+                span=series.span.copy(),
+                calendar=series.calendar,
             )
         )
     return out

@@ -115,13 +115,13 @@ def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
     log_pred = post.log_predictive.numpy()
     heldout = train = 0.0
     heldout_days = train_days = 0
+    pipe = fitted.pipeline
     for m, (s, n_train) in enumerate(zip(panel.series, lengths)):
-        log_jac = fitted.pipeline.log_jacobian(s.name)  # per day, to input units
-        train += float(log_pred[m, :n_train].sum()) - n_train * log_jac
-        n_held = s.length - n_train
-        heldout += float(log_pred[m, n_train : s.length].sum()) - n_held * log_jac
-        train_days += n_train
-        heldout_days += n_held
+        # masked days predict nothing (their density is 1); log-Jacobians take the scores to input units
+        train += float(log_pred[m, :n_train].sum()) - pipe.log_jacobian(s, 0, n_train)
+        heldout += float(log_pred[m, n_train : s.length].sum()) - pipe.log_jacobian(s, n_train, s.length)
+        train_days += int(s.observed[:n_train].sum())
+        heldout_days += int(s.observed[n_train:].sum())
     n_params = fit.num_parameters
     return {
         "heldout_loglik": heldout,

@@ -1,26 +1,32 @@
-"""Turn validated price/return tables into per-market feature arrays and a padded panel.
+"""Turn validated price/return tables into per-market features on each market's day grid, and a padded panel.
 
-Shapes used throughout: ``M`` markets, ``T`` returns of one market, ``T_max`` the
+Shapes used throughout: ``M`` markets, ``T`` days of one market's grid, ``T_max`` the
 longest market, ``F`` features.
 
-Features (per market, per return date ``t``):
+Each market's rows become its day grid first (:mod:`regime_dmm.data.observations`): its
+calendar, which days hold a real observation (``observed``; days without a trade, long gaps
+and bad ticks are masked) and how many days each return spans (``span``). Features, per
+grid day ``t``:
 
-* ``return``: the daily log return ``r_t`` (``log(p_t / p_{t-1})`` for price input,
-  as given for return input);
-* ``vol``: ``log(sqrt(mean(r_{t-w+1..t}^2)) + eps)``, the log of the rolling
-  root-mean-square return over the last ``w = vol_window`` days including ``t``
-  (fewer at the start), with ``eps = 1e-3 * std(r)`` of that market so that runs
-  of zero returns stay finite.
+* ``return``: the log return ``r_t`` (``log(p_t / p_prev)`` since the previous real
+  observation for price input, as given for return input), normalised per day of its span:
+  ``(r_t - span_t * mean) / (sqrt(span_t) * sd)``; 0 on masked days.
+* ``vol``: ``log(sqrt(mean(y^2)) + eps)`` over the last ``w = vol_window`` observed
+  daily-equivalent returns ``y = r / sqrt(span)`` (fewer at the start), with
+  ``eps = 1e-3 * std(y)`` of that market so that runs of zero returns stay finite; masked days
+  carry the last value. Z-scored over the observed days.
 
-With ``normalise=True`` each feature is z-scored per market; the mean and
-standard deviation are kept so model outputs can be mapped back to input units
-(:meth:`FeaturePipeline.to_input_units`, :meth:`FeaturePipeline.scale_to_input_units`).
+With ``normalise=True`` the statistics (``mean``, ``sd`` per day) are fitted per market and
+kept so model outputs can be mapped back to input units
+(:meth:`FeaturePipeline.to_input_units`, :meth:`FeaturePipeline.scale_to_input_units`); without,
+``mean = 0`` and ``sd = 1``. On a clean series (every day observed, spans 1) these are the
+plain z-scores of the returns.
 
 :class:`FeaturePipeline` is the one place where features are made: it is fitted once on
-the training data (per-market statistics), turns tables into a :class:`Panel`, extends a
-panel with new days using the fitted statistics (nowcasts, held-out scores), builds the
-:class:`ModelData` tensors the models read (and tells them their sizes), maps values back
-to input units and gives the log-Jacobian of the normalisation. It is saved with a fit.
+the training data (per-market statistics and calendars), turns tables into a :class:`Panel`,
+extends a panel with new days using the fitted statistics (nowcasts, held-out scores),
+builds the :class:`ModelData` tensors the models read (and tells them their sizes), maps
+values back to input units and gives the log-Jacobian of the normalisation. It is saved with a fit.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +43,9 @@ import pandas as pd
 import torch
 
 from regime_dmm.errors import ConfigError, DataError
+
+from ..config import DataConfig
+from .observations import MarketDays, market_days
 
 __all__ = [
     "FEATURE_NAMES",
@@ -61,26 +70,37 @@ _VOL_EPS_FRACTION = 1e-3
 
 @dataclass
 class MarketSeries:
-    """Features of one market.
+    """Features of one market on its day grid.
 
     Attributes
     ----------
     name:
         Market name.
     dates:
-        ``(T,)`` dates of the returns (for price input the first price date is
-        dropped).
+        ``(T,)`` days of the market's grid (for price input the first price date is
+        dropped: it has no return).
     returns:
-        ``(T,)`` raw daily log returns in input units.
+        ``(T,)`` log returns in input units since the previous real observation; NaN on
+        masked days.
     prices:
-        ``(T,)`` price on each return date, or ``None`` for return input.
+        ``(T,)`` last price known on each day, or ``None`` for return input.
     features:
         ``(T, F)`` float64 features (z-scored when normalised).
     feature_names:
         ``F`` names, e.g. ``("return", "vol")``.
     feature_mean, feature_std:
-        ``(F,)`` statistics used for normalisation (0 and 1 when not normalised);
-        raw feature = ``features * feature_std + feature_mean``.
+        ``(F,)`` statistics used for normalisation (0 and 1 when not normalised); a return
+        of span ``n`` is normalised as ``(r - n * mean) / (sqrt(n) * std)``.
+    observed:
+        ``(T,)`` bool, a real observation (the others are masked: no emission).
+    span:
+        ``(T,)`` int, days each return covers (1 on masked days).
+    calendar:
+        ``"business"`` or ``"daily"``.
+    report:
+        Data-quality entries (gaps, no-trade spans, bad ticks; see :mod:`.observations`).
+    source:
+        The market's rows (``date``, the value column, ``volume`` where given), to extend it.
     """
 
     name: str
@@ -91,11 +111,26 @@ class MarketSeries:
     feature_names: tuple[str, ...]
     feature_mean: np.ndarray
     feature_std: np.ndarray
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    span: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    calendar: str = "business"
+    report: list[dict[str, Any]] = field(default_factory=list)
+    source: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        if self.observed.shape != self.returns.shape:  # built by hand: every day observed, spans 1
+            self.observed = np.isfinite(self.returns)
+            self.span = np.ones(self.returns.shape, dtype=np.int64)
 
     @property
     def length(self) -> int:
-        """Number of return dates ``T``."""
+        """Number of days ``T``."""
         return int(self.returns.shape[0])
+
+    @property
+    def num_observed(self) -> int:
+        """Number of real observations."""
+        return int(self.observed.sum())
 
     @property
     def num_features(self) -> int:
@@ -116,17 +151,23 @@ class Panel:
     series:
         The ``M`` :class:`MarketSeries`, in order.
     x:
-        ``(M, T_max, F)`` features, zero-padded at the end of shorter markets.
+        ``(M, T_max, F)`` features, zero on masked and padded days.
     mask:
-        ``(M, T_max)`` bool, True on real observations.
+        ``(M, T_max)`` bool, True on the days of each market's grid (False on padding).
     lengths:
-        ``(M,)`` long, number of real observations of each market.
+        ``(M,)`` long, number of days of each market.
+    observed:
+        ``(M, T_max)`` bool, True on real observations (a subset of ``mask``).
+    span:
+        ``(M, T_max)`` float, days each return covers (1 elsewhere).
     """
 
     series: list[MarketSeries]
     x: torch.Tensor
     mask: torch.Tensor
     lengths: torch.Tensor
+    observed: torch.Tensor
+    span: torch.Tensor
 
     @property
     def markets(self) -> tuple[str, ...]:
@@ -160,6 +201,9 @@ class Panel:
             h.update(s.name.encode())
             h.update(np.asarray(s.dates.asi8).tobytes())
             h.update(np.ascontiguousarray(s.features).tobytes())
+            if not s.observed.all() or (s.span != 1).any():
+                h.update(np.ascontiguousarray(s.observed).tobytes())
+                h.update(np.ascontiguousarray(s.span).tobytes())
         return h.hexdigest()
 
 
@@ -215,7 +259,7 @@ def _value_column(df: pd.DataFrame) -> str:
     if kind in ("price", "return"):
         if kind not in df.columns:
             raise DataError(f"df.attrs says value column '{kind}' but the DataFrame has no such column")
-        return kind
+        return str(kind)
     present = [c for c in ("price", "return") if c in df.columns]
     if len(present) != 1:
         raise DataError(
@@ -225,32 +269,56 @@ def _value_column(df: pd.DataFrame) -> str:
     return present[0]
 
 
-def _market_returns(group: pd.DataFrame, name: str, value_column: str):
-    """``(dates, returns, prices)`` of one market's rows (sorted by date) of a validated table."""
-    dates = pd.DatetimeIndex(group["date"]).astype("datetime64[ns]")
-    values = group[value_column].to_numpy(dtype=np.float64)
-    if value_column == "price":
-        if values.shape[0] < 2:
-            raise DataError(f"market '{name}' has fewer than 2 prices, so no returns")
-        if not np.all(np.isfinite(values)) or np.any(values <= 0):
-            raise DataError(f"market '{name}': prices must be finite and positive")
-        return dates[1:], np.diff(np.log(values)), values[1:].copy()
-    if values.shape[0] < 1:
-        raise DataError(f"market '{name}' has no returns")
-    if not np.all(np.isfinite(values)):
-        raise DataError(f"market '{name}': returns must be finite")
-    return dates, values.copy(), None
+def _market_rows(df: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, str]]:
+    """``(name, rows sorted by date, value column)`` per market of a validated table, in order of appearance."""
+    missing = [c for c in ("date", "market") if c not in df.columns]
+    if missing:
+        raise DataError(f"build_features: DataFrame lacks column(s) {missing}; use load_prices first")
+    value_column = _value_column(df)
+    keep = ["date", value_column] + [c for c in ("volume", "trades") if c in df.columns]
+    for market in pd.unique(df["market"]):
+        group = df.loc[df["market"] == market, keep].sort_values("date", kind="stable").reset_index(drop=True)
+        name = str(market)
+        values = group[value_column].to_numpy(dtype=np.float64)
+        if value_column == "price":
+            if values.shape[0] < 2:
+                raise DataError(f"market '{name}' has fewer than 2 prices, so no returns")
+            if not np.all(np.isfinite(values)) or np.any(values <= 0):
+                raise DataError(f"market '{name}': prices must be finite and positive")
+        else:
+            if values.shape[0] < 1:
+                raise DataError(f"market '{name}' has no returns")
+            if not np.all(np.isfinite(values)):
+                raise DataError(f"market '{name}': returns must be finite")
+        yield name, group, value_column
 
 
-def _raw_features(returns: np.ndarray, names: tuple[str, ...], vol_window: int, vol_eps: float) -> np.ndarray:
-    """Unnormalised features ``(T, F)`` of one market's returns."""
-    columns = []
-    for feature in names:
-        if feature == "return":
-            columns.append(returns)
-        else:  # "vol"
-            columns.append(rolling_log_rms(returns, vol_window, vol_eps))
-    return np.stack(columns, axis=1).astype(np.float64)
+def _volume(rows: pd.DataFrame) -> np.ndarray | None:
+    """The no-trade signal of a market's rows: ``trades`` where given, else ``volume`` (NaN: unknown)."""
+    for column in ("trades", "volume"):
+        if column in rows.columns and rows[column].notna().any():
+            return rows[column].to_numpy(dtype=np.float64)
+    return None
+
+
+def _days(
+    name: str,
+    rows: pd.DataFrame,
+    value_column: str,
+    rules: DataConfig,
+    calendar: str | None = None,
+    bad_ticks_after: pd.Timestamp | None = None,
+) -> MarketDays:
+    return market_days(
+        name,
+        pd.DatetimeIndex(rows["date"]),
+        rows[value_column].to_numpy(dtype=np.float64),
+        value_column,
+        rules,
+        volume=_volume(rows),
+        calendar=calendar,
+        bad_ticks_after=bad_ticks_after,
+    )
 
 
 @dataclass(frozen=True)
@@ -264,11 +332,13 @@ class FeatureSpec:
     emitted:
         The subset the emissions model, in the panel's order (``ModelData.x``).
     vol_window:
-        Days in the realised-volatility feature.
+        Observed days in the realised-volatility feature.
     normalise:
         Z-score each feature per market.
     lags:
         Previous days the networks see (``history_size = len(features) * lags``).
+    rules:
+        How rows become days (calendars, no-trade days, gaps, bad ticks).
     """
 
     features: tuple[str, ...] = ("return", "vol")
@@ -276,6 +346,7 @@ class FeatureSpec:
     vol_window: int = 10
     normalise: bool = True
     lags: int = 5
+    rules: DataConfig = field(default_factory=DataConfig)
 
     @property
     def num_emitted(self) -> int:
@@ -297,13 +368,15 @@ class FeatureSpec:
 class MarketStatistics:
     """Per-market statistics fitted on the training data.
 
-    ``mean``, ``std``: ``(F,)`` of the raw features (0 and 1 when not normalised);
-    ``vol_eps``: the constant inside the realised-volatility log (``1e-3 * sd(returns)``).
+    ``mean``, ``std``: ``(F,)`` per-day statistics of the features (0 and 1 when not normalised);
+    ``vol_eps``: the constant inside the realised-volatility log (``1e-3 * sd(daily returns)``);
+    ``calendar``: the market's calendar (kept when new days are appended).
     """
 
     mean: np.ndarray
     std: np.ndarray
     vol_eps: float
+    calendar: str = "business"
 
 
 @dataclass
@@ -313,18 +386,41 @@ class ModelData:
     Shapes: ``M`` markets, ``T`` the longest market (shorter ones zero-padded at the end).
     """
 
-    x: torch.Tensor  # (M, T, F_emitted) emitted features, zero-padded
-    mask: torch.Tensor  # (M, T) bool, True on real days
+    x: torch.Tensor  # (M, T, F_emitted) emitted features, zero on masked and padded days
+    mask: torch.Tensor  # (M, T) bool, True on the days of each market's grid
     history: torch.Tensor  # (M, T, F * lags) lagged features seen by the networks
     lengths: torch.Tensor  # (M,) long
+    observed: torch.Tensor | None = None  # (M, T) bool, real observations (default: mask)
+    span: torch.Tensor | None = None  # (M, T) float, days each return covers (default: 1)
+
+    def __post_init__(self) -> None:
+        if self.observed is None:
+            self.observed = self.mask
+        if self.span is None:
+            self.span = torch.ones(self.mask.shape, dtype=self.x.dtype)
+
+    @property
+    def emitting(self) -> torch.Tensor:
+        """``(M, T)`` bool: the days whose emission counts (``observed``)."""
+        assert self.observed is not None
+        return self.observed
+
+    @property
+    def day_span(self) -> torch.Tensor:
+        """``(M, T)`` float: ``span`` (days each return covers)."""
+        assert self.span is not None
+        return self.span
+
+    @property
+    def span_root(self) -> torch.Tensor | None:
+        """``(M, T)``: ``sqrt(span)``, by which a return's location scales in normalised units; None when every
+        return spans one day (the models then skip the scaling altogether)."""
+        assert self.span is not None
+        return None if bool((self.span == 1).all()) else self.span.sqrt()
 
     def returns_only(self) -> ModelData:
         """The same data with only the first emitted feature (the return) emitted."""
-        return ModelData(self.x[..., :1], self.mask, self.history, self.lengths)
-
-    def window(self, index) -> ModelData:
-        """A subset of the markets (a minibatch), same padding."""
-        return ModelData(self.x[index], self.mask[index], self.history[index], self.lengths[index])
+        return ModelData(self.x[..., :1], self.mask, self.history, self.lengths, self.observed, self.span)
 
 
 def lagged_history(x: torch.Tensor, lags: int) -> torch.Tensor:
@@ -337,6 +433,24 @@ def lagged_history(x: torch.Tensor, lags: int) -> torch.Tensor:
             shifted[..., lag:, :] = x[..., :-lag, :]
         cols.append(shifted)
     return torch.cat(cols, dim=-1)
+
+
+def _daily(days: MarketDays) -> tuple[np.ndarray, np.ndarray]:
+    """Observed returns and their spans."""
+    return days.returns[days.observed], days.span[days.observed].astype(np.float64)
+
+
+def _raw_vol(days: MarketDays, vol_window: int, eps: float) -> np.ndarray:
+    """The vol feature on every day: observed days from their daily-equivalent returns, masked days
+    carrying the last value (the first observed one before any)."""
+    r, n = _daily(days)
+    y = r / np.sqrt(n)
+    vol_obs = rolling_log_rms(y, vol_window, eps)
+    if days.observed.all():
+        return vol_obs
+    out = np.full(days.observed.shape, np.nan)
+    out[days.observed] = vol_obs
+    return pd.Series(out).ffill().bfill().to_numpy()
 
 
 @dataclass
@@ -356,7 +470,7 @@ class FeaturePipeline:
 
     @classmethod
     def fit(cls, df: pd.DataFrame, spec: FeatureSpec) -> FeaturePipeline:
-        """Fit each market's statistics on ``df`` (a :func:`~regime_dmm.data.load_prices` table)."""
+        """Fit each market's statistics and calendar on ``df`` (a :func:`~regime_dmm.data.load_prices` table)."""
         if isinstance(spec.vol_window, bool) or not isinstance(spec.vol_window, numbers.Integral):
             raise ConfigError(f"vol_window must be an integer number of days, got {spec.vol_window!r}")
         if spec.vol_window < 1:
@@ -367,49 +481,73 @@ class FeaturePipeline:
             int(spec.vol_window),
             bool(spec.normalise),
             int(spec.lags),
+            spec.rules,
         )
         if not spec.emitted or not set(spec.emitted) <= set(spec.features):
             raise ConfigError(f"emitted features {spec.emitted} must be a non-empty subset of {spec.features}")
         statistics = {}
-        for name, _dates, returns, _prices in _markets(df):
-            sd = float(np.std(returns))
+        for name, rows, value_column in _market_rows(df):
+            days = _days(name, rows, value_column, spec.rules)
+            r, n = _daily(days)
+            y = r / np.sqrt(n)
+            sd = float(np.std(y))
             if sd == 0.0:
                 raise DataError(f"market '{name}' is a constant series (all returns equal)")
             eps = _VOL_EPS_FRACTION * sd
-            raw = _raw_features(returns, spec.features, spec.vol_window, eps)
+            mean, std = np.zeros(len(spec.features)), np.ones(len(spec.features))
             if spec.normalise:
-                mean = raw.mean(axis=0)
-                std = raw.std(axis=0)
+                vol = _raw_vol(days, spec.vol_window, eps)[days.observed]
+                raw = np.stack([r if f == "return" else vol for f in spec.features], axis=1)
+                if days.observed.all() and (n == 1.0).all():  # a clean series: the plain z-scores
+                    mean, std = raw.mean(axis=0), raw.std(axis=0)
+                else:  # per-day statistics of returns that span n days
+                    mean, std = raw.mean(axis=0), raw.std(axis=0)
+                    for i, feature in enumerate(spec.features):
+                        if feature == "return":
+                            mean[i] = r.sum() / n.sum()
+                            std[i] = np.sqrt(np.mean((r - n * mean[i]) ** 2 / n))
                 # A feature constant over the market (possible for 'vol') is only centred.
                 std = np.where(std > 0, std, 1.0)
-            else:
-                mean = np.zeros(raw.shape[1])
-                std = np.ones(raw.shape[1])
-            statistics[name] = MarketStatistics(mean.astype(np.float64), std.astype(np.float64), eps)
+            statistics[name] = MarketStatistics(mean.astype(np.float64), std.astype(np.float64), eps, days.calendar)
         return cls(spec, statistics)
 
     # ---- tables -> series and panels -------------------------------------------------------
-    def series(
-        self, name: str, dates: pd.DatetimeIndex, returns: np.ndarray, prices: np.ndarray | None
-    ) -> MarketSeries:
-        """One market's :class:`MarketSeries`, normalised with its fitted statistics."""
+    def series(self, name: str, days: MarketDays, source: pd.DataFrame | None = None) -> MarketSeries:
+        """One market's :class:`MarketSeries` from its day grid, normalised with its fitted statistics."""
         stats = self._stats(name)
-        raw = _raw_features(returns, self.spec.features, self.spec.vol_window, stats.vol_eps)
-        feats = (raw - stats.mean) / stats.std if self.spec.normalise else raw
+        obs = days.observed
+        n = days.span.astype(np.float64)
+        feats = np.zeros((len(days.dates), len(self.spec.features)), dtype=np.float64)
+        for i, feature in enumerate(self.spec.features):
+            if feature == "return":
+                r = np.where(obs, days.returns, 0.0)
+                column = (r - n * stats.mean[i]) / (np.sqrt(n) * stats.std[i])
+                feats[:, i] = np.where(obs, column, 0.0)
+            else:
+                feats[:, i] = (_raw_vol(days, self.spec.vol_window, stats.vol_eps) - stats.mean[i]) / stats.std[i]
         return MarketSeries(
             name=name,
-            dates=dates,
-            returns=returns,
-            prices=prices,
-            features=np.ascontiguousarray(feats, dtype=np.float64),
+            dates=days.dates,
+            returns=days.returns,
+            prices=days.prices,
+            features=np.ascontiguousarray(feats),
             feature_names=self.spec.features,
             feature_mean=stats.mean,
             feature_std=stats.std,
+            observed=days.observed,
+            span=days.span,
+            calendar=days.calendar,
+            report=days.report,
+            source=source,
         )
 
     def transform_series(self, df: pd.DataFrame) -> list[MarketSeries]:
         """Every market of ``df`` (fitted markets only) as a :class:`MarketSeries`, in ``df``'s order."""
-        return [self.series(name, dates, returns, prices) for name, dates, returns, prices in _markets(df)]
+        out = []
+        for name, rows, value_column in _market_rows(df):
+            days = _days(name, rows, value_column, self.spec.rules, calendar=self._stats(name).calendar)
+            out.append(self.series(name, days, rows))
+        return out
 
     def transform(self, df: pd.DataFrame, dtype: torch.dtype = torch.float64) -> Panel:
         """The padded :class:`Panel` of ``df``'s markets."""
@@ -420,9 +558,10 @@ class FeaturePipeline:
 
         ``new`` is a validated table (:func:`~regime_dmm.data.loader.read_prices`) of the same
         kind (prices or returns) as the panel; rows of days already in the panel must repeat
-        their values. The new days' features use the FITTED statistics, and the fitted days
-        keep their features bit for bit. Returns the extended panel (markets in ``panel``'s
-        order) and each market's number of days before the extension.
+        their values. The new days' features use the FITTED statistics and calendar, only the
+        new days are checked for bad ticks, and the fitted days keep their features bit for bit.
+        Returns the extended panel (markets in ``panel``'s order) and each market's number of
+        days before the extension.
         """
         value_column = new.attrs["value_column"]
         expected = "price" if panel.series[0].prices is not None else "return"
@@ -436,61 +575,103 @@ class FeaturePipeline:
         series, lengths = [], []
         for s in panel.series:
             lengths.append(s.length)
+            if s.source is None:
+                raise DataError(f"market '{s.name}': its rows were not kept, so new days cannot be appended")
             rows = new[new["market"] == s.name]
-            new_dates, new_values = _new_rows(s, rows, value_column)
-            if len(new_dates) == 0:
+            fresh = _new_rows(s, rows, value_column)
+            if len(fresh) == 0:
                 series.append(s)
                 continue
-            if s.prices is not None:
-                new_returns = np.diff(np.log(np.concatenate([[s.prices[-1]], new_values])))
-                prices = np.concatenate([s.prices, new_values])
-            else:
-                new_returns, prices = new_values, None
-            returns = np.concatenate([s.returns, new_returns])
-            dates = s.dates.append(pd.DatetimeIndex(new_dates)).astype("datetime64[ns]")
-            extended = self.series(s.name, dates, returns, prices)
-            if not np.allclose(extended.features[: s.length], s.features, rtol=1e-9, atol=1e-9):
-                raise DataError(f"market '{s.name}': the fitted features could not be reproduced for the update")
+            combined = pd.concat([s.source, fresh], ignore_index=True)
+            last = pd.Timestamp(s.source["date"].iloc[-1])
+            days = _days(
+                s.name,
+                combined,
+                value_column,
+                self.spec.rules,
+                calendar=self._stats(s.name).calendar,
+                bad_ticks_after=last,
+            )
+            extended = self.series(s.name, days, combined)
+            same = (
+                extended.length >= s.length
+                and extended.dates[: s.length].equals(s.dates)
+                and np.array_equal(extended.observed[: s.length], s.observed)
+                and np.array_equal(extended.span[: s.length], s.span)
+                and np.allclose(extended.features[: s.length], s.features, rtol=1e-9, atol=1e-9)
+            )
+            if not same:
+                raise DataError(f"market '{s.name}': the fitted days could not be reproduced for the update")
             extended.features[: s.length] = s.features  # bit-identical fitted part
+            extended.report = s.report + [e for e in extended.report if e["end"] > last.strftime("%Y-%m-%d")]
             series.append(extended)
         return make_panel(series, dtype=panel.x.dtype), lengths
 
     # ---- what the models read ---------------------------------------------------------------
     def model_data(self, panel: Panel, dtype: torch.dtype) -> ModelData:
-        """The tensors of ``panel`` a model reads: emitted features, mask, lagged history, lengths."""
+        """The tensors of ``panel`` a model reads: emitted features, masks, spans, lagged history, lengths."""
         full = panel.x.to(dtype)
         index = self.spec.emitted_index
         return ModelData(
-            x=full[..., index], mask=panel.mask, history=lagged_history(full, self.spec.lags), lengths=panel.lengths
+            x=full[..., index],
+            mask=panel.mask,
+            history=lagged_history(full, self.spec.lags),
+            lengths=panel.lengths,
+            observed=panel.observed,
+            span=panel.span.to(dtype),
         )
 
     # ---- units ------------------------------------------------------------------------------
-    def log_jacobian(self, market: str) -> float:
-        """Per day, ``sum log(std)`` of the emitted features (nats): log-density in normalised units
-        minus this is the log-density in input units."""
-        return float(np.log(self._stats(market).std[: self.spec.num_emitted]).sum())
+    def log_jacobian(self, series: MarketSeries, start: int = 0, stop: int | None = None) -> float:
+        """Nats to subtract from a log-density in normalised units, over days ``start:stop`` of
+        ``series``, to have it in input units: per observed day ``sum log(std)`` of the emitted
+        features plus ``0.5 log(span)`` for the return."""
+        obs = series.observed[start:stop]
+        per_day = float(np.log(self._stats(series.name).std[: self.spec.num_emitted]).sum())
+        return int(obs.sum()) * per_day + 0.5 * float(np.log(series.span[start:stop][obs]).sum())
+
+    def log_jacobian_days(self, series: MarketSeries) -> np.ndarray:
+        """``(T,)``: :meth:`log_jacobian` of each day (0 on masked days)."""
+        per_day = float(np.log(self._stats(series.name).std[: self.spec.num_emitted]).sum())
+        return np.where(series.observed, per_day + 0.5 * np.log(series.span), 0.0)
 
     def to_input_units(self, market: str, feature: int | str, values: Any) -> Any:
-        """Normalised values of one feature in input units: ``values * std + mean``."""
+        """Normalised values of one feature in input units (per day): ``values * std + mean``."""
         i = self._index(feature)
         stats = self._stats(market)
         return _as_array(values) * float(stats.std[i]) + float(stats.mean[i])
 
+    def returns_to_input_units(self, series: MarketSeries, values: np.ndarray) -> np.ndarray:
+        """Normalised returns ``(T,)`` of ``series``' days back in input units, each over its span ``n``:
+        ``values * sqrt(n) * std + n * mean``; NaN on masked days."""
+        stats = self._stats(series.name)
+        i = self._index("return")
+        n = series.span.astype(np.float64)
+        out = np.asarray(values, dtype=np.float64) * np.sqrt(n) * float(stats.std[i]) + n * float(stats.mean[i])
+        return np.where(series.observed, out, np.nan)
+
     def scale_to_input_units(self, market: str, feature: int | str, scales: Any) -> Any:
-        """A normalised scale (standard deviation) of one feature in input units: ``scales * std``."""
+        """A normalised scale (standard deviation, per day) of one feature in input units: ``scales * std``."""
         return _as_array(scales) * float(self._stats(market).std[self._index(feature)])
 
     # ---- saving -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists and floats) for a checkpoint; :meth:`from_dict` reads it back exactly."""
+        r = self.spec.rules
         return {
             "features": list(self.spec.features),
             "emitted": list(self.spec.emitted),
             "vol_window": self.spec.vol_window,
             "normalise": self.spec.normalise,
             "lags": self.spec.lags,
+            "rules": {"stale": r.stale, "max_gap": r.max_gap, "bad_ticks": r.bad_ticks, "calendar": r.calendar},
             "statistics": {
-                name: {"mean": s.mean.tolist(), "std": s.std.tolist(), "vol_eps": float(s.vol_eps)}
+                name: {
+                    "mean": s.mean.tolist(),
+                    "std": s.std.tolist(),
+                    "vol_eps": float(s.vol_eps),
+                    "calendar": s.calendar,
+                }
                 for name, s in self.statistics.items()
             },
         }
@@ -504,10 +685,14 @@ class FeaturePipeline:
             int(data["vol_window"]),
             bool(data["normalise"]),
             int(data["lags"]),
+            DataConfig(**data["rules"]).validate(),
         )
         stats = {
             str(name): MarketStatistics(
-                np.asarray(s["mean"], dtype=np.float64), np.asarray(s["std"], dtype=np.float64), float(s["vol_eps"])
+                np.asarray(s["mean"], dtype=np.float64),
+                np.asarray(s["std"], dtype=np.float64),
+                float(s["vol_eps"]),
+                str(s["calendar"]),
             )
             for name, s in data["statistics"].items()
         }
@@ -530,43 +715,32 @@ class FeaturePipeline:
         return int(feature)
 
 
-def _markets(df: pd.DataFrame):
-    """``(name, dates, returns, prices)`` per market of a validated table, in order of appearance."""
-    missing = [c for c in ("date", "market") if c not in df.columns]
-    if missing:
-        raise DataError(f"build_features: DataFrame lacks column(s) {missing}; use load_prices first")
-    value_column = _value_column(df)
-    for market in pd.unique(df["market"]):
-        group = df[df["market"] == market].sort_values("date", kind="stable")
-        name = str(market)
-        yield (name, *_market_returns(group, name, value_column))
-
-
-def _new_rows(s: MarketSeries, rows: pd.DataFrame, value_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """Check a market's rows against its series; return the dates and values after its last day."""
-    last = s.dates[-1]
+def _new_rows(s: MarketSeries, rows: pd.DataFrame, value_column: str) -> pd.DataFrame:
+    """A market's new rows after its last fitted row; rows of fitted days must repeat the fitted values."""
+    assert s.source is not None
+    last = pd.Timestamp(s.source["date"].iloc[-1])
+    source = s.source.set_index("date")[value_column]
     dates = pd.DatetimeIndex(rows["date"])
     values = rows[value_column].to_numpy(dtype=np.float64)
     after = np.asarray(dates > last)
-    old_dates, old_values = dates[~after], values[~after]
-    if len(old_dates):
-        fitted = s.prices if value_column == "price" else s.returns
-        assert fitted is not None
-        pos = s.dates.get_indexer(old_dates)
-        for date, value, p in zip(old_dates, old_values, pos):
-            if p < 0:
-                if value_column == "price" and date < s.dates[0]:
-                    continue  # the price before the first return (not kept by the fit)
-                raise DataError(
-                    f"market '{s.name}': date {date.date()} is not after the last fitted date {last.date()} "
-                    "(and is not a fitted day): new days must come after it"
-                )
-            if not np.isclose(value, fitted[p], rtol=1e-9, atol=1e-12):
-                raise DataError(
-                    f"market '{s.name}', date {date.date()}: {value_column} {value!r} differs from the fitted "
-                    f"data ({fitted[p]!r}); new days must come after the last fitted date {last.date()}"
-                )
-    return np.asarray(dates[after]), values[after]
+    for date, value in zip(dates[~after], values[~after]):
+        if date not in source.index:
+            raise DataError(
+                f"market '{s.name}': date {date.date()} is not after the last fitted date {last.date()} "
+                "(and is not a fitted day): new days must come after it"
+            )
+        fitted = float(source.loc[date])
+        if not np.isclose(value, fitted, rtol=1e-9, atol=1e-12):
+            raise DataError(
+                f"market '{s.name}', date {date.date()}: {value_column} {value!r} differs from the fitted "
+                f"data ({fitted!r}); new days must come after the last fitted date {last.date()}"
+            )
+    keep = list(s.source.columns)
+    fresh = rows.loc[after].copy()
+    for column in keep:
+        if column not in fresh.columns:
+            fresh[column] = np.nan
+    return fresh[keep].sort_values("date", kind="stable")
 
 
 def build_features(
@@ -575,6 +749,7 @@ def build_features(
     vol_window: int = 10,
     features: Sequence[str] = ("return", "vol"),
     normalise: bool = True,
+    rules: DataConfig | None = None,
 ) -> list[MarketSeries]:
     """Per-market features of a table returned by :func:`load_prices` (a :class:`FeaturePipeline`
     fitted on ``df`` and applied to it).
@@ -585,12 +760,14 @@ def build_features(
         Long table with ``date``, ``market`` and ``price`` or ``return``
         (``df.attrs["value_column"]`` says which; otherwise the column present).
     vol_window:
-        Rolling window (days) of the ``vol`` feature, ``>= 1``.
+        Rolling window (observed days) of the ``vol`` feature, ``>= 1``.
     features:
         Feature names, a non-empty subset of ``("return", "vol")`` in the
         order wanted.
     normalise:
         Z-score each feature per market (statistics kept on the series).
+    rules:
+        How rows become days (default :class:`~regime_dmm.config.DataConfig`).
 
     Returns
     -------
@@ -602,7 +779,7 @@ def build_features(
     DataError, ConfigError
     """
     names = _check_features(features)
-    spec = FeatureSpec(names, names, vol_window, normalise, 1)
+    spec = FeatureSpec(names, names, vol_window, normalise, 1, rules or DataConfig())
     return FeaturePipeline.fit(df, spec).transform_series(df)
 
 
@@ -624,7 +801,8 @@ def make_panel(series: Sequence[MarketSeries], dtype: torch.dtype = torch.float6
     Returns
     -------
     Panel
-        ``x`` ``(M, T_max, F)``, ``mask`` ``(M, T_max)`` bool, ``lengths`` ``(M,)`` long.
+        ``x`` ``(M, T_max, F)``, ``mask`` ``(M, T_max)`` bool, ``lengths`` ``(M,)`` long,
+        ``observed`` ``(M, T_max)`` bool, ``span`` ``(M, T_max)`` float.
     """
     series = list(series)
     if not series:
@@ -643,10 +821,16 @@ def make_panel(series: Sequence[MarketSeries], dtype: torch.dtype = torch.float6
     F = len(names)
     x = torch.zeros(len(series), t_max, F, dtype=dtype)
     mask = torch.zeros(len(series), t_max, dtype=torch.bool)
+    observed = torch.zeros(len(series), t_max, dtype=torch.bool)
+    span = torch.ones(len(series), t_max, dtype=dtype)
     for m, s in enumerate(series):
         x[m, : s.length] = torch.as_tensor(s.features, dtype=dtype)
         mask[m, : s.length] = True
-    return Panel(series=series, x=x, mask=mask, lengths=torch.tensor(lengths, dtype=torch.long))
+        observed[m, : s.length] = torch.as_tensor(s.observed)
+        span[m, : s.length] = torch.as_tensor(s.span, dtype=dtype)
+    return Panel(
+        series=series, x=x, mask=mask, lengths=torch.tensor(lengths, dtype=torch.long), observed=observed, span=span
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -9,8 +9,24 @@ The input is a CSV file or a :class:`pandas.DataFrame` with one row per
     ...
 
 Columns ``date`` and ``market`` are required, plus exactly one of ``price`` or
-``return`` (daily log returns). Column names are compared after stripping
-whitespace, case-insensitively; other columns are ignored.
+``return`` (daily log returns); an optional ``volume`` or ``trades`` column marks
+days without trading (0). Column names are compared after stripping whitespace,
+case-insensitively; other columns are ignored.
+
+Other shapes users have are recognised from the header and turned into the long table
+(``df.attrs["shapes"]`` says which shape each source had):
+
+* a single-market vendor export, ``Date, Open, High, Low, Close, Adj Close, Volume``
+  (Yahoo and the like; ``Close`` alone will do): the market is named after the file and the
+  adjusted close is used where present;
+* an exchange's daily kline export (``open_time`` timestamps, ``close``, ``volume``, ``trades``,
+  e.g. Binance): the same, with timezone-aware timestamps read as dates;
+* a long table whose market column is called ``symbol``, ``ticker``, ``coin`` or ``asset``,
+  and whose value column is ``close`` / ``adj close`` (CoinMarketCap's export);
+* a wide table: ``date`` plus one price column per market (an empty cell: no price that day).
+
+Several sources (a list of paths or DataFrames) are read one by one and stacked; a market
+may appear in only one of them.
 
 Everything is read as text first and converted here, so that every problem is
 reported as a :class:`~regime_dmm.errors.DataError` naming the market, the data
@@ -26,8 +42,9 @@ import math
 import numbers
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -55,15 +72,19 @@ _DIGITS_ONLY = re.compile(r"^\d+$")
 # ---------------------------------------------------------------------------
 
 
-def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30) -> pd.DataFrame:
-    """Read, validate and sort a long-format price or return table for fitting.
+Source: TypeAlias = str | Path | pd.DataFrame
+
+
+def load_prices(source: Source | Sequence[Source], *, min_observations: int = 30) -> pd.DataFrame:
+    """Read, validate and sort a price or return table (or several) for fitting.
 
     Parameters
     ----------
     source:
         Path (``str`` or :class:`~pathlib.Path`) of a UTF-8 CSV file, or a
         DataFrame, with columns ``date``, ``market`` and one of ``price`` /
-        ``return``.
+        ``return`` (or another recognised shape, see the module docstring); or a
+        list of them.
     min_observations:
         Minimum number of returns per market (``n_prices - 1`` for price
         input, ``n_rows`` for return input).
@@ -74,8 +95,10 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
         Columns ``date`` (``datetime64[ns]``, midnight, timezone-naive),
         ``market`` (str) and ``price`` or ``return`` (float64), sorted by
         market (in order of first appearance in the input) then date, with a
-        fresh ``RangeIndex``. ``df.attrs["value_column"]`` is ``"price"`` or
-        ``"return"``; ``df.attrs["label"]`` names the source in messages.
+        fresh ``RangeIndex``; ``volume`` and ``trades`` (float64, NaN where not
+        given) when a source has them. ``df.attrs["value_column"]`` is ``"price"`` or
+        ``"return"``; ``df.attrs["label"]`` names the source in messages and
+        ``df.attrs["shapes"]`` lists each source's recognised shape.
 
     Raises
     ------
@@ -88,10 +111,10 @@ def load_prices(source: str | Path | pd.DataFrame, *, min_observations: int = 30
         raise ConfigError(f"min_observations must be an integer, got {min_observations!r}")
     if min_observations < 1:
         raise ConfigError(f"min_observations must be at least 1, got {min_observations}")
-    return _load(source, int(min_observations))
+    return _load_many(source, int(min_observations))
 
 
-def read_prices(source: str | Path | pd.DataFrame, *, label: str | None = None) -> pd.DataFrame:
+def read_prices(source: Source | Sequence[Source], *, label: str | None = None) -> pd.DataFrame:
     """Read and validate a long-format table row by row, without the per-market checks of a fit.
 
     The same reader and messages as :func:`load_prices` (columns, dates, values, duplicate
@@ -100,10 +123,43 @@ def read_prices(source: str | Path | pd.DataFrame, *, label: str | None = None) 
     ``label`` names the source in messages (default: the path, or "input DataFrame").
     Returns the same table as :func:`load_prices`; raises :class:`DataError`.
     """
-    return _load(source, None, label)
+    return _load_many(source, None, label)
 
 
-def _load(source: str | Path | pd.DataFrame, min_observations: int | None, label: str | None = None) -> pd.DataFrame:
+def _load_many(
+    source: Source | Sequence[Source], min_observations: int | None, label: str | None = None
+) -> pd.DataFrame:
+    if isinstance(source, (str, Path, pd.DataFrame)):
+        return _load(source, min_observations, label)
+    if not isinstance(source, Sequence) or not source:
+        raise TypeError(f"source must be a path, a DataFrame or a non-empty list of them, got {source!r}")
+    frames = [_load(item, min_observations, label) for item in source]
+    kinds = {f.attrs["value_column"] for f in frames}
+    if len(kinds) > 1:
+        raise DataError(
+            "the sources mix prices and returns: "
+            + ", ".join(f"{f.attrs['label']} gives {f.attrs['value_column']}s" for f in frames)
+        )
+    owner: dict[str, str] = {}
+    for f in frames:
+        for market in pd.unique(f["market"]):
+            if market in owner:
+                raise DataError(
+                    f"market '{market}' appears in {owner[market]} and in {f.attrs['label']}; "
+                    "each market must come from one source (rename one of them)"
+                )
+            owner[market] = f.attrs["label"]
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs = {
+        "value_column": kinds.pop(),
+        "label": ", ".join(f.attrs["label"] for f in frames),
+        "shapes": [s for f in frames for s in f.attrs["shapes"]],
+    }
+    return out
+
+
+def _load(source: Source, min_observations: int | None, label: str | None = None) -> pd.DataFrame:
+    default_market = None
     if isinstance(source, pd.DataFrame):
         label = label or "input DataFrame"
         header = [str(c) for c in source.columns]
@@ -112,16 +168,18 @@ def _load(source: str | Path | pd.DataFrame, min_observations: int | None, label
     elif isinstance(source, (str, Path)):
         read_label, header, columns, row_numbers = _read_csv(Path(source))
         label = label or read_label
+        default_market = Path(source).stem
     else:
         raise TypeError(f"source must be a path (str or Path) or a pandas DataFrame, got {type(source).__name__}")
 
     try:
-        frame = _validate(label, header, columns, row_numbers, min_observations)
+        frame, shape = _validate(label, header, columns, row_numbers, min_observations, default_market)
     except DataError:
         raise
     except Exception as exc:  # pragma: no cover - defensive: never leak pandas/numpy errors
         raise DataError(f"{label}: could not validate the data ({type(exc).__name__}: {exc})") from exc
     frame.attrs["label"] = label
+    frame.attrs["shapes"] = [f"{label}: {shape}"]
     return frame
 
 
@@ -230,14 +288,74 @@ def _describe_parser_error(label: str, text: str, sep: str, exc: Exception) -> s
 # ---------------------------------------------------------------------------
 
 
-def _resolve_columns(label: str, header: Sequence[str]) -> tuple[int, int, int, str]:
-    """Map the header to positions of date, market and the value column."""
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "date": ("date", "datetime", "timestamp", "time", "open time", "day"),
+    "market": ("market", "symbol", "ticker", "coin", "asset"),
+    "adj close": ("adj close", "adjclose", "adjusted close"),
+    "close": ("close", "close price"),
+    "volume": ("volume", "vol"),
+    "trades": ("trades", "number of trades", "num trades", "trade count"),
+}
+# Columns of OHLC exports that are not markets in a wide table.
+_OHLC = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "adj close",
+    "adjclose",
+    "adjusted close",
+    "volume",
+    "vol",
+    "trades",
+    "market cap",
+    "quote asset volume",
+    "taker buy base",
+    "taker buy quote",
+    "ignore",
+    "close time",
+)
+
+
+def _canonical(name: str) -> str:
+    """Header name for matching: lower case, ``_``/``*``/spaces collapsed (``Adj_Close*`` -> ``adj close``)."""
+    return re.sub(r"[\s_*]+", " ", str(name).strip().lower()).strip()
+
+
+@dataclass
+class _Layout:
+    """Where a source's fields are, and its shape in words."""
+
+    shape: str
+    date: int
+    value_column: str  # "price" or "return"
+    market: int | None = None
+    market_name: str | None = None  # a single-market file
+    value: int | None = None
+    wide: list[tuple[int, str]] = field(default_factory=list)  # (column, market) of a wide table
+    volume: int | None = None
+    trades: int | None = None
+
+
+def _empty(col: pd.Series) -> bool:
+    return bool(col.map(_is_missing).all())
+
+
+def _resolve_layout(
+    label: str, header: Sequence[str], columns: dict[int, pd.Series], default_market: str | None
+) -> _Layout:
+    """Recognise the source's shape from its header (see the module docstring); :class:`DataError` otherwise."""
     names = [h.strip().lower() for h in header]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not name:
             continue  # unnamed columns (e.g. a written index) are ignored
         if name in seen:
+            if i in columns and _empty(columns[i]):
+                continue  # a repeated, empty column (some exchange exports end with one)
+            if seen[name] in columns and _empty(columns[seen[name]]):
+                seen[name] = i
+                continue
             raise DataError(
                 f"{label}: duplicated column name '{name}' (columns {seen[name] + 1} and {i + 1}: "
                 f"{header[seen[name]]!r} and {header[i]!r}); each column name must appear once"
@@ -249,31 +367,74 @@ def _resolve_columns(label: str, header: Sequence[str]) -> tuple[int, int, int, 
         raise DataError(
             f"{label}: both a 'price' and a 'return' column were found; pick one (drop or rename the other column)"
         )
+    canonical = {_canonical(n): i for n, i in seen.items()}
+
+    def first(role: str) -> int | None:
+        for synonym in _SYNONYMS[role]:
+            if synonym in canonical:
+                return canonical[synonym]
+        return None
+
+    date = seen.get("date", first("date"))
+    market = seen.get("market", first("market"))
+    volume, trades = first("volume"), first("trades")
+    has_value = "price" in seen or "return" in seen
+    if has_value and date is not None and market is not None:
+        value_column = "price" if "price" in seen else "return"
+        return _Layout(
+            "long table", date, value_column, market=market, value=seen[value_column], volume=volume, trades=trades
+        )
+    close = first("adj close")
+    close = close if close is not None else first("close")
+    if not has_value and date is not None and close is not None:
+        used = header[close].strip()
+        if market is not None:
+            return _Layout(
+                f"long table of {used!r} prices by {header[market].strip()!r}",
+                date,
+                "price",
+                market=market,
+                value=close,
+                volume=volume,
+                trades=trades,
+            )
+        if default_market is not None:
+            kind = "kline export" if _canonical(header[date]) in ("open time", "timestamp") else "vendor export"
+            return _Layout(
+                f"{kind} of one market, '{default_market}' (named after the file), {used!r} prices",
+                date,
+                "price",
+                market_name=default_market,
+                value=close,
+                volume=volume,
+                trades=trades,
+            )
+    if not has_value and close is None and date is not None and market is None:
+        wide = [(i, header[i].strip()) for n, i in seen.items() if i != date and _canonical(n) not in _OHLC]
+        if wide:
+            listed = ", ".join(name for _, name in wide)
+            return _Layout(f"wide table, one price column per market ({listed})", date, "price", wide=wide)
 
     missing = [c for c in REQUIRED_COLUMNS if c not in seen]
-    if not any(c in seen for c in VALUE_COLUMNS):
+    if not has_value:
         missing.append("price' or 'return")
-    if missing:
-        unknown = [n for n in seen if n not in REQUIRED_COLUMNS + VALUE_COLUMNS]
-        hints = []
-        for wanted in missing:
-            targets = wanted.split("' or '")
-            for target in targets:
-                close = difflib.get_close_matches(target, unknown, n=1, cutoff=0.6)
-                if close:
-                    hints.append(f"did you mean '{target}' instead of '{close[0]}'?")
-                    unknown.remove(close[0])
-                    break
-        listed = ", ".join(f"'{m}'" for m in missing)
-        msg = f"{label}: missing column(s) {listed}; found columns: {found}"
-        if hints:
-            msg += "; " + " ".join(hints)
-        if len(seen) == 1 and _sep_hint(header):
-            msg += "; " + _sep_hint(header)
-        raise DataError(msg)
-
-    value_column = "price" if "price" in seen else "return"
-    return seen["date"], seen["market"], seen[value_column], value_column
+    unknown = [n for n in seen if n not in REQUIRED_COLUMNS + VALUE_COLUMNS]
+    hints = []
+    for wanted in missing:
+        targets = wanted.split("' or '")
+        for target in targets:
+            close_match = difflib.get_close_matches(target, unknown, n=1, cutoff=0.6)
+            if close_match:
+                hints.append(f"did you mean '{target}' instead of '{close_match[0]}'?")
+                unknown.remove(close_match[0])
+                break
+    listed = ", ".join(f"'{m}'" for m in missing)
+    msg = f"{label}: missing column(s) {listed}; found columns: {found}"
+    if hints:
+        msg += "; " + " ".join(hints)
+    if len(seen) == 1 and _sep_hint(header):
+        msg += "; " + _sep_hint(header)
+    raise DataError(msg)
 
 
 def _sep_hint(header: Sequence[str]) -> str:
@@ -451,22 +612,74 @@ def _parse_values(
     return out
 
 
+def _parse_counts(
+    label: str, col: pd.Series, name: str, markets: np.ndarray, dates: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """A volume or trades column as float64: NaN where empty; thousands separators allowed; >= 0."""
+    day = np.datetime_as_string(dates, unit="D")
+    out = np.full(len(col), np.nan)
+    for i, v in enumerate(col.tolist()):
+        if _is_missing(v):
+            continue
+        text = str(v).strip().replace(",", "") if isinstance(v, str) else v
+        try:
+            out[i] = float(text)
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(
+                f"{_where(label, int(rows[i]), markets[i], str(day[i]))}: {name} {str(v).strip()!r} is not a number"
+            ) from None
+        if not np.isfinite(out[i]) or out[i] < 0:
+            raise DataError(
+                f"{_where(label, int(rows[i]), markets[i], str(day[i]))}: {name} must be a count >= 0, got {out[i]:g}"
+            )
+    return out
+
+
 def _validate(
     label: str,
     header: Sequence[str],
     columns: dict[int, pd.Series],
     rows: np.ndarray,
     min_observations: int | None,
-) -> pd.DataFrame:
+    default_market: str | None = None,
+) -> tuple[pd.DataFrame, str]:
     if len(rows) == 0:
         raise DataError(f"{label}: no data rows")
-    date_i, market_i, value_i, value_column = _resolve_columns(label, header)
+    layout = _resolve_layout(label, header, columns, default_market)
+    value_column = layout.value_column
+    date_col = columns[layout.date].reset_index(drop=True)
+    extra: dict[str, pd.Series] = {}
+    if layout.wide:  # one long row per non-empty cell
+        parts = [
+            (c, name, ~columns[c].reset_index(drop=True).map(_is_missing).to_numpy(dtype=bool))
+            for c, name in layout.wide
+        ]
+        market_col = pd.Series(
+            np.concatenate([np.full(int(keep.sum()), name, dtype=object) for _, name, keep in parts])
+        )
+        value_col = pd.concat([columns[c].reset_index(drop=True)[keep] for c, _, keep in parts], ignore_index=True)
+        date_col = pd.concat([date_col[keep] for _, _, keep in parts], ignore_index=True)
+        rows = np.concatenate([rows[keep] for _, _, keep in parts])
+        if len(rows) == 0:
+            raise DataError(f"{label}: the wide table holds no prices")
+    else:
+        if layout.market is not None:
+            market_col = columns[layout.market].reset_index(drop=True)
+        else:
+            market_col = pd.Series([layout.market_name] * len(rows), dtype=object)
+        assert layout.value is not None
+        value_col = columns[layout.value].reset_index(drop=True)
+        for name, index in (("volume", layout.volume), ("trades", layout.trades)):
+            if index is not None:
+                extra[name] = columns[index].reset_index(drop=True)
 
-    markets = _parse_markets(label, columns[market_i], rows, columns[date_i])
-    dates = _parse_dates(label, columns[date_i], markets, rows)
-    values = _parse_values(label, columns[value_i], value_column, markets, dates, rows)
+    markets = _parse_markets(label, market_col, rows, date_col)
+    dates = _parse_dates(label, date_col, markets, rows)
+    values = _parse_values(label, value_col, value_column, markets, dates, rows)
 
     frame = pd.DataFrame({"date": dates, "market": markets, value_column: values, "_row": rows})
+    for name, col in extra.items():
+        frame[name] = _parse_counts(label, col, name, markets, dates, rows)
 
     # Duplicate (market, date) pairs: name both rows.
     dup_later = frame.duplicated(["market", "date"], keep="first").to_numpy()
@@ -492,7 +705,7 @@ def _validate(
     frame["date"] = frame["date"].astype("datetime64[ns]")
     frame[value_column] = frame[value_column].astype(np.float64)
     frame.attrs["value_column"] = value_column
-    return frame
+    return frame, layout.shape
 
 
 def _check_markets(label: str, frame: pd.DataFrame, value_column: str, min_observations: int) -> None:

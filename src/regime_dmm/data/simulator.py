@@ -7,16 +7,22 @@ increasing in that order):
 * ``traditional_cre``: business days from 2015-01-02, long-run regime usage
   about 70/20/8/2 %;
 * ``tokenized_reit``: every calendar day (traded on-chain 7 days a week) from
-  2019-06-01, usage about 35/45/15/5 % and roughly 12x the return volatility.
+  2019-06-01 (listed four years after ``traditional_cre``), usage about 35/45/15/5 % and
+  roughly 12x the return volatility; about a third of its days see no trade (the price repeats
+  the last traded one while the latent price moves on, as thinly traded property tokens do), and
+  one day in 250 is a jump day (an extra move of four times the day's regime sd).
 
 Transition matrices are built as ``P = diag(1 - lam) + lam[:, None] * pi[None, :]``
 with per-regime leave rates ``lam`` and ``pi ∝ u * lam``, whose stationary
 distribution is exactly the target usage ``u``; the first regime is drawn from it.
-Prices start at 100 and follow ``p_t = p_{t-1} * exp(r_t)``.
+Prices start at 100 and follow ``p_t = p_{t-1} * exp(r_t)``. Shocks are Gaussian, or
+Student-t with ``df`` degrees of freedom scaled to unit variance (``shocks="studentt:5"``), so
+that heavy-tailed data with known regimes can be simulated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +66,11 @@ class MarketSpec:
         the expected stay is about ``1 / leave_rate`` days.
     means: ``(K,)`` mean daily log return in each regime.
     sds: ``(K,)`` standard deviation of the daily log return, strictly increasing.
+    no_trade_share: share of days without a trade: the price repeats the last traded one (the
+        latent price moves on; the next trade shows the multi-day return).
+    jump_prob: per-day probability of a jump day: the return gets an extra
+        ``N(0, (jump_scale * sd)^2)`` of the day's regime sd.
+    jump_scale: see ``jump_prob``.
     """
 
     name: str
@@ -69,6 +80,9 @@ class MarketSpec:
     leave_rates: tuple[float, ...]
     means: tuple[float, ...]
     sds: tuple[float, ...]
+    no_trade_share: float = 0.0
+    jump_prob: float = 0.0
+    jump_scale: float = 4.0
 
 
 #: The two markets of the embedded default data set.
@@ -90,6 +104,9 @@ DEFAULT_SPECS: tuple[MarketSpec, ...] = (
         leave_rates=(0.06, 0.05, 0.10, 0.15),
         means=(0.006, 0.002, -0.008, -0.03),
         sds=(0.05, 0.10, 0.20, 0.40),
+        no_trade_share=1 / 3,
+        jump_prob=0.004,
+        jump_scale=4.0,
     ),
 )
 
@@ -112,12 +129,16 @@ class SimulatedData:
     params:
         Per market, numpy arrays ``initial`` ``(K,)``, ``transition`` ``(K, K)``,
         ``mean`` ``(K,)`` and ``sd`` ``(K,)`` in daily log-return units.
+    traded:
+        Per market, ``(n_days - 1,)`` bool: a trade on that return date (False: the price
+        repeats the last traded one).
     """
 
     frame: pd.DataFrame
     regimes: tuple[str, ...]
     true_regimes: dict[str, np.ndarray]
     params: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    traded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def markets(self) -> tuple[str, ...]:
@@ -171,6 +192,10 @@ def _as_spec(spec: MarketSpec | Mapping[str, Any], K: int) -> MarketSpec:
         raise ConfigError(f"market '{name}': leave_rates must lie in (0, 1], got {tuple(lam)}")
     if np.any(sd <= 0) or np.any(np.diff(sd) <= 0):
         raise ConfigError(f"market '{name}': sds must be positive and strictly increasing, got {tuple(sd)}")
+    if not 0 <= spec.no_trade_share < 1:
+        raise ConfigError(f"market '{name}': no_trade_share must lie in [0, 1), got {spec.no_trade_share!r}")
+    if not 0 <= spec.jump_prob <= 1 or spec.jump_scale < 0:
+        raise ConfigError(f"market '{name}': jump_prob must lie in [0, 1] and jump_scale be >= 0")
     return spec
 
 
@@ -201,8 +226,9 @@ def simulate_markets(
     seed: int = 0,
     n_days: int = 2501,
     regimes: Sequence[str] = REGIMES,
+    shocks: str = "gaussian",
 ) -> SimulatedData:
-    """Simulate several markets, each a Gaussian HMM on daily log returns.
+    """Simulate several markets, each a hidden Markov model of daily log returns.
 
     Parameters
     ----------
@@ -214,10 +240,18 @@ def simulate_markets(
         Number of prices per market (``n_days - 1`` returns), ``>= 2``.
     regimes:
         Regime names (``K``); every spec gives ``K`` values per parameter.
+    shocks:
+        ``"gaussian"`` or ``"studentt:DF"`` (Student-t shocks with ``DF > 2`` degrees of freedom,
+        scaled to unit variance, so a regime's sd is still ``sds``).
 
     Returns
     -------
     SimulatedData
+
+    Raises
+    ------
+    ConfigError
+        For a bad spec, ``n_days`` or ``shocks``.
     """
     if isinstance(n_days, bool) or not isinstance(n_days, numbers.Integral) or n_days < 2:
         raise ConfigError(f"n_days must be an integer >= 2, got {n_days!r}")
@@ -230,8 +264,10 @@ def simulate_markets(
     if len(set(names)) != len(names):
         raise ConfigError(f"market names must be unique, got {names}")
 
+    shock_df = _parse_shocks(shocks)
     rng = np.random.default_rng(seed)
     frames = []
+    traded_days: dict[str, np.ndarray] = {}
     true_regimes: dict[str, np.ndarray] = {}
     params: dict[str, dict[str, np.ndarray]] = {}
     for spec in checked:
@@ -243,10 +279,18 @@ def simulate_markets(
 
         n_returns = n_days - 1
         z = _sample_chain(rng, initial, P, n_returns)
-        returns = mean[z] + sd[z] * rng.standard_normal(n_returns)
+        returns = mean[z] + sd[z] * _shocks(rng, n_returns, shock_df)
+        if spec.jump_prob > 0:
+            jump = rng.random(n_returns) < spec.jump_prob
+            returns = returns + jump * spec.jump_scale * sd[z] * rng.standard_normal(n_returns)
         log_prices = np.log(START_PRICE) + np.concatenate([[0.0], np.cumsum(returns)])
         prices = np.exp(log_prices)
         prices[0] = START_PRICE
+        traded = np.ones(n_returns, dtype=bool)
+        if spec.no_trade_share > 0:
+            traded = rng.random(n_returns) >= spec.no_trade_share
+            last = np.maximum.accumulate(np.where(np.concatenate([[True], traded]), np.arange(n_days), 0))
+            prices = prices[last]  # a day without a trade shows the last traded price
 
         try:
             if spec.freq == "B":
@@ -267,19 +311,60 @@ def simulate_markets(
         )
         true_regimes[spec.name] = z
         params[spec.name] = {"initial": initial, "transition": P, "mean": mean, "sd": sd}
+        traded_days[spec.name] = traded
 
     frame = pd.concat(frames, ignore_index=True)
     frame["market"] = frame["market"].astype(str)
     frame.attrs["value_column"] = "price"
-    return SimulatedData(frame=frame, regimes=regimes, true_regimes=true_regimes, params=params)
+    return SimulatedData(frame=frame, regimes=regimes, true_regimes=true_regimes, params=params, traded=traded_days)
 
 
-def simulate_default(seed: int = 0, n_days: int = 2501) -> SimulatedData:
+def _parse_shocks(shocks: str) -> float | None:
+    """``"gaussian"`` -> None; ``"studentt:DF"`` -> DF (> 2, for a finite variance)."""
+    text = str(shocks).strip().lower()
+    if text == "gaussian":
+        return None
+    if text.startswith("studentt:"):
+        try:
+            df = float(text.split(":", 1)[1])
+        except ValueError:
+            df = float("nan")
+        if df > 2:
+            return df
+    raise ConfigError(f"shocks must be 'gaussian' or 'studentt:DF' with DF > 2, got {shocks!r}")
+
+
+def _shocks(rng: np.random.Generator, n: int, df: float | None) -> np.ndarray:
+    """Unit-variance shocks: standard normal, or Student-t(df) scaled by sqrt((df - 2) / df)."""
+    if df is None:
+        return rng.standard_normal(n)
+    return rng.standard_t(df, size=n) * np.sqrt((df - 2.0) / df)
+
+
+def simulate_default(
+    seed: int = 0,
+    n_days: int = 2501,
+    *,
+    shocks: str = "gaussian",
+    no_trade_share: float | None = None,
+    jump_prob: float | None = None,
+) -> SimulatedData:
     """The embedded default data set: :data:`DEFAULT_SPECS` simulated with ``seed``.
 
-    ``n_days`` prices (``n_days - 1`` returns) per market; 2,500 returns by default.
+    ``n_days`` prices (``n_days - 1`` returns) per market; 2,500 returns by default. ``shocks``:
+    see :func:`simulate_markets`; ``no_trade_share`` and ``jump_prob`` replace the tokenized
+    market's (0 and 0 give the clean series of regime-dmm 0.1).
     """
-    return simulate_markets(DEFAULT_SPECS, seed=seed, n_days=n_days)
+    specs = []
+    for spec in DEFAULT_SPECS:
+        if spec.no_trade_share or spec.jump_prob:  # the tokenized market
+            spec = dataclasses.replace(
+                spec,
+                no_trade_share=spec.no_trade_share if no_trade_share is None else float(no_trade_share),
+                jump_prob=spec.jump_prob if jump_prob is None else float(jump_prob),
+            )
+        specs.append(spec)
+    return simulate_markets(specs, seed=seed, n_days=n_days, shocks=shocks)
 
 
 def write_csv(data: SimulatedData, path: str | Path) -> Path:

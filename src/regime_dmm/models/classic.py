@@ -89,6 +89,8 @@ class ClassicMarkovSwitching(RegimeModel):
         loc, scale = self.emission_base(g)
         steps = data.x.shape[-2]
         log_a = g["transition"].clamp(min=1e-300).log()[..., None, :, :].expand(-1, steps, -1, -1)
-        obs_ll = torch.distributions.Normal(loc[..., None, :, 0], scale[..., None, :, 0]).log_prob(data.x[..., :1])
-        obs_ll = obs_ll * data.mask[..., None].to(obs_ll.dtype)
+        root = data.span_root  # a return over n days (data.features)
+        ret_loc = loc[..., None, :, 0] if root is None else loc[..., None, :, 0] * root[..., None]
+        obs_ll = torch.distributions.Normal(ret_loc, scale[..., None, :, 0]).log_prob(data.x[..., :1])
+        obs_ll = obs_ll * data.emitting[..., None].to(obs_ll.dtype)  # masked and padded days emit nothing
         return Potentials(g["initial"].clamp(min=1e-300).log(), log_a, obs_ll, loc, scale, g)

@@ -158,14 +158,17 @@ class ExactRegimeDMM(RegimeModel):
         if self.emission_net is not None:
             loc_t = loc_t + self.emission_net(data.history)
         x = data.x[..., None, :]  # (M, T, 1, F)
+        # A return over n days: per-day location times sqrt(n) in normalised units (see data.features).
+        root = data.span_root
+        ret_loc = loc_t[..., 0] if root is None else loc_t[..., 0] * root[..., None]
         if self.student_t:
             df = 2.0 + g["df"][..., None, None]
-            ll_ret = dist.StudentT(df, loc_t[..., 0], scale_t[..., 0]).log_prob(x[..., 0])
+            ll_ret = dist.StudentT(df, ret_loc, scale_t[..., 0]).log_prob(x[..., 0])
         else:
-            ll_ret = dist.Normal(loc_t[..., 0], scale_t[..., 0]).log_prob(x[..., 0])
+            ll_ret = dist.Normal(ret_loc, scale_t[..., 0]).log_prob(x[..., 0])
         obs_ll = ll_ret
         if self.num_features > 1:
             obs_ll = obs_ll + dist.Normal(loc_t[..., 1:], scale_t[..., 1:]).log_prob(x[..., 1:]).sum(-1)
-        obs_ll = obs_ll * data.mask[..., None].to(obs_ll.dtype)
+        obs_ll = obs_ll * data.emitting[..., None].to(obs_ll.dtype)  # masked and padded days emit nothing
         log_init = g["initial"].clamp(min=1e-30).log()
         return Potentials(log_init, log_a, obs_ll, loc, scale, g)

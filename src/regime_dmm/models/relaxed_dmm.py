@@ -116,7 +116,9 @@ class Windows:
     start: torch.Tensor  # (B,)
     x: torch.Tensor  # (B, L, F), zero on padded days
     history: torch.Tensor  # (B, L, H)
-    mask: torch.Tensor  # (B, L) bool, a prefix of each window
+    mask: torch.Tensor  # (B, L) bool, a prefix of each window: days of the series
+    observed: torch.Tensor  # (B, L) bool, days with an emission (a subset of mask)
+    span: torch.Tensor  # (B, L) days each return covers
 
 
 def tile_windows(lengths, window_length: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +145,10 @@ def gather_windows(data: ModelData, batch: WindowBatch) -> Windows:
     mask = (t < data.lengths[batch.market][:, None]) & data.mask[m, tc]
     # a window's mask must be a prefix (padding at the end): true for end-padded panels
     mask = mask.to(torch.long).cumprod(-1).to(torch.bool)
+    observed = data.emitting[m, tc] & mask
     x = data.x[m, tc] * mask[..., None].to(data.x.dtype)
-    return Windows(batch.market, batch.start, x, data.history[m, tc], mask)
+    span = torch.where(mask, data.day_span[m, tc], torch.ones_like(data.day_span[m, tc]))
+    return Windows(batch.market, batch.start, x, data.history[m, tc], mask, observed, span)
 
 
 def epoch_batches(
@@ -298,6 +302,9 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         loc_w = loc[w.market][:, None]  # (B, 1, K, F)
         if self.emission_net is not None:
             loc_w = loc_w + self.emission_net(w.history)
+        if bool((w.span != 1).any()):  # a return over n days: its location times sqrt(n) (data.features)
+            ret = loc_w[..., :1] * w.span.sqrt()[..., None, None]  # (B, L, K, 1)
+            loc_w = torch.cat([ret, loc_w[..., 1:].expand(*ret.shape[:-1], -1)], dim=-1)
         scale_w = scale[w.market][:, None]
         return trans, first, loc_w, scale_w, loc, scale
 
@@ -318,7 +325,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         """The model's terms of the model-informed q on the windows ``w`` (no gradient)."""
         g = {k: v.detach() for k, v in g.items()}
         trans, first, loc_w, scale_w, _, _ = self.window_potentials(g, w)
-        obs_ll = self.regime_log_lik(g, w.x, loc_w, scale_w, w.market) * w.mask[..., None].to(w.x.dtype)
+        obs_ll = self.regime_log_lik(g, w.x, loc_w, scale_w, w.market) * w.observed[..., None].to(w.x.dtype)
         return ModelTerms(first.clamp(min=torch.finfo(first.dtype).tiny).log(), trans, obs_ll)
 
     @torch.no_grad()
@@ -362,10 +369,10 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
                 z = pyro.sample("regimes", prior)
             ret_dist, rest_dist = self.emission_dist(g, z, loc_w, scale_w, w.market)
             if rest_dist is None:
-                pyro.sample("obs", ret_dist.mask(w.mask).to_event(1), obs=w.x)
+                pyro.sample("obs", ret_dist.mask(w.observed).to_event(1), obs=w.x)
             else:
-                pyro.sample("obs", ret_dist.mask(w.mask).to_event(1), obs=w.x[..., :1])
-                pyro.sample("obs_rest", rest_dist.mask(w.mask).to_event(1), obs=w.x[..., 1:])
+                pyro.sample("obs", ret_dist.mask(w.observed).to_event(1), obs=w.x[..., :1])
+                pyro.sample("obs_rest", rest_dist.mask(w.observed).to_event(1), obs=w.x[..., 1:])
         # ---- penalties from the guide's regime probabilities -------------------------------
         q_log_probs, ctx.guide_regime_log_probs = ctx.guide_regime_log_probs, None
         q_probs = prior.step_logits(z).exp() if q_log_probs is None else q_log_probs.exp()
@@ -385,7 +392,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
             obs_ll = ret_dist.log_prob(w.x[..., : ret_dist.event_shape[0]])
             if rest_dist is not None:
                 obs_ll = obs_ll + rest_dist.log_prob(w.x[..., 1:])
-            recon = batch.scale * (obs_ll * maskf).sum()
+            recon = batch.scale * (obs_ll * w.observed.to(dtype)).sum()
             if q_log_probs is not None:  # the regime sites' KL as the ELBO computes it
                 p_log_probs = torch.log_softmax(prior.step_logits(z), dim=-1)
                 kl_t = (q_probs * (q_log_probs - p_log_probs)).sum(-1)

@@ -118,7 +118,7 @@ class DataIdentity:
     """Which data a run was fitted on: the CSV path (None for a DataFrame or the simulation),
     whether it is the embedded simulation, and the fingerprint of its panel."""
 
-    path: str | None
+    path: str | list[str] | None
     simulated: bool
     fingerprint: str
 

@@ -57,7 +57,7 @@ class Variant:
     def feature_spec(self, config: FitConfig) -> FeatureSpec:
         """Features built per day and emitted: the networks see the return and the realised volatility."""
         mc = config.model
-        return FeatureSpec(("return", "vol"), tuple(mc.features), mc.vol_window, mc.normalise, mc.history)
+        return FeatureSpec(("return", "vol"), tuple(mc.features), mc.vol_window, mc.normalise, mc.history, config.data)
 
     def dims(self, config: FitConfig, spec: FeatureSpec, panel: Panel) -> ModelDims:
         """The model's sizes."""
@@ -222,7 +222,7 @@ class ClassicVariant(Variant):
     def feature_spec(self, config: FitConfig) -> FeatureSpec:
         """The return only, in input units."""
         mc = config.model
-        return FeatureSpec(("return",), ("return",), mc.vol_window, False, mc.history)
+        return FeatureSpec(("return",), ("return",), mc.vol_window, False, mc.history, config.data)
 
     def build_model(self, config: FitConfig, spec: FeatureSpec, panel: Panel, dtype: torch.dtype) -> RegimeModel:
         """The classic model with each market's scale floor (:func:`~.starting_values.scale_floor`)."""

@@ -1,0 +1,291 @@
+"""Each market's days: its calendar, which days hold a real observation, and what each return spans.
+
+Real price series are not clean daily series (the tokenized-markets issue): tokens and thin
+stocks repeat the last price on days without a trade, exchanges close for holidays and
+outages, tokens trade 7 days a week while REIT ETFs trade on business days, and a mistyped
+price shows up as a huge move reversed the next day. :func:`market_days` turns one market's
+rows into its day grid:
+
+* **calendar** (``rules.calendar``, default ``auto``): ``periodic`` when rows are typically more
+  than 3 days apart (weekly or monthly data: each row is one period), else ``daily`` when at
+  least 5 % of the real observations fall on a Saturday or Sunday, else ``business`` (Monday to
+  Friday). The grid runs over every day of that calendar from the first row to the last
+  (``periodic``: over the rows' dates).
+* **no-trade days** (``rules.stale``, default ``mask``): a row with ``volume`` or ``trades`` 0
+  (when the source gives one of them), otherwise a price exactly equal to the previous row's
+  (for return input: a return of exactly 0), is a day without a trade: the day stays on the grid
+  but is *masked* (no emission), and the return at the next real observation is the multi-day
+  return since the last real one. For a traded asset an exact repeat of the price is almost never
+  a real zero return. ``stale: keep`` reads such days as zero returns instead. A volume column
+  that is zero while the price keeps moving (an index without recorded volume) is not used.
+* **gaps**: a run of missing calendar days no longer than ``rules.max_gap`` (default 5) is a
+  closed market (holidays): those days are left out of the grid. A longer run is kept as masked
+  days, reported, and the return across it is a multi-day return.
+* **bad ticks** (``rules.bad_ticks``, default ``mask``): a move of more than 10 robust standard
+  deviations of the 20 real returns on each side, and by a factor of more than three, that the
+  next day reverses to within a fifth is a likely typo (a misplaced decimal point, a price in
+  cents); a genuine crash and rebound of a volatile token (the simulator's panic regime moves
+  -73 % and back) is not; it is reported by date and, with ``mask``, the price is treated as missing (``warn``:
+  kept; ``error``: refused).
+
+Every kept day gets ``span``, the number of grid days its return covers (1 on an ordinary day).
+The model scales a regime's return mean by ``span`` and its standard deviation by
+``sqrt(span)`` (a random walk in calendar time). Report entries (gaps, long no-trade spans,
+bad ticks, an unused volume column) are dictionaries ``{market, kind, start, end, days, detail}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+from ..errors import DataError
+
+__all__ = ["CALENDARS", "MarketDays", "market_days"]
+
+#: Calendars a market can have.
+CALENDARS = ("business", "daily", "periodic")
+
+_WEEKEND_SHARE = 0.05  # share of real observations on weekends above which a market trades 7 days a week
+_STALE_SPAN_REPORT = 5  # no-trade runs at least this long are reported
+_BAD_TICK_SDS = 10.0  # robust standard deviations of the neighbouring days
+_BAD_TICK_MIN = float(np.log(3.0))  # a factor of three, up or down, in one day
+_BAD_TICK_REVERSAL = 0.2
+_BAD_TICK_NEIGHBOURS = 20  # real returns on each side that set the local scale
+
+
+@dataclass
+class MarketDays:
+    """One market's day grid (``T`` days).
+
+    ``dates (T,)``; ``observed (T,)`` bool, a real observation; ``span (T,)`` int, grid days the
+    day's return covers (1 on masked days); ``returns (T,)`` in input units, NaN where not
+    observed; ``prices (T,)`` the last price known that day (None for return input);
+    ``calendar``; ``report`` the entries described in the module docstring.
+    """
+
+    name: str
+    calendar: str
+    dates: pd.DatetimeIndex
+    observed: np.ndarray
+    span: np.ndarray
+    returns: np.ndarray
+    prices: np.ndarray | None
+    report: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _entry(market: str, kind: str, start: pd.Timestamp, end: pd.Timestamp, days: int, detail: str) -> dict[str, Any]:
+    return {
+        "market": market,
+        "kind": kind,
+        "start": start.strftime("%Y-%m-%d"),
+        "end": end.strftime("%Y-%m-%d"),
+        "days": int(days),
+        "detail": detail,
+    }
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run of True in ``flags``."""
+    padded = np.concatenate([[False], flags.astype(bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def _no_trade(
+    name: str,
+    values: np.ndarray,
+    value_column: str,
+    volume: np.ndarray | None,
+    report: list[dict[str, Any]],
+    dates: pd.DatetimeIndex,
+) -> np.ndarray:
+    """Rows without a trade (see the module docstring); row 0 of a price series is its base."""
+    n = len(values)
+    unchanged = np.zeros(n, dtype=bool)
+    if value_column == "price":
+        unchanged[1:] = values[1:] == values[:-1]
+    else:
+        unchanged = values == 0.0
+    if volume is None:
+        return unchanged
+    zero = volume == 0  # NaN (unknown) compares False
+    if value_column == "price":
+        zero[0] = False
+    moving = zero & ~unchanged
+    if moving.sum() > 0.1 * n:  # zero volume on many days the price moved: volume not recorded (an index)
+        report.append(
+            _entry(
+                name,
+                "volume_not_used",
+                dates[0],
+                dates[-1],
+                int(zero.sum()),
+                f"volume is 0 on {int(zero.sum())} rows but the price moves on {int(moving.sum())} of "
+                "them (volume not recorded?): no-trade days are found from repeated prices instead",
+            )
+        )
+        return unchanged
+    known = ~np.isnan(volume)
+    return np.where(known, zero, unchanged)
+
+
+def _robust_scale(r: np.ndarray) -> float:
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return 0.0
+    mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    return mad if mad > 0 else float(np.std(r))
+
+
+def market_days(
+    name: str,
+    dates: pd.DatetimeIndex,
+    values: np.ndarray,
+    value_column: str,
+    rules: DataConfig,
+    *,
+    volume: np.ndarray | None = None,
+    calendar: str | None = None,
+    bad_ticks_after: pd.Timestamp | None = None,
+) -> MarketDays:
+    """The day grid of one market from its rows (sorted by date; see the module docstring).
+
+    ``values``: prices or returns; ``volume``: the ``volume`` (or ``trades``) column, NaN where
+    unknown; ``calendar``: a fixed calendar (a fitted market's, when new days are appended);
+    ``bad_ticks_after``: only days after this date are checked for bad ticks (new days).
+    Raises :class:`DataError` for a bad tick with ``bad_ticks="error"`` or a market left without a
+    return.
+    """
+    dates = pd.DatetimeIndex(dates).astype("datetime64[ns]")
+    values = np.asarray(values, dtype=np.float64)
+    report: list[dict[str, Any]] = []
+    n = len(values)
+    real = np.ones(n, dtype=bool)
+    if rules.stale == "mask":
+        real &= ~_no_trade(name, values, value_column, volume, report, dates)
+    if value_column == "price":
+        real[0] = True  # the base price
+        logp = np.log(values)
+
+    def real_returns(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the real returns and the returns since the previous real row."""
+        idx = np.flatnonzero(flags)
+        if value_column == "price":
+            return idx[1:], logp[idx[1:]] - logp[idx[:-1]]
+        sums = np.cumsum(values)  # only used across masked rows; a single-row return is taken as given
+        prev = np.concatenate([[-1], idx[:-1]])
+        out = np.where(idx - prev == 1, values[idx], sums[idx] - np.where(prev >= 0, sums[np.maximum(prev, 0)], 0.0))
+        return idx, out
+
+    rows, r = real_returns(real)
+    if r.size > 2:
+        bad = []
+        for j in np.flatnonzero(np.abs(r[:-1]) > _BAD_TICK_MIN).tolist():
+            a, b = r[j], r[j + 1]
+            if not (np.sign(a) == -np.sign(b) and abs(a + b) < _BAD_TICK_REVERSAL * abs(a)):
+                continue
+            lo, hi = max(0, j - _BAD_TICK_NEIGHBOURS), min(r.size, j + 2 + _BAD_TICK_NEIGHBOURS)
+            neighbours = np.concatenate([r[lo:j], r[j + 2 : hi]])
+            if abs(a) > _BAD_TICK_SDS * _robust_scale(neighbours):
+                if bad_ticks_after is None or dates[rows[j]] > bad_ticks_after:
+                    bad.append(j)
+        for j in bad:
+            day = dates[rows[j]]
+            detail = f"a {r[j]:+.1%} move (log) reversed the next day ({r[j + 1]:+.1%}): likely a bad tick"
+            if rules.bad_ticks == "error":
+                raise DataError(
+                    f"market '{name}', date {day.date()}: {detail}; fix the price, or set "
+                    "data.bad_ticks to mask (treat it as missing) or warn (keep it)"
+                )
+            action = "treated as missing" if rules.bad_ticks == "mask" else "kept (data.bad_ticks: warn)"
+            report.append(_entry(name, "bad_tick", day, day, 1, f"{detail}; {action}"))
+            if rules.bad_ticks == "mask":
+                real[rows[j]] = False
+        if bad and rules.bad_ticks == "mask":
+            rows, r = real_returns(real)
+    if r.size == 0:
+        raise DataError(f"market '{name}': no return left once the days without a trade are set aside")
+
+    # Calendar and grid.
+    if calendar is None:
+        calendar = rules.calendar if rules.calendar != "auto" else _infer_calendar(dates[real])
+    first, last = dates[0], dates[-1]
+    if calendar == "periodic":
+        grid = dates
+    else:
+        grid = pd.date_range(first, last, freq="D") if calendar == "daily" else pd.bdate_range(first, last)
+        grid = grid.union(dates[real]).astype("datetime64[ns]")  # a real trade on a closed day keeps its day
+    position = grid.get_indexer(dates)  # -1: a row on a day outside the calendar (weekend forward-fill)
+    has_row = np.zeros(len(grid), dtype=bool)
+    has_row[position[position >= 0]] = True
+    keep = np.ones(len(grid), dtype=bool)
+    for start, end in _runs(~has_row):
+        if end - start <= rules.max_gap:
+            keep[start:end] = False  # a closed market: not a day of this market
+        else:
+            report.append(
+                _entry(
+                    name,
+                    "gap",
+                    grid[start],
+                    grid[end - 1],
+                    end - start,
+                    f"no data for {end - start} {calendar} days: masked, and the next return is a multi-day return",
+                )
+            )
+    index = np.cumsum(keep) - 1  # position of each grid day among the kept ones
+    kept = grid[keep]
+    t_all = len(kept)
+    real_pos = index[position[rows]]  # kept positions of the real returns
+    if value_column == "price":
+        base = index[position[0]]
+        start_at = base + 1  # the grid of returns starts the day after the base price
+        prev = np.concatenate([[base], real_pos[:-1]])
+    else:
+        start_at = 0
+        prev = np.concatenate([[-1], real_pos[:-1]])
+    span_obs = real_pos - prev
+    t = t_all - start_at
+    observed = np.zeros(t, dtype=bool)
+    span = np.ones(t, dtype=np.int64)
+    returns = np.full(t, np.nan)
+    observed[real_pos - start_at] = True
+    span[real_pos - start_at] = span_obs
+    returns[real_pos - start_at] = r
+    out_dates = pd.DatetimeIndex(kept[start_at:])
+    prices = None
+    if value_column == "price":
+        level = np.full(t_all, np.nan)
+        ok = position >= 0
+        level[index[position[ok & real]]] = values[ok & real]
+        prices = pd.Series(level).ffill().to_numpy()[start_at:]
+    masked_rows = np.zeros(t_all, dtype=bool)
+    masked_rows[index[position[(position >= 0) & ~real]]] = True
+    for s, e in _runs(masked_rows[start_at:]):
+        if e - s >= _STALE_SPAN_REPORT:
+            report.append(
+                _entry(
+                    name,
+                    "stale_span",
+                    out_dates[s],
+                    out_dates[e - 1],
+                    e - s,
+                    f"the price does not change for {e - s} {calendar} days (no trades, or a dead feed): "
+                    "masked, not read as zero returns",
+                )
+            )
+    return MarketDays(name, calendar, out_dates, observed, span, returns, prices, report)
+
+
+def _infer_calendar(real_dates: pd.DatetimeIndex) -> str:
+    if len(real_dates) == 0:
+        return "business"
+    if len(real_dates) > 2 and float(np.median(np.diff(real_dates.asi8))) > 3 * 86_400e9:
+        return "periodic"
+    weekend = np.asarray(real_dates.day_of_week >= 5)
+    return "daily" if weekend.mean() >= _WEEKEND_SHARE else "business"
