@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     },
     {"fitted"},
     {"results"},
-    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market"},
+    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks"},
     {"fitting"},
     {"persistence", "selection"},
     {"outputs"},

@@ -85,8 +85,9 @@ def test_scattered_zero_days_and_a_frozen_block_get_no_regime_of_their_own():
     np.testing.assert_allclose(sd(masked), [0.006, 0.024], rtol=0.2)
     # even with a regime to spare, none goes to "nothing happened" days
     assert sd(rd.fit(frame, CLASSIC2.replace(model={"num_regimes": 3})))[0] > 0.5 * 0.006
-    assert [w["kind"] for w in masked.data_warnings] == ["stale_span"]
-    warning = masked.data_warnings[0]
+    assert [w["kind"] for w in masked.data_warnings] == ["no_trade_days", "stale_span"]
+    summary, warning = masked.data_warnings
+    assert summary["days"] == stale.sum()  # one line for the scattered days
     assert warning["days"] == 30 and warning["start"] == frame["date"].iloc[600].strftime("%Y-%m-%d")
     frame_out = masked.regimes_frame()
     assert len(frame_out) == len(frame) - 1  # a regime for every day, the masked ones too

@@ -216,3 +216,39 @@ def test_signal_saves_checkpoint_and_prints_resume_command(frame, tmp_path, sig,
     assert f"regime-dmm fit --resume {out}" in err
     state = load_resume_state(out / "checkpoint.pt")
     assert state.run.current.loop.epoch >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    "extra,sig,phase",
+    [
+        ([], signal.SIGTERM, "warm-starting restart 0"),  # the maximum-likelihood warm start (L-BFGS, EM)
+        (["--classic"], signal.SIGINT, "restart 0"),  # classic mode: L-BFGS and EM, no SVI epoch to wait for
+    ],
+)
+def test_signal_outside_svi_epochs_stops_within_two_seconds(tmp_path, extra, sig, phase):
+    data = tmp_path / "prices.csv"
+    rd.simulate_default(6, n_days=4000).frame.to_csv(data, index=False)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "regime_dmm.cli", "fit", "--data", str(data), "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the data are loaded once the data line is printed
+        if line.startswith("data:"):
+            break
+    time.sleep(1.0)
+    assert proc.poll() is None, "the fit ended before the signal"
+    sent = time.perf_counter()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    waited = time.perf_counter() - sent
+    assert proc.returncode == 128 + int(sig), err
+    assert waited < 2.0, f"stopped {waited:.2f} s after the signal"
+    assert f"stopped while {phase}" in err or phase in err, err
+    assert "Traceback" not in err
+    assert not (out / "regimes.csv").exists()

@@ -96,6 +96,8 @@ def test_three_regime_data_choose_three():
     assert table["K"].iloc[0] == 3
     assert by_k.loc[3, "heldout_loglik"] - by_k.loc[2, "heldout_loglik"] > 5.0
     assert by_k.loc[3, "bic"] < by_k.loc[2, "bic"]
+    assert bool(by_k.loc[3, "chosen"]) and not bool(by_k.loc[2, "chosen"])
+    assert by_k.loc[3, "heldout_se"] == 0.0 and by_k.loc[2, "heldout_se"] > 0
 
 
 def test_bad_arguments():

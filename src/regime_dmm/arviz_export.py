@@ -38,6 +38,7 @@ The Pyro param store and the global torch RNG are left as they were.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,24 @@ from .results import RegimeFit
 if TYPE_CHECKING:  # pragma: no cover
     import arviz
 
-__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "netcdf_engine", "obs_index", "ExportError"]
+__all__ = [
+    "ExportError",
+    "import_arviz",
+    "load_netcdf",
+    "netcdf_engine",
+    "obs_index",
+    "save_netcdf",
+    "to_inference_data",
+]
+
+
+def import_arviz() -> Any:
+    """``import arviz`` without its once-a-day notice about the 1.x migration (regime-dmm uses ArviZ 0.23)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+        import arviz
+
+    return arviz
 
 
 class ExportError(RuntimeError):
@@ -74,8 +92,7 @@ def to_inference_data(fit: RegimeFit, num_samples: int = 200, seed: int = 0) -> 
     point estimate: ``map`` guide or classic mode, which give one draw). ``seed`` seeds the
     guide draws and the posterior-predictive draws; the global RNG state is restored.
     """
-    import arviz as az
-
+    az = import_arviz()
     if fit.fitted is None:
         raise ExportError("the fit has no fitted model: refit it or reload it with regime_dmm.load_fit")
     num_samples = int(num_samples)
@@ -171,8 +188,7 @@ def save_netcdf(idata: arviz.InferenceData, path: str | Path) -> Path:
 
 def load_netcdf(path: str | Path) -> arviz.InferenceData:
     """Read what :func:`save_netcdf` wrote (eagerly: the file is closed on return)."""
-    import arviz as az
-
+    az = import_arviz()
     with az.rc_context({"data.load": "eager"}):  # read everything and close the file
         return az.from_netcdf(str(path), engine=netcdf_engine())
 

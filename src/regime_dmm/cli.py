@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,15 @@ from .atomic import atomic_write_text, staged_files, staging_folder
 from .config import FitConfig
 from .data import simulate_default, write_csv
 from .errors import ConfigError, RegimeDMMError
-from .fitting import FitInterrupted, fit, load_resume_state, resume_fit
+from .fitting import FitInterrupted, StopControl, fit, format_data_warnings, load_resume_state, resume_fit
 from .nowcast import filter_update, forecast_table
 from .outputs import write_outputs
 from .persistence import load_fit
 from .plots import save_all, usage_bars_text
+from .regime_checks import format_regime_warnings
+from .results import RegimeFit
 from .selection import plot_selection, select_regimes
+from .training.collapse import format_collapse
 
 __all__ = ["main", "parse_regimes"]
 
@@ -188,48 +192,63 @@ def cmd_fit(args) -> int:
     if args.data is None and not args.resume:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit; true regimes known)")
     log = None if args.quiet else print
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signum
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopControl()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     kwargs = dict(
         progress=not args.quiet and sys.stderr.isatty(),
         log=log,
         checkpoint=checkpoint,
         checkpoint_every=args.checkpoint_every,
-        stop_requested=lambda: stop["signal"] is not None,
+        stop=stop,
     )
     try:
         if args.resume:
             result = resume_fit(checkpoint, data=_data(args), **kwargs)
         else:
             result = fit(_data(args), config, **kwargs)
+        if args.quiet:  # the training log is off, the warnings are not
+            for line in warning_lines(result):
+                print(line)
+        print()
+        print("Regime usage (smoothed posterior):")
+        print(usage_bars_text(result))
+        for m in result.markets:
+            print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
+            print(_print_matrix(result.regimes, m.transition))
+            few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
+            print(
+                f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
+                f" (p = {m.current_probs.max():.2f}"
+                + ("; too few days for this many regimes: not to be trusted)" if few else ")")
+            )
+            durations = result.summary()["markets"][m.name]["never_left"]
+            if durations:
+                print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")
+        print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
+        stop.phase = "writing the outputs"
+        write_outputs(result, out, overwrite=True, plots=not args.no_plots)
     except FitInterrupted as exc:
-        signum = stop["signal"] or signal.SIGINT
-        print(
-            f"\ninterrupted ({signal.Signals(signum).name}): {exc}; checkpoint saved in {checkpoint}", file=sys.stderr
-        )
-        print(f"resume with: regime-dmm fit --resume {out}", file=sys.stderr)
+        signum = stop.signal or signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}", file=sys.stderr)
+        if checkpoint.is_file():
+            print(f"checkpoint saved in {checkpoint}; resume with: regime-dmm fit --resume {out}", file=sys.stderr)
+        else:
+            print("nothing was written", file=sys.stderr)
         return 128 + int(signum)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print()
-    print("Regime usage (smoothed posterior):")
-    print(usage_bars_text(result))
-    for m in result.markets:
-        print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
-        print(_print_matrix(result.regimes, m.transition))
-        print(
-            f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
-            f" (p = {m.current_probs.max():.2f})"
-        )
-    print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
-    write_outputs(result, out, overwrite=True, plots=not args.no_plots)
     print(f"wrote {out}/: regimes.csv summary.json history.csv model.pt" + ("" if args.no_plots else " *.png"))
     return 0
+
+
+def warning_lines(result: RegimeFit) -> list[str]:
+    """The fit's own warnings: data quality, regimes the data cannot tell apart, collapse."""
+    return (
+        format_data_warnings(result.data_warnings)
+        + format_regime_warnings(result.regime_warnings)
+        + format_collapse(result.collapse)
+    )
 
 
 def cmd_simulate(args) -> int:
@@ -297,6 +316,9 @@ def cmd_select(args) -> int:
     best = table.iloc[0]
     if np.isfinite(best["heldout_loglik"]):
         print(f"best by held-out log-likelihood: K = {int(best['K'])}")
+    if table["chosen"].any():
+        chosen = int(table.loc[table["chosen"], "K"].iloc[0])
+        print(f"chosen: K = {chosen} (the smallest K within one standard error of the best)")
     with staging_folder(out) as tmp:
         table.to_csv(tmp / "selection.csv", index=False, float_format="%.6f")
         fig = plot_selection(table)
@@ -346,9 +368,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+#: Libraries whose warnings (deprecations, migration notices, NaN notes the fit handles itself) are kept
+#: off the terminal: the package's own warnings are its ``WARNING ...`` lines.
+QUIET_MODULES = r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy|h5netcdf|h5py|tqdm)(\..*)?"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``regime-dmm`` command; returns the exit code (2 for the package's own errors)."""
     args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module=QUIET_MODULES)
     try:
         if args.command == "fit":
             return cmd_fit(args)

@@ -47,6 +47,11 @@ class ModelConfig:
     network_prior_scale: float = 0.1  # sd of the Gaussian prior on network weights (0 = none)
     regime_prior: tuple[float, ...] | None = None  # Dirichlet weights; default calm 2, neutral 2, volatile 1, panic 0.5
     stickiness: float = 10.0  # extra Dirichlet weight on the diagonal of the transition matrix
+    # Guard against degenerate regimes: the calmest regime's sd may not fall below this fraction of the
+    # market's robust sd (1.4826 x the median absolute deviation of its daily returns), and a warm start
+    # that leaves a regime of a handful of days is redone with a prior on the regime means.
+    # 0 turns the guard off (the behaviour of regime-dmm 0.1).
+    min_scale: float = 0.25
 
     def names(self) -> tuple[str, ...]:
         """The ``K`` regime names, calmest first (defaults: calm/volatile, calm/volatile/panic,
@@ -84,6 +89,11 @@ class PenaltyConfig:
     separation_scale: float = 0.5  # distance (normalised units) at which alike-ness fades
     entropy_weight: float = 0.5
     entropy_target: float = 0.7  # nats
+    # A regime used on fewer than max(rarity_threshold, 5 / days) of a market's days costs up to
+    # rarity_weight nats (a regime may not shrink onto a handful of days). Exact inference only: it
+    # needs a regime's usage over all days.
+    rarity_weight: float = 5.0
+    rarity_threshold: float = 0.01
 
 
 @dataclass
@@ -182,6 +192,11 @@ class FitConfig:
             (m.vol_window >= 1, f"model.vol_window must be >= 1, got {m.vol_window}"),
             (m.history >= 1, f"model.history must be >= 1, got {m.history}"),
             (m.stickiness >= 0, f"model.stickiness must be >= 0, got {m.stickiness}"),
+            (0 <= m.min_scale < 1, f"model.min_scale must be in [0, 1), got {m.min_scale}"),
+            (
+                0 <= p.rarity_threshold < 0.5,
+                f"penalties.rarity_threshold must be in [0, 0.5), got {p.rarity_threshold}",
+            ),
             (t.inference in ("exact", "relaxed"), f"training.inference must be exact or relaxed, got {t.inference!r}"),
             (t.guide in ("map", "normal"), f"training.guide must be map or normal, got {t.guide!r}"),
             (t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}"),
@@ -194,7 +209,10 @@ class FitConfig:
             (t.window_length >= 2, f"training.window_length must be >= 2, got {t.window_length}"),
             (t.batch_windows >= 1, f"training.batch_windows must be >= 1, got {t.batch_windows}"),
             (0 < p.diversity_threshold < 1, "penalties.diversity_threshold must be in (0, 1)"),
-            (min(p.diversity_weight, p.separation_weight, p.entropy_weight) >= 0, "penalty weights must be >= 0"),
+            (
+                min(p.diversity_weight, p.separation_weight, p.entropy_weight, p.rarity_weight) >= 0,
+                "penalty weights must be >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:

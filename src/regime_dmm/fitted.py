@@ -169,6 +169,16 @@ class FittedModel:
         with self.active(), torch.no_grad():
             return self.model.emission_shift(self.data if data is None else data)
 
+    def scale_floors(self) -> dict[str, float] | None:
+        """Per market, the lowest return sd the guard lets a regime have, in input units (None: no guard)."""
+        floor = self.model.scale_floor()
+        if floor is None:
+            return None
+        return {
+            s.name: float(self.pipeline.scale_to_input_units(s.name, "return", f))
+            for s, f in zip(self.panel.series, floor)
+        }
+
     def num_parameters(self) -> int:
         """Free parameters of the model (all markets): a simplex of K entries counts K - 1.
 

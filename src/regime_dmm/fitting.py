@@ -24,13 +24,22 @@ from .data.features import FeaturePipeline
 from .data.sources import DataSource, LoadedData, load_source
 from .errors import CheckpointError
 from .fitted import FittedModel
+from .regime_checks import check_regimes, format_regime_warnings
 from .results import RegimeFit, compute_results
 from .training.collapse import detect_collapse, format_collapse, posterior_entropy
-from .training.restarts import FitInterrupted, run_restarts
+from .training.restarts import FitInterrupted, StopControl, run_restarts
 from .training.run_state import DataIdentity, RunCheckpoint, RunState
 from .training.variants import variant_for
 
-__all__ = ["FitInterrupted", "fit", "format_data_warnings", "load_resume_state", "prepare", "resume_fit"]
+__all__ = [
+    "FitInterrupted",
+    "StopControl",
+    "fit",
+    "format_data_warnings",
+    "load_resume_state",
+    "prepare",
+    "resume_fit",
+]
 
 
 def prepare(data: DataSource, config: FitConfig) -> tuple[FitConfig, LoadedData, FeaturePipeline]:
@@ -38,7 +47,9 @@ def prepare(data: DataSource, config: FitConfig) -> tuple[FitConfig, LoadedData,
     config = variant_for(config).resolve_config(config)
     variant = variant_for(config)
     loaded = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed)
-    pipeline = FeaturePipeline.fit(loaded.frame, variant.feature_spec(config))
+    pipeline = FeaturePipeline.fit(
+        loaded.frame, variant.feature_spec(config), min_observations=config.training.min_observations
+    )
     return config, loaded, pipeline
 
 
@@ -51,6 +62,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
     stop_requested: Callable[[], bool] | None = None,
+    stop: StopControl | None = None,
     _resume: RunCheckpoint | None = None,
 ) -> RegimeFit:
     """Fit the regime model to ``data`` (a CSV path or long DataFrame; None = embedded default).
@@ -58,12 +70,16 @@ def fit(
     ``config``: the :class:`FitConfig` (default settings when None). ``log``: receives the training
     log lines; ``progress``: a progress bar per restart. ``checkpoint``: file to keep the run state in
     (every ``checkpoint_every`` epochs, at the end of each restart, and when ``stop_requested()``
-    turns true, which then raises :class:`FitInterrupted`).
+    turns true, which then raises :class:`FitInterrupted`). ``stop``: a
+    :class:`~regime_dmm.training.restarts.StopControl` whose handler is installed for SIGINT/SIGTERM
+    (the command line's): a stop is then honoured at once in every phase.
 
     Raises :class:`~regime_dmm.errors.DataError` (bad data, naming market, row and date),
     :class:`~regime_dmm.errors.ConfigError`, :class:`~regime_dmm.errors.TrainingError` (every
     restart failed) and :class:`~regime_dmm.errors.CheckpointError` (a resume on other data).
     """
+    if stop is not None:
+        stop.phase = "loading the data"
     config, loaded, pipeline = prepare(data, config or FitConfig())
     variant = variant_for(config)
     tc = config.training
@@ -103,6 +119,7 @@ def fit(
             save=save if path is not None else None,
             checkpoint_every=checkpoint_every,
             stop_requested=stop_requested,
+            stop=stop,
             log=log,
             progress=progress,
         )
@@ -111,6 +128,8 @@ def fit(
         raise
     assert run.state.best is not None
     best = run.state.best
+    if stop is not None:
+        stop.phase = "computing the regimes of the kept restart"
     fitted = FittedModel(variant, config, pipeline, panel, model_data, run.model, run.guide, best.params)
     markets = compute_results(fitted, config.model.names())
     completed = sorted(run.state.completed, key=lambda e: e.restart)
@@ -151,6 +170,9 @@ def fit(
         fitted=fitted,
     )
     result.cross_market = cross_market(result, seed=tc.seed)
+    result.regime_warnings = check_regimes(result, fitted.scale_floors())
+    for line in format_regime_warnings(result.regime_warnings):
+        print_(line)
     return result
 
 

@@ -29,6 +29,7 @@ from .data.features import FeaturePipeline
 from .data.sources import DataSource, load_source
 from .errors import CheckpointError, RegimeDMMError
 from .fitted import FittedModel
+from .regime_checks import check_regimes
 from .results import RegimeFit, compute_results
 from .training.variants import variant_for
 
@@ -147,6 +148,7 @@ def load_fit(out_dir: str | Path, data: DataSource = None) -> RegimeFit:
         fitted=fitted,
     )
     result.cross_market = cross_market(result, seed=config.training.seed)
+    result.regime_warnings = check_regimes(result, fitted.scale_floors())
     return result
 
 

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from .arviz_export import import_arviz
 from .plots import regime_colours
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +206,7 @@ def plot_ppc(idata: arviz.InferenceData, num_pp_samples: int = 50, seed: int = 0
     """Posterior predictive check of the daily return distribution, one axis per market:
     the observed returns' density (black, over a histogram) against the densities of
     ``num_pp_samples`` posterior-predictive draws (thin lines) and of all draws pooled (dashed)."""
-    from arviz import kde
+    kde = import_arviz().kde
 
     markets = _market_names(idata)
     n_m = max(len(markets), 1)

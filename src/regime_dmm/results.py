@@ -10,6 +10,7 @@ questions (nowcasts, held-out scores, posterior draws).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from .fitted import FittedModel
 from .inference import forecast as forecast_probs
 from .inference import stationary_distribution, viterbi
 
-__all__ = ["MarketResult", "RegimeFit", "compute_results"]
+__all__ = ["NEVER_LEFT_SAMPLES", "MarketResult", "RegimeFit", "compute_results", "emission_overlap"]
 
 
 @dataclass
@@ -60,6 +61,21 @@ class MarketResult:
         """``(K,)`` filtered probabilities of the last day: the regime now."""
         return self.filtered[-1]
 
+    def overlap(self, regimes: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Per pair of adjacent regimes ``"a|b"``: the Bhattacharyya coefficient and the Hellinger distance
+        between their return distributions (Gaussians of the fitted mean and sd; 1 and 0: the same)."""
+        mean, sd = self.emission["return_mean"], self.emission["return_sd"]
+        out = {}
+        for k in range(len(regimes) - 1):
+            bc, h = emission_overlap(mean[k], sd[k], mean[k + 1], sd[k + 1])
+            out[f"{regimes[k]}|{regimes[k + 1]}"] = {"bhattacharyya": round(bc, 6), "hellinger": round(h, 6)}
+        return out
+
+    def durations(self) -> list[float | None]:
+        """Expected durations (days), None for a regime never left in the sample (beyond ten samples)."""
+        limit = NEVER_LEFT_SAMPLES * len(self.dates)
+        return [None if d > limit else float(d) for d in self.expected_duration]
+
 
 @dataclass
 class RegimeFit:
@@ -84,6 +100,8 @@ class RegimeFit:
     data_warnings: list[dict] = field(default_factory=list)
     # Co-occurrence and lead/lag of each pair of markets (regime_dmm.cross_market); empty for one market.
     cross_market: list[dict] = field(default_factory=list)
+    # Can the data tell the regimes apart (regime_dmm.regime_checks)? Empty when they can.
+    regime_warnings: list[dict] = field(default_factory=list)
     # The fitted model, for further inference (nowcasts, held-out scores, draws); not serialised.
     fitted: FittedModel | None = None
 
@@ -135,7 +153,10 @@ class RegimeFit:
                 "transition_matrix": _round(m.transition),
                 "base_transition_matrix": _round(m.base_transition),
                 "stationary_distribution": dict(zip(self.regimes, _round(stationary_distribution(m.transition)))),
-                "expected_duration": dict(zip(self.regimes, _round(m.expected_duration))),
+                "expected_duration": {
+                    r: None if d is None else v
+                    for r, d, v in zip(self.regimes, m.durations(), _round(m.expected_duration))
+                },
                 "emission": {k: dict(zip(self.regimes, _round(v))) for k, v in m.emission.items()},
                 "current_regime": self.regimes[int(m.current_probs.argmax())],
                 "current_probabilities": dict(zip(self.regimes, _round(m.current_probs))),
@@ -145,6 +166,8 @@ class RegimeFit:
                 "log_likelihood": round(m.log_likelihood, 6),
                 "calendar": m.calendar,
                 "observed_days": int(np.asarray(m.observed).sum()),
+                "overlap": m.overlap(self.regimes),
+                "never_left": [r for r, d in zip(self.regimes, m.durations()) if d is None],
             }
         return {
             "regimes": list(self.regimes),
@@ -161,7 +184,24 @@ class RegimeFit:
             "settings": self.config.to_dict(),
             "data_warnings": self.data_warnings,
             "cross_market": self.cross_market,
+            "regime_warnings": self.regime_warnings,
         }
+
+
+#: An expected duration longer than this many samples is reported as "never left in the sample".
+NEVER_LEFT_SAMPLES = 10.0
+
+
+def emission_overlap(mean1: float, sd1: float, mean2: float, sd2: float) -> tuple[float, float]:
+    """``(Bhattacharyya coefficient, Hellinger distance)`` between N(mean1, sd1^2) and N(mean2, sd2^2).
+
+    ``BC = exp(-D_B)``, ``D_B = (m1 - m2)^2 / (4 (v1 + v2)) + log((v1 + v2) / (2 s1 s2)) / 2``,
+    ``H = sqrt(1 - BC)`` (Bhattacharyya 1943).
+    """
+    v1, v2 = sd1**2, sd2**2
+    distance = (mean1 - mean2) ** 2 / (4.0 * (v1 + v2)) + 0.5 * math.log((v1 + v2) / (2.0 * sd1 * sd2))
+    bc = math.exp(-distance)
+    return bc, math.sqrt(max(0.0, 1.0 - bc))
 
 
 def _round(values, digits: int = 6):

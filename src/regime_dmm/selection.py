@@ -7,6 +7,13 @@ start of the training period, gives ``log p(x_t | x_1..x_{t-1})`` for every held
 sum, in input units, is the held-out log-likelihood. BIC on the training part is reported
 beside it.
 
+Held-out sums of a few hundred days differ by noise of a few nats between neighbouring K, so the
+table also gives, for every K, the paired standard error of its held-out log-likelihood's difference
+to the best K's (over the held-out days), and marks as ``chosen`` the smallest K within one such
+standard error of the best: the one-standard-error rule (Hastie, Tibshirani and Friedman, "The
+Elements of Statistical Learning", 2nd ed., section 7.10). On data with one regime it picks the
+smallest K asked for instead of a K = 3 that wins by less than a nat.
+
 WAIC / LOO need draws from the posterior of the global parameters; the fits here are point
 estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table.attrs["notes"]``).
 """
@@ -46,6 +53,8 @@ COLUMNS = [
     "heldout_days",
     "train_days",
     "note",
+    "heldout_se",
+    "chosen",
 ]
 
 WAIC_NOTE = "waic/loo: not computed (the fits are point estimates; WAIC and LOO need posterior draws)"
@@ -64,7 +73,9 @@ def select_regimes(
     config's seed). Returns one row per K, best held-out log-likelihood first, with columns
     K, heldout_loglik (nats, input units, all markets), heldout_per_day, train_loglik,
     bic (``-2 train_loglik + n_params log(train_days)``), n_params, fit_seconds, waic, loo
-    (NaN: see ``attrs["notes"]``), heldout_days, train_days and note (why a K failed).
+    (NaN: see ``attrs["notes"]``), heldout_days, train_days, note (why a K failed), heldout_se
+    (paired standard error of the difference to the best K, nats) and chosen (True on the smallest K
+    within one standard error of the best: the K to use).
     """
     config = config or FitConfig()
     ks = _check_ks(ks)
@@ -95,7 +106,9 @@ def select_regimes(
         rows.append(row)
     if all(r.get("note") for r in rows):
         raise TrainingError("every K failed: " + "; ".join(f"K={r['K']}: {r['note']}" for r in rows))
+    _one_standard_error(rows)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table["chosen"] = table["chosen"].fillna(False).astype(bool)
     table["note"] = table["note"].fillna("")
     table = table.sort_values("heldout_loglik", ascending=False, na_position="last", kind="stable")
     table = table.reset_index(drop=True)
@@ -107,7 +120,9 @@ def select_regimes(
 def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
     """Held-out and training scores of ``fit`` (made on a prefix of ``full_data``) on ``full_data``.
 
-    Log-likelihoods in nats, input units; BIC with :meth:`~regime_dmm.fitted.FittedModel.num_parameters`.
+    Log-likelihoods in nats, input units; BIC with :meth:`~regime_dmm.fitted.FittedModel.num_parameters`;
+    ``heldout_by_day``: the one-step predictive log density of each held-out observed day (markets in
+    order), in the pipeline's units, for paired comparisons between fits with the same pipeline.
     """
     fitted = fit.require_fitted()
     panel, lengths = extend_panel(fit, full_data)
@@ -116,10 +131,12 @@ def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
     heldout = train = 0.0
     heldout_days = train_days = 0
     pipe = fitted.pipeline
+    days = []
     for m, (s, n_train) in enumerate(zip(panel.series, lengths)):
         # masked days predict nothing (their density is 1); log-Jacobians take the scores to input units
         train += float(log_pred[m, :n_train].sum()) - pipe.log_jacobian(s, 0, n_train)
         heldout += float(log_pred[m, n_train : s.length].sum()) - pipe.log_jacobian(s, n_train, s.length)
+        days.append(log_pred[m, n_train : s.length][s.observed[n_train:]])
         train_days += int(s.observed[:n_train].sum())
         heldout_days += int(s.observed[n_train:].sum())
     n_params = fit.num_parameters
@@ -133,7 +150,24 @@ def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
         "loo": float("nan"),
         "heldout_days": heldout_days,
         "train_days": train_days,
+        # per held-out observed day, in the pipeline's units (the Jacobian is the same for every K)
+        "heldout_by_day": np.concatenate(days) if days else np.zeros(0),
     }
+
+
+def _one_standard_error(rows: list[dict[str, Any]]) -> None:
+    """Add ``heldout_se`` and ``chosen`` to the rows in place (see the module docstring)."""
+    scored = [r for r in rows if "heldout_by_day" in r and np.isfinite(r["heldout_loglik"])]
+    if not scored:
+        return
+    best = max(scored, key=lambda r: r["heldout_loglik"])
+    for r in scored:
+        diff = best["heldout_by_day"] - r["heldout_by_day"]
+        r["heldout_se"] = float(np.std(diff, ddof=1) * np.sqrt(diff.size)) if diff.size > 1 else 0.0
+    within = [r for r in scored if r["heldout_loglik"] >= best["heldout_loglik"] - r["heldout_se"]]
+    min(within, key=lambda r: r["K"])["chosen"] = True
+    for r in scored:
+        r.pop("heldout_by_day")
 
 
 def plot_selection(table: pd.DataFrame) -> Figure:

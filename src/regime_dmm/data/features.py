@@ -141,6 +141,16 @@ class MarketSeries:
         """Position of ``feature`` (a name or an index) in :attr:`feature_names`."""
         return _feature_index(self, feature)
 
+    def robust_return_scale(self) -> float:
+        """1.4826 x the median absolute deviation of the return feature on observed days (its units:
+        normalised, or input units per day when not normalised): the sd of an ordinary day, unmoved by
+        a few extreme ones."""
+        x = self.features[self.observed, self.feature_index("return")]
+        if x.size == 0:
+            return 0.0
+        mad = 1.4826 * float(np.median(np.abs(x - np.median(x))))
+        return mad if mad > 0 else float(np.std(x))
+
 
 @dataclass
 class Panel:
@@ -469,8 +479,12 @@ class FeaturePipeline:
     statistics: dict[str, MarketStatistics] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, spec: FeatureSpec) -> FeaturePipeline:
-        """Fit each market's statistics and calendar on ``df`` (a :func:`~regime_dmm.data.load_prices` table)."""
+    def fit(cls, df: pd.DataFrame, spec: FeatureSpec, *, min_observations: int = 1) -> FeaturePipeline:
+        """Fit each market's statistics and calendar on ``df`` (a :func:`~regime_dmm.data.load_prices` table).
+
+        Raises :class:`DataError` naming the market when it has fewer than ``min_observations`` real
+        observations once its no-trade days, long gaps and bad ticks are masked, or a constant series.
+        """
         if isinstance(spec.vol_window, bool) or not isinstance(spec.vol_window, numbers.Integral):
             raise ConfigError(f"vol_window must be an integer number of days, got {spec.vol_window!r}")
         if spec.vol_window < 1:
@@ -488,6 +502,13 @@ class FeaturePipeline:
         statistics = {}
         for name, rows, value_column in _market_rows(df):
             days = _days(name, rows, value_column, spec.rules)
+            traded = int(days.observed.sum())
+            if traded < min_observations:
+                raise DataError(
+                    f"market '{name}': {traded} returns with a trade once days without one (repeated prices), long "
+                    f"gaps and bad ticks are set aside; at least {min_observations} are needed "
+                    "(training.min_observations; data.stale: keep reads repeated prices as zero returns)"
+                )
             r, n = _daily(days)
             y = r / np.sqrt(n)
             sd = float(np.std(y))

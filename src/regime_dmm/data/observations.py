@@ -30,8 +30,10 @@ rows into its day grid:
 
 Every kept day gets ``span``, the number of grid days its return covers (1 on an ordinary day).
 The model scales a regime's return mean by ``span`` and its standard deviation by
-``sqrt(span)`` (a random walk in calendar time). Report entries (gaps, long no-trade spans,
-bad ticks, an unused volume column) are dictionaries ``{market, kind, start, end, days, detail}``.
+``sqrt(span)`` (a random walk in calendar time). Report entries (gaps, no-trade runs of 20 days
+or more (``stale_span``, a dead feed), one ``no_trade_days`` entry per market when at least 5 % of
+its days are masked no-trade days, bad ticks, an unused volume column) are dictionaries
+``{market, kind, start, end, days, detail}``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ __all__ = ["CALENDARS", "MarketDays", "market_days"]
 CALENDARS = ("business", "daily", "periodic")
 
 _WEEKEND_SHARE = 0.05  # share of real observations on weekends above which a market trades 7 days a week
-_STALE_SPAN_REPORT = 5  # no-trade runs at least this long are reported
+_STALE_SPAN_REPORT = 20  # no-trade runs at least this long are reported one by one (a dead feed)
+_NO_TRADE_SUMMARY = 0.05  # share of masked no-trade days above which the market gets one summary entry
 _BAD_TICK_SDS = 10.0  # robust standard deviations of the neighbouring days
 _BAD_TICK_MIN = float(np.log(3.0))  # a factor of three, up or down, in one day
 _BAD_TICK_REVERSAL = 0.2
@@ -266,7 +269,20 @@ def market_days(
         prices = pd.Series(level).ffill().to_numpy()[start_at:]
     masked_rows = np.zeros(t_all, dtype=bool)
     masked_rows[index[position[(position >= 0) & ~real]]] = True
-    for s, e in _runs(masked_rows[start_at:]):
+    masked_days = masked_rows[start_at:]
+    if t and masked_days.mean() >= _NO_TRADE_SUMMARY:
+        report.append(
+            _entry(
+                name,
+                "no_trade_days",
+                out_dates[0],
+                out_dates[-1],
+                int(masked_days.sum()),
+                f"{int(masked_days.sum())} of {t} {calendar} days ({masked_days.mean():.0%}) repeat the last price "
+                "(no trade): masked, not read as zero returns (data.stale: keep reads them as zeros)",
+            )
+        )
+    for s, e in _runs(masked_days):
         if e - s >= _STALE_SPAN_REPORT:
             report.append(
                 _entry(

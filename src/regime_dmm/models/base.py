@@ -26,7 +26,7 @@ from pyro.nn import PyroModule
 from ..config import PenaltyConfig
 from ..data.features import ModelData
 from ..inference import log_normalizer
-from .penalties import diversity_penalty, entropy_penalty, separation_penalty
+from .penalties import diversity_penalty, entropy_penalty, rarity_penalty, separation_penalty
 
 __all__ = ["AnnealState", "ModelDims", "Potentials", "RegimeModel", "StepContext", "no_penalties"]
 
@@ -142,6 +142,10 @@ class RegimeModel(PyroModule):
         """Daily shifts ``(M, T, K)`` of the regimes' return locations (normalised units), or None."""
         return None
 
+    def scale_floor(self) -> tuple[float, ...] | None:
+        """Per market, the lowest return sd the guard lets a regime have (the return feature's units), or None."""
+        return None
+
     def evaluate(self, data: ModelData, state: AnnealState | None = None) -> tuple[torch.Tensor, dict, dict]:
         """The objective's terms without registering them: ``(objective, penalties, diagnostics)``.
 
@@ -154,7 +158,9 @@ class RegimeModel(PyroModule):
         with torch.enable_grad():
             obs_ll = pot.obs_ll if pot.obs_ll.requires_grad else pot.obs_ll.detach().requires_grad_()
             log_z = log_normalizer(pot.log_init, pot.log_trans, obs_ll)
-            needs_graph = torch.is_grad_enabled() and (weights.diversity_weight > 0 or weights.entropy_weight > 0)
+            needs_graph = torch.is_grad_enabled() and (
+                weights.diversity_weight > 0 or weights.entropy_weight > 0 or weights.rarity_weight > 0
+            )
             # Smoothed marginals are d log Z / d obs_ll (differentiable when a penalty needs them).
             (gamma,) = torch.autograd.grad(
                 log_z.sum(),
@@ -178,6 +184,7 @@ class RegimeModel(PyroModule):
                 pot.emission_loc, pot.emission_scale, weights.separation_weight, weights.separation_scale
             ),
             "entropy": entropy_penalty(entropy, weights.entropy_weight, weights.entropy_target),
+            "rarity": rarity_penalty(usage, weights.rarity_weight, rarity_threshold(steps, weights.rarity_threshold)),
         }
         diagnostics = {
             "log_likelihood": log_z.detach(),
@@ -189,6 +196,7 @@ class RegimeModel(PyroModule):
             "diversity": penalties["diversity"].detach(),
             "separation": penalties["separation"].detach(),
             "entropy_penalty": penalties["entropy"].detach(),
+            "rarity": penalties["rarity"].detach(),
         }
         return objective, penalties, diagnostics
 
@@ -202,6 +210,11 @@ class RegimeModel(PyroModule):
         pyro.factor("log_likelihood", objective)
         add_penalty_factors(penalties)
         ctx.diagnostics = diagnostics
+
+
+def rarity_threshold(days: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per market, the share of days below which a regime is rare: ``max(threshold, 5 / days)``."""
+    return (5.0 / days.clamp(min=1)).clamp(min=threshold)
 
 
 def add_penalty_factors(penalties: dict[str, torch.Tensor]) -> None:

@@ -21,6 +21,7 @@ from pyro.distributions import constraints
 
 from ..data.features import ModelData
 from .base import ModelDims, Potentials, RegimeModel
+from .penalties import scale_floor_penalty
 
 __all__ = ["ClassicHyper", "ClassicMarkovSwitching"]
 
@@ -31,10 +32,18 @@ class ClassicHyper:
 
     ``scale_floor``: per market, the lowest standard deviation a regime may have (input
     units). Like hmmlearn's ``min_covar``: the Gaussian likelihood is unbounded on a regime
-    that shrinks onto a few identical days.
+    that shrinks onto a few identical days. ``min_scale``: per market, a higher floor relative to
+    the market's robust scale (``model.min_scale``), kept by a steep penalty in the optimiser and a
+    clamp in EM, so that no regime is a handful of days with a scale far below the others
+    (None = none). ``scale_ceiling``: per market, the highest standard deviation a regime may have:
+    the root of the sum of squared returns, the sd of a regime that holds all of the market's
+    variance in one day (a regime no day belongs to otherwise drifts to an infinite scale, where
+    the likelihood is flat; None = none).
     """
 
     scale_floor: tuple[float, ...]
+    min_scale: tuple[float, ...] | None = None
+    scale_ceiling: tuple[float, ...] | None = None
 
 
 class ClassicMarkovSwitching(RegimeModel):
@@ -74,6 +83,34 @@ class ClassicMarkovSwitching(RegimeModel):
             name: pyro.sample(name, dist.ImproperUniform(support, (), shapes[name]))
             for name, support in self.global_constraints().items()
         }
+
+    def floor_penalty(self, scale: torch.Tensor) -> torch.Tensor:
+        """The walls below ``min_scale`` and above ``scale_ceiling`` (nats; 0 between them or without
+        them) for ``scale (M, K, 1)``."""
+        total = torch.zeros((), dtype=scale.dtype)
+        if self.hyper.min_scale is not None:
+            total = total + scale_floor_penalty(scale[:, 0, 0], torch.tensor(self.hyper.min_scale, dtype=scale.dtype))
+        if self.hyper.scale_ceiling is not None:  # the same wall, mirrored: -log scale above -log ceiling
+            ceiling = torch.tensor(self.hyper.scale_ceiling, dtype=scale.dtype)
+            total = total + scale_floor_penalty(1.0 / scale[:, -1, 0], 1.0 / ceiling)
+        return total
+
+    def scale_floor(self) -> tuple[float, ...] | None:
+        """Per market, the guard's lowest return sd (input units), or None."""
+        return self.hyper.min_scale
+
+    def lowest_scale(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(M,)``: the lowest sd a regime may have (the higher of the two floors)."""
+        floor = torch.tensor(self.hyper.scale_floor, dtype=dtype)
+        if self.hyper.min_scale is not None:
+            floor = floor.maximum(torch.tensor(self.hyper.min_scale, dtype=dtype))
+        return floor
+
+    def highest_scale(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(M,)``: the highest sd a regime may have (infinite without a ceiling)."""
+        if self.hyper.scale_ceiling is None:
+            return torch.full((self.num_markets,), torch.inf, dtype=dtype)
+        return torch.tensor(self.hyper.scale_ceiling, dtype=dtype)
 
     def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Locations and ordered scales ``(M, K, 1)`` of the return (input units)."""

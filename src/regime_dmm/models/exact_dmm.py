@@ -26,6 +26,7 @@ import torch
 from ..data.features import ModelData
 from .base import ModelDims, Potentials, RegimeModel
 from .networks import EmissionNet, TransitionNet
+from .penalties import scale_floor_penalty
 
 __all__ = ["ExactDMMHyper", "ExactRegimeDMM", "ordered_levels"]
 
@@ -37,7 +38,9 @@ class ExactDMMHyper:
     ``regime_prior``: K Dirichlet weights; ``stickiness``: extra weight on the diagonal of each
     transition row; ``emission``: ``"gaussian"`` or ``"studentt"``; ``hidden_size``: the networks'
     width; ``covariate_transitions`` / ``emission_network``: whether each network is used;
-    ``network_prior_scale``: sd of the Gaussian prior on the networks' weights (0 = none).
+    ``network_prior_scale``: sd of the Gaussian prior on the networks' weights (0 = none);
+    ``scale_floor``: per market, the lowest sd the calmest regime's return may have (a steep prior
+    wall, :func:`~regime_dmm.models.penalties.scale_floor_penalty`; None = none).
     """
 
     regime_prior: tuple[float, ...]
@@ -47,6 +50,7 @@ class ExactDMMHyper:
     covariate_transitions: bool = True
     emission_network: bool = True
     network_prior_scale: float = 0.1
+    scale_floor: tuple[float, ...] | None = None  # per market, the lowest sd of the return (normalised units)
 
 
 def ordered_levels(base: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -137,6 +141,16 @@ class ExactRegimeDMM(RegimeModel):
         if self.transition_net is not None or self.emission_net is not None:
             pyro.factor("network_prior", self.network_log_prior())
 
+    def scale_floor(self) -> tuple[float, ...] | None:
+        """Per market, the lowest return sd of the calmest regime (normalised units), or None."""
+        return self.hyper.scale_floor
+
+    def floor_prior(self, scale: torch.Tensor) -> None:
+        """The wall below each market's lowest return sd, as a factor (``scale (M, K, F)``); no site without a floor."""
+        if self.hyper.scale_floor is not None:
+            floor = torch.tensor(self.hyper.scale_floor, dtype=scale.dtype)
+            pyro.factor("scale_floor_prior", -scale_floor_penalty(scale[:, 0, 0], floor))
+
     def emission_shift(self, data: ModelData) -> torch.Tensor | None:
         """The emission network's daily shifts ``(M, T, K)`` of the return location (normalised), or None."""
         if self.emission_net is None:
@@ -148,6 +162,7 @@ class ExactRegimeDMM(RegimeModel):
         self.register_networks()
         g = self.sample_globals(data.x.dtype)
         loc, scale = self.emission_base(g)
+        self.floor_prior(scale)
         log_a = g["transition"].clamp(min=1e-30).log()  # (M, K, K)
         steps = data.x.shape[-2]
         log_a = log_a[..., None, :, :].expand(-1, steps, -1, -1)

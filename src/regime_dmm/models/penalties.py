@@ -7,6 +7,10 @@
   with alike emissions cost up to ``w``; well separated ones cost nothing.
 * entropy: ``w * sum_m (H_m - target)^2`` with ``H_m`` the mean posterior entropy (nats)
   of market m's regimes.
+* rarity: ``w * sum_m sum_k relu(c_m - u_mk) / c_m`` with ``c_m = max(threshold, 5 / T_m)``: a
+  regime used on fewer than a handful of days costs up to ``w`` (zero for every healthy regime).
+* scale floor (a prior, not a configurable penalty): ``sum_m relu(log f_m - log sigma_m1)^2 / (2 * 0.05^2)``,
+  a steep wall below the lowest regime sd a market may have (zero above it).
 
 Usage and entropy come from the exact posterior (the relaxed model: the guide's regime
 probabilities), so the penalties are differentiable through the forward-backward recursions.
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["diversity_penalty", "entropy_penalty", "separation_penalty"]
+__all__ = ["diversity_penalty", "entropy_penalty", "rarity_penalty", "scale_floor_penalty", "separation_penalty"]
+
+_FLOOR_WIDTH = 0.05  # log-scale width of the wall below the scale floor
 
 
 def diversity_penalty(usage: torch.Tensor, weight: float, threshold: float = 0.5) -> torch.Tensor:
@@ -39,3 +45,15 @@ def separation_penalty(loc: torch.Tensor, scale: torch.Tensor, weight: float, le
 def entropy_penalty(entropy: torch.Tensor, weight: float, target: float = 0.7) -> torch.Tensor:
     """``entropy (M,)`` mean posterior entropy per market -> scalar."""
     return weight * (entropy - target).pow(2).sum()
+
+
+def rarity_penalty(usage: torch.Tensor, weight: float, threshold: torch.Tensor) -> torch.Tensor:
+    """``usage (M, K)``, ``threshold (M,)`` (share of days) -> scalar; zero while every regime is used enough."""
+    short = torch.relu(threshold[:, None] - usage) / threshold[:, None]
+    return weight * short.sum()
+
+
+def scale_floor_penalty(calm_scale: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """``calm_scale (M,)`` (the lowest regime sd of each market), ``floor (M,)`` -> scalar (nats)."""
+    below = torch.relu(floor.log() - calm_scale.log())
+    return (below / _FLOOR_WIDTH).pow(2).sum() / 2.0

@@ -363,6 +363,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         self.register_networks()
         g = self.sample_globals(dtype)
         trans, first, loc_w, scale_w, loc, scale = self.window_potentials(g, w)
+        self.floor_prior(scale)
         prior = RelaxedRegimeChain(state.tau, first, trans, w.mask, self.hyper.straight_through)
         with poutine.scale(scale=batch.scale), pyro.plate("windows", len(w.market), dim=-1):
             with kl_weight(state.beta):
@@ -384,6 +385,9 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
             "diversity": diversity_penalty(usage_pen, weights.diversity_weight, weights.diversity_threshold),
             "separation": separation_penalty(loc, scale, weights.separation_weight, weights.separation_scale),
             "entropy": entropy_penalty(entropy_pen, weights.entropy_weight, weights.entropy_target),
+            # The rarity penalty needs a regime's usage over all days (the exact posterior's); a batch of
+            # windows has no panic day often enough to make it noise here.
+            "rarity": torch.zeros((), dtype=dtype),
         }
         add_penalty_factors(penalties)
         # ---- diagnostics --------------------------------------------------------------------
@@ -409,6 +413,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
                 "diversity": penalties["diversity"].detach(),
                 "separation": penalties["separation"].detach(),
                 "entropy_penalty": penalties["entropy"].detach(),
+                "rarity": penalties["rarity"].detach(),
             }
 
     def _batch_usage(self, probs: torch.Tensor, w: Windows, num_markets: int):

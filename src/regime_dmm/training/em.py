@@ -18,7 +18,9 @@ from ..guides.globals import PointGuide
 from ..inference import HMMPosterior, posterior
 from ..models.classic import ClassicMarkovSwitching
 
-__all__ = ["classic_posterior", "em_polish"]
+__all__ = ["classic_posterior", "em_map", "em_polish"]
+
+_EMPTY_REGIME_DAYS = 1e-6  # expected days below which a regime gets no M-step update
 
 
 def classic_posterior(model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> HMMPosterior:
@@ -42,11 +44,7 @@ def em_polish(
     The parameters change only if EM ends above the starting log-likelihood.
     """
     start = {n: v.clone() for n, v in guide.point_estimate().items()}
-
-    def loglik() -> float:
-        return float(classic_posterior(model, guide, data).log_z.sum())
-
-    best = loglik()
+    best = float(classic_posterior(model, guide, data).log_z.sum())
     k = start["initial"].shape[-1]
     guide.set_values(
         {
@@ -54,9 +52,47 @@ def em_polish(
             "transition": (1 - mix) * start["transition"] + mix / k,
         }
     )
+    _em_steps(model, guide, data, max_iter=max_iter, tol=tol)
+    final = float(classic_posterior(model, guide, data).log_z.sum())
+    if final <= best:
+        guide.set_values(start)
+        return best
+    return final
+
+
+def em_map(
+    model: ClassicMarkovSwitching,
+    guide: PointGuide,
+    data: ModelData,
+    *,
+    mean_prior_days: float,
+    max_iter: int = 300,
+    tol: float = 1e-9,
+) -> None:
+    """EM from the guide's values with a Normal prior on the regime means, centred on 0 (the market's mean
+    in normalised units) and worth ``mean_prior_days`` days of data: the MAP estimate, in place.
+
+    A regime made of a handful of days cannot sit on one extreme day's return: its mean shrinks by
+    ``days / (days + mean_prior_days)``. Used when a maximum-likelihood fit left a regime that rare.
+    """
+    _em_steps(model, guide, data, max_iter=max_iter, tol=tol, mean_prior_days=mean_prior_days)
+
+
+def _em_steps(
+    model: ClassicMarkovSwitching,
+    guide: PointGuide,
+    data: ModelData,
+    *,
+    max_iter: int,
+    tol: float,
+    mean_prior_days: float = 0.0,
+) -> None:
     x = data.x[..., 0]
-    mask = data.mask.to(x.dtype)
-    floor = torch.tensor(model.hyper.scale_floor, dtype=x.dtype)[:, None]
+    mask = data.emitting.to(x.dtype)
+    floor = torch.tensor(model.hyper.scale_floor, dtype=x.dtype)[:, None]  # the parameterisation's floor
+    lowest = model.lowest_scale(x.dtype)[:, None]  # and the guard's, if higher
+    highest = model.highest_scale(x.dtype)[:, None]
+    root = data.span_root
     previous = -float("inf")
     for _ in range(max_iter):
         with torch.no_grad():
@@ -66,13 +102,23 @@ def em_polish(
                 break
             previous = current
             gamma = post.smoothed * mask[..., None]  # (M, T, K)
-            pair = post.log_pairwise[:, 1:].exp() * mask[:, 1:, None, None]
+            pair = post.log_pairwise[:, 1:].exp() * data.mask.to(x.dtype)[:, 1:, None, None]
             counts = pair.sum(1)  # (M, K, K)
             trans = counts / counts.sum(-1, keepdim=True).clamp(min=1e-300)
             weight = gamma.sum(1).clamp(min=1e-300)  # (M, K)
-            loc = (gamma * x[..., None]).sum(1) / weight
-            var = (gamma * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
-            sd, order = var.sqrt().maximum(floor * (1 + 1e-9)).sort(dim=-1)  # keep calm first
+            if root is None:
+                loc = (gamma * x[..., None]).sum(1) / (weight + mean_prior_days)
+                var = (gamma * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
+            else:  # a return over n days has location sqrt(n) * loc in normalised units (data.features)
+                days = (gamma * (root**2)[..., None]).sum(1).clamp(min=1e-300)
+                loc = (gamma * (x * root)[..., None]).sum(1) / (days + mean_prior_days)
+                var = (gamma * (x[..., None] - root[..., None] * loc[:, None, :]) ** 2).sum(1) / weight
+            # A regime no day belongs to (possible on a few hundred days) keeps its values: 0 / 0 is no update.
+            prev_loc, prev_scale = model.emission_base(guide.point_estimate())
+            empty = weight < _EMPTY_REGIME_DAYS
+            loc = torch.where(empty, prev_loc[..., 0], loc)
+            sd = torch.where(empty, prev_scale[..., 0], var.sqrt()).minimum(highest)
+            sd, order = sd.maximum(lowest * (1 + 1e-9)).sort(dim=-1)  # keep calm first
             loc = loc.gather(-1, order)
             trans = trans.gather(-2, order[..., :, None].expand_as(trans)).gather(
                 -1, order[..., None, :].expand_as(trans)
@@ -89,8 +135,3 @@ def em_polish(
                     "ret_scale_steps": steps,
                 }
             )
-    final = loglik()
-    if final <= best:
-        guide.set_values(start)
-        return best
-    return final

@@ -13,7 +13,8 @@ The model is built once per run; the guide once per restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,15 @@ from .run_state import BestRestart, InProgress, RestartRecord, RunState
 from .svi import LoopState
 from .variants import Variant
 
-__all__ = ["FitInterrupted", "TrainedRun", "materialise", "restore_parameters", "run_restarts", "snapshot_parameters"]
+__all__ = [
+    "FitInterrupted",
+    "StopControl",
+    "TrainedRun",
+    "materialise",
+    "restore_parameters",
+    "run_restarts",
+    "snapshot_parameters",
+]
 
 
 class FitInterrupted(RegimeDMMError):
@@ -40,6 +49,41 @@ class FitInterrupted(RegimeDMMError):
     def __init__(self, message: str, checkpoint: Any = None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class StopControl:
+    """Stop requests (SIGINT/SIGTERM) honoured within moments in every phase of a fit.
+
+    Install :meth:`handler` as the signal handler. Inside :meth:`graceful` (the SVI epochs, which
+    end in well under a second and checkpoint as they stop) a signal only sets :attr:`signal`, and
+    the training loop stops at the end of the epoch with a checkpoint. Anywhere else (loading, the
+    warm start, L-BFGS and EM, the posterior, writing outputs) the handler raises
+    :class:`FitInterrupted` at once, naming :attr:`phase`; outputs are written all or nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.phase = "starting"
+        self._graceful = 0
+
+    def requested(self) -> bool:
+        """True once a stop was asked for."""
+        return self.signal is not None
+
+    @contextmanager
+    def graceful(self) -> Iterator[None]:
+        """A block that polls :meth:`requested` itself (and checkpoints before stopping)."""
+        self._graceful += 1
+        try:
+            yield
+        finally:
+            self._graceful -= 1
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        """The signal handler (see the class docstring)."""
+        self.signal = signum
+        if not self._graceful:
+            raise FitInterrupted(f"stopped while {self.phase}")
 
 
 @dataclass
@@ -93,15 +137,26 @@ def run_restarts(
     save: Callable[[], None] | None = None,
     checkpoint_every: int = 50,
     stop_requested: Callable[[], bool] | None = None,
+    stop: StopControl | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> TrainedRun:
     """Train ``config.training.restarts`` restarts (those not finished in ``state``) and keep the best.
 
     ``save()`` persists ``state`` (called every ``checkpoint_every`` epochs, after each restart and on
-    a stop request). ``stop_requested()`` is polled after every epoch: when it turns true the state is
-    saved and :class:`FitInterrupted` raised. Raises :class:`TrainingError` when every restart fails.
+    a stop request). ``stop_requested()`` (and ``stop``, a :class:`StopControl` whose handler is
+    installed for SIGINT/SIGTERM) is polled after every epoch: when it turns true the state is saved
+    and :class:`FitInterrupted` raised; outside the epochs ``stop`` raises at once. Raises
+    :class:`TrainingError` when every restart fails.
     """
+
+    def stopping() -> bool:
+        return (stop_requested is not None and stop_requested()) or (stop is not None and stop.requested())
+
+    def phase(text: str) -> None:
+        if stop is not None:
+            stop.phase = text
+
     tc = config.training
     state = state if state is not None else RunState()
     print_ = log or (lambda _msg: None)
@@ -117,6 +172,7 @@ def run_restarts(
         rng = np.random.default_rng([tc.seed, restart])
         current = state.current if state.current is not None and state.current.restart == restart else None
         if current is None:
+            phase(f"warm-starting restart {restart}")
             start = variant.starting_values(panel, data, config, rng, dtype)
             reference = None if start.reference_usage is None else start.reference_usage.tolist()
             values = start.values
@@ -134,26 +190,28 @@ def run_restarts(
             print_(f"[restart {restart}] resumed after epoch {loop.epoch}")
 
         def on_epoch(loop_state: LoopState, restart: int = restart, reference: Any = reference) -> None:
-            stop = stop_requested is not None and stop_requested()
-            if save is not None and (stop or loop_state.epoch % checkpoint_every == 0):
+            halt = stopping()
+            if save is not None and (halt or loop_state.epoch % checkpoint_every == 0):
                 state.current = InProgress(restart, loop_state, snapshot_parameters(), torch.get_rng_state(), reference)
                 save()
-            if stop:
+            if halt:
                 raise FitInterrupted(f"stopped at restart {restart}, epoch {loop_state.epoch}")
 
+        phase(f"training restart {restart}")
         try:
-            outcome = variant.train(
-                model,
-                guide,
-                data,
-                config,
-                markets,
-                restart=restart,
-                log=log,
-                progress=progress,
-                loop=loop,
-                on_epoch=on_epoch,
-            )
+            with stop.graceful() if stop is not None and variant.polls_stop else nullcontext():
+                outcome = variant.train(
+                    model,
+                    guide,
+                    data,
+                    config,
+                    markets,
+                    restart=restart,
+                    log=log,
+                    progress=progress,
+                    loop=loop,
+                    on_epoch=on_epoch,
+                )
         except TrainingError as exc:
             print_(f"[restart {restart}] failed: {exc}")
             state.completed.append(RestartRecord(restart, {"restart": restart, "status": "failed", "reason": str(exc)}))

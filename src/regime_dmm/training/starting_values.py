@@ -20,15 +20,30 @@ from pyro import poutine
 
 from ..config import ModelConfig
 from ..data.features import ModelData, Panel
+from ..errors import DataError
 from ..guides.globals import PointGuide
 from ..inference import posterior
-from ..models.base import ModelDims
+from ..models.base import ModelDims, rarity_threshold
 from ..models.classic import ClassicHyper, ClassicMarkovSwitching
+from .em import em_map
 from .svi import train_lbfgs
 
-__all__ = ["WarmStart", "initial_values", "scale_floor", "warm_start"]
+__all__ = [
+    "WarmStart",
+    "initial_values",
+    "redo_rare_regimes",
+    "robust_floor",
+    "scale_ceiling",
+    "scale_floor",
+    "warm_start",
+]
 
 Values = dict[str, torch.Tensor]
+
+#: A warm-start regime used on fewer than max(this share, 5 / days) of the days is rare ...
+RARE_SHARE = 0.01
+#: ... and the warm start is redone by EM with a prior on the regime means worth this many days.
+MEAN_PRIOR_DAYS = 20.0
 
 
 @dataclass
@@ -44,6 +59,21 @@ def scale_floor(panel: Panel) -> tuple[float, ...]:
     """Per market, the classic model's lowest regime standard deviation: sqrt(1e-3) x the sd of the
     return feature (hmmlearn's ``min_covar`` in spirit: variance >= 1e-3 x the market's variance)."""
     return tuple(float(np.sqrt(1e-3) * s.features[:, 0].std() + 1e-12) for s in panel.series)
+
+
+def scale_ceiling(panel: Panel) -> tuple[float, ...]:
+    """Per market, the root of the sum of squares of the return feature: no regime that holds at least
+    one day can have a larger sd (its variance is a weighted mean of squares), so a larger one marks a
+    regime no day belongs to (see :class:`~regime_dmm.models.classic.ClassicHyper`)."""
+    return tuple(float(np.sqrt(np.sum(s.features[:, 0] ** 2)) + 1e-12) for s in panel.series)
+
+
+def robust_floor(panel: Panel, min_scale: float) -> tuple[float, ...] | None:
+    """Per market, ``min_scale`` x the robust sd of its return feature: the lowest sd a regime may have
+    (None when ``min_scale`` is 0)."""
+    if min_scale <= 0:
+        return None
+    return tuple(float(min_scale * s.robust_return_scale()) for s in panel.series)
 
 
 def initial_values(panel: Panel, model: ModelConfig, rng: np.random.Generator, dtype: torch.dtype) -> Values:
@@ -111,22 +141,27 @@ def warm_start(
     """Starting values from a maximum-likelihood Gaussian HMM of the (normalised) returns.
 
     The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`; its parameters
-    start the DMM's globals, and its posterior weights the moments of the volatility feature.
-    Uses Pyro's global param store (the classic parameters are left in it).
+    start the DMM's globals, and its posterior weights the moments of the volatility feature. When
+    that maximum-likelihood fit leaves a regime used on a handful of days (typically one extreme
+    day, modelled by a regime whose mean is that day's return), it is redone by EM with a prior on
+    the regime means (:func:`~regime_dmm.training.em.em_map`), so the DMM does not start from a
+    degenerate regime. Uses Pyro's global param store (the classic parameters are left in it).
     """
     values = initial_values(panel, model, rng, dtype)
     floor = scale_floor(panel)
     dims = ModelDims(panel.num_markets, model.num_regimes, 1, data.history.shape[-1])
-    classic = ClassicMarkovSwitching(dims, ClassicHyper(floor))
+    classic = ClassicMarkovSwitching(
+        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel))
+    )
     guide = PointGuide(classic, values)
     returns_only = data.returns_only()
     train_lbfgs(classic, guide, returns_only, max_iter=200)
-    with torch.no_grad():
-        g = {k: v.clone() for k, v in guide.point_estimate().items()}
-        pot = poutine.condition(classic.log_potentials, data=g)(returns_only)
-        gamma = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach()).smoothed
-    mask = data.mask.to(gamma.dtype)[..., None]
-    reference = ((gamma * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+    g, gamma, reference = _fitted_state(classic, guide, returns_only)
+    if model.min_scale > 0 and _has_rare_regime(reference, data):
+        # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
+        guide.set_values({k: v for k, v in initial_values(panel, model, rng, dtype).items() if k in g})
+        em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
+        g, gamma, reference = _fitted_state(classic, guide, returns_only)
     values.update(g)
     values["ret_scale_base"] = g["ret_scale_base"] + torch.tensor(floor, dtype=dtype)  # the DMM has no floor
     if panel.num_features > 1:
@@ -140,4 +175,58 @@ def warm_start(
         values["vol_scale"] = spread.clamp(min=0.1)
     values["initial"] = (values["initial"] + 0.05) / (1 + 0.05 * model.num_regimes)
     values["transition"] = (values["transition"] + 0.01) / (1 + 0.01 * model.num_regimes)
-    return WarmStart(values, reference)
+    return WarmStart(_inside_supports(values, panel), reference)
+
+
+def redo_rare_regimes(classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData, start: Values) -> bool:
+    """The classic mode's guard against a degenerate regime (``model.min_scale`` > 0).
+
+    When the maximum-likelihood fit in ``guide`` left a regime on fewer than max(1 %, 5 / days) of
+    a market's days (typically one extreme day, modelled by a regime whose mean is that day's return),
+    refit from ``start`` (the restart's starting values) by EM with a prior on the regime means worth
+    :data:`MEAN_PRIOR_DAYS` days (:func:`~regime_dmm.training.em.em_map`), in place. Returns True
+    when it refitted.
+    """
+    _, _, usage = _fitted_state(classic, guide, data)
+    if not _has_rare_regime(usage, data):
+        return False
+    guide.set_values(start)
+    em_map(classic, guide, data, mean_prior_days=MEAN_PRIOR_DAYS)
+    return True
+
+
+def _has_rare_regime(usage: np.ndarray, data: ModelData) -> bool:
+    threshold = rarity_threshold(data.mask.sum(-1).to(torch.float64), RARE_SHARE).numpy()[:, None]
+    return bool((usage < threshold).any())
+
+
+def _fitted_state(
+    classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData
+) -> tuple[Values, torch.Tensor, np.ndarray]:
+    """The classic fit's values, its smoothed marginals ``(M, T, K)`` and its usage ``(M, K)``."""
+    with torch.no_grad():
+        g = {k: v.clone() for k, v in guide.point_estimate().items()}
+        pot = poutine.condition(classic.log_potentials, data=g)(data)
+        gamma = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach()).smoothed
+    mask = data.mask.to(gamma.dtype)[..., None]
+    return g, gamma, ((gamma * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
+
+def _inside_supports(values: Values, panel: Panel) -> Values:
+    """The starting values strictly inside their supports, or :class:`DataError` naming the market.
+
+    A maximum-likelihood HMM may drive a step between two regimes' scales to exactly 0 (two
+    regimes alike), where the DMM's prior has no density; such steps start at 0.01 instead.
+    """
+    for name, value in values.items():
+        bad = ~torch.isfinite(value).reshape(value.shape[0], -1).all(-1)
+        if bad.any():
+            market = panel.series[int(bad.nonzero()[0, 0])].name
+            raise DataError(
+                f"market '{market}': the starting values ({name}) are not finite: the returns may be degenerate "
+                "(a constant stretch, a huge outlier); check the data warnings, or set data.bad_ticks: mask"
+            )
+    for name in ("ret_scale_steps", "vol_loc_steps", "ret_scale_base", "vol_scale"):
+        if name in values:
+            values[name] = values[name].clamp(min=0.01 if name.endswith("steps") else 1e-6)
+    return values

@@ -85,7 +85,7 @@ def format_epoch(row: dict, num_epochs: int) -> str:
     """The two-line training log of one epoch's history row."""
     return (
         f"Epoch {row['epoch']}/{num_epochs} | Loss: {row['loss']:.2f} | Recon: {row['recon']:.2f}"
-        f" | KL: {row['kl']:.2f}\n"
+        f" | KL: {row['kl']:.2f} | per day: Recon {row['recon_per_day']:.4f}, KL {row['kl_per_day']:.4f}\n"
         f"    Ent: {row['entropy']:.3f} | Div: {row['diversity']:.4f} | Sep: {row['separation']:.4f}"
         f" | Beta: {row['beta']:.3f} | Tau: {row['tau']:.3f}"
     )
@@ -118,6 +118,7 @@ def train_svi(
     tc = training
     state = AnnealState()
     loop = loop or LoopState(lr=tc.lr)
+    observations = max(int(data.emitting.sum()), 1)  # observed market-days: the per-day log's divisor
     log_every = max(1, tc.epochs // 10)
     bar = _progress(tc.epochs, restart, progress, initial=loop.epoch)
     optimizer = None
@@ -214,6 +215,7 @@ def train_svi(
         for m, name in enumerate(markets):
             for k, value in enumerate(diag["usage"][m].tolist()):
                 row[f"usage[{name}][{k}]"] = value
+        row.update(_per_day(row, observations), rarity=float(diag["rarity"]))
         loop.history.append(row)
         if bar is not None:
             bar.update(1)
@@ -243,11 +245,18 @@ def train_svi(
 
 
 def train_lbfgs(
-    model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData, *, max_iter: int = 500, restart: int = 0
+    model: ClassicMarkovSwitching,
+    guide: PointGuide,
+    data: ModelData,
+    *,
+    max_iter: int = 500,
+    restart: int = 0,
+    after: Callable[[], Any] | None = None,
 ) -> TrainOutcome:
     """Maximum likelihood for the classic model: L-BFGS on the guide's parameters, then an EM polish.
 
-    ``guide`` is the model's :class:`~regime_dmm.guides.globals.PointGuide`. Raises
+    ``guide`` is the model's :class:`~regime_dmm.guides.globals.PointGuide`; ``after()`` runs once
+    the polish is done and may change the guide's values (the degenerate-regime guard). Raises
     :class:`TrainingError` when the log-likelihood ends non-finite.
     """
     params = guide.unconstrained()
@@ -261,15 +270,28 @@ def train_lbfgs(
         line_search_fn="strong_wolfe",
     )
 
+    best: dict[str, Any] = {"loss": math.inf, "values": [p.detach().clone() for p in params]}
+
     def closure():
         optimizer.zero_grad()
         pot = poutine.condition(model.log_potentials, data=guide.parameters())(data)
         loss = -log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()
+        loss = loss + model.floor_penalty(pot.emission_scale)  # walls below and above the regime sds
         loss.backward()
+        value = float(loss.detach())
+        if value < best["loss"]:  # NaN compares false: a step into NaN is never the best
+            best["loss"], best["values"] = value, [p.detach().clone() for p in params]
         return loss
 
     optimizer.step(closure)
+    with torch.no_grad():  # the strong-Wolfe line search can end on a step into NaN after converging
+        pot = poutine.condition(model.log_potentials, data=guide.parameters())(data)
+        if not torch.isfinite(log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()):
+            for p, value in zip(params, best["values"]):
+                p.copy_(value)
     em_polish(model, guide, data)  # EM frees transition probabilities L-BFGS left stuck at zero
+    if after is not None:
+        after()
     _, _, diag = poutine.condition(model.evaluate, data=guide.point_estimate())(data, AnnealState())
     loss = -float(diag["log_likelihood"].sum())
     if not math.isfinite(loss):
@@ -289,7 +311,13 @@ def train_lbfgs(
         "tau": 1.0,
         "lr": 1.0,
     }
+    row.update(_per_day(row, max(int(data.emitting.sum()), 1)), rarity=0.0)
     return TrainOutcome([row], loss, 1, False)
+
+
+def _per_day(row: dict[str, Any], observations: int) -> dict[str, float]:
+    """Reconstruction and KL per observed market-day (nats per day), as DMM training reports give them."""
+    return {"recon_per_day": row["recon"] / observations, "kl_per_day": row["kl"] / observations}
 
 
 def _carry(

@@ -39,7 +39,15 @@ from ..models import (
 )
 from ..models.relaxed_dmm import epoch_batches
 from .annealing import Schedule, default_schedules
-from .starting_values import WarmStart, initial_values, scale_floor, warm_start
+from .starting_values import (
+    WarmStart,
+    initial_values,
+    redo_rare_regimes,
+    robust_floor,
+    scale_ceiling,
+    scale_floor,
+    warm_start,
+)
 from .svi import LoopState, TrainOutcome, train_lbfgs, train_svi
 
 __all__ = ["ClassicVariant", "ExactVariant", "RelaxedVariant", "VARIANTS", "Variant", "mode_of", "variant_for"]
@@ -49,6 +57,8 @@ class Variant:
     """What one mode is made of; subclasses fill in the parts (see the module docstring)."""
 
     name: str = ""
+    #: Whether training polls for stop requests after every epoch (SVI); else a stop interrupts it at once.
+    polls_stop: bool = True
 
     def resolve_config(self, config: FitConfig) -> FitConfig:
         """The configuration this mode actually uses (validated)."""
@@ -137,8 +147,8 @@ class ExactVariant(Variant):
 
     name = "exact"
 
-    def hyper(self, config: FitConfig) -> ExactDMMHyper:
-        """The model section as the DMM's hyperparameters."""
+    def hyper(self, config: FitConfig, panel: Panel) -> ExactDMMHyper:
+        """The model section as the DMM's hyperparameters (the scale floor from the data)."""
         mc = config.model
         return ExactDMMHyper(
             mc.prior_weights(),
@@ -148,11 +158,12 @@ class ExactVariant(Variant):
             mc.covariate_transitions,
             mc.emission_network,
             mc.network_prior_scale,
+            robust_floor(panel, mc.min_scale),
         )
 
     def build_model(self, config: FitConfig, spec: FeatureSpec, panel: Panel, dtype: torch.dtype) -> RegimeModel:
         """The exact DMM in ``dtype``."""
-        return ExactRegimeDMM(self.dims(config, spec, panel), self.hyper(config)).to(dtype)
+        return ExactRegimeDMM(self.dims(config, spec, panel), self.hyper(config, panel)).to(dtype)
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
@@ -169,7 +180,7 @@ class RelaxedVariant(ExactVariant):
     def build_model(self, config: FitConfig, spec: FeatureSpec, panel: Panel, dtype: torch.dtype) -> RegimeModel:
         """The relaxed DMM in ``dtype``."""
         hyper = RelaxedDMMHyper(
-            **dataclasses.asdict(self.hyper(config)),
+            **dataclasses.asdict(self.hyper(config, panel)),
             straight_through=config.training.straight_through,
             window_length=config.training.window_length,
         )
@@ -206,6 +217,7 @@ class ClassicVariant(Variant):
     """The maximum-likelihood Gaussian Markov-switching model of the return."""
 
     name = "classic"
+    polls_stop = False
 
     def resolve_config(self, config: FitConfig) -> FitConfig:
         """Classic mode pins the model to a plain Markov-switching regression of the return."""
@@ -226,7 +238,8 @@ class ClassicVariant(Variant):
 
     def build_model(self, config: FitConfig, spec: FeatureSpec, panel: Panel, dtype: torch.dtype) -> RegimeModel:
         """The classic model with each market's scale floor (:func:`~.starting_values.scale_floor`)."""
-        return ClassicMarkovSwitching(self.dims(config, spec, panel), ClassicHyper(scale_floor(panel)))
+        hyper = ClassicHyper(scale_floor(panel), robust_floor(panel, config.model.min_scale), scale_ceiling(panel))
+        return ClassicMarkovSwitching(self.dims(config, spec, panel), hyper)
 
     def build_guide(
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
@@ -255,9 +268,16 @@ class ClassicVariant(Variant):
         loop: LoopState | None,
         on_epoch: Callable[[LoopState], None] | None,
     ) -> TrainOutcome:
-        """L-BFGS then EM (no epochs, no schedules)."""
+        """L-BFGS then EM (no epochs, no schedules); with ``model.min_scale`` > 0, a fit that left a regime
+        of a handful of days is redone from the same start by MAP EM (:func:`~.starting_values.redo_rare_regimes`)."""
         assert isinstance(model, ClassicMarkovSwitching) and isinstance(guide, PointGuide)
-        return train_lbfgs(model, guide, data, restart=restart)
+        start = {name: value.clone() for name, value in guide.point_estimate().items()}
+
+        def guard() -> None:
+            if config.model.min_scale > 0:
+                redo_rare_regimes(model, guide, data, start)
+
+        return train_lbfgs(model, guide, data, restart=restart, after=guard)
 
 
 #: mode -> variant.

@@ -1,0 +1,129 @@
+"""Can the data tell the fitted regimes apart? Checks of a fit's regimes, with the knob to try.
+
+Per market:
+
+* **overlap** of each pair of adjacent regimes: the Bhattacharyya coefficient ``BC`` and the
+  Hellinger distance ``H = sqrt(1 - BC)`` between their return emissions (Gaussians of the fitted
+  mean and sd, in input units). ``BC = 1`` (``H = 0``): the same distribution. Below ``H = 0.2``
+  (for equal means, a volatility ratio under about 1.5) two regimes are reported as hard to tell
+  apart (Bhattacharyya 1943, "On a measure of divergence between two statistical populations").
+* **rare** regimes: used on fewer than ``max(1 %, 5 / days)`` of the days;
+* **floor**: the calmest regime's sd at the floor ``model.min_scale`` sets (a regime that would
+  shrink further onto a handful of quiet days);
+* **few days**: fewer than 50 observed days per regime: the data cannot support that many;
+* **fleeting**: a regime whose expected duration is under two days: it models single days
+  (outliers) rather than a state of the market;
+* **never left**: a regime whose expected duration is more than ten times the sample, reported as
+  "never left in the sample" instead of a duration nobody can believe.
+
+Each finding is ``{market, kind, regimes, detail, advice}``; an empty list means the regimes are
+distinguishable and each is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .results import MarketResult, RegimeFit
+
+__all__ = ["DAYS_PER_REGIME", "FLEETING_DAYS", "HELLINGER_MIN", "check_regimes", "format_regime_warnings", "never_left"]
+
+HELLINGER_MIN = 0.2
+DAYS_PER_REGIME = 50
+FLEETING_DAYS = 2.0
+
+
+def never_left(m: MarketResult) -> list[int]:
+    """Regimes whose expected duration exceeds ten times the sample (:meth:`MarketResult.durations`)."""
+    return [k for k, d in enumerate(m.durations()) if d is None]
+
+
+def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The findings of the module docstring for every market of ``fit``.
+
+    ``floors``: per market, the lowest sd a regime may have (input units), when the guard is on.
+    """
+    regimes = fit.regimes
+    k = len(regimes)
+    smaller = max(k - 1, 2)
+    out: list[dict[str, Any]] = []
+    for m in fit.markets:
+        days = int(np.asarray(m.observed).sum())
+        for pair, value in m.overlap(regimes).items():
+            if value["hellinger"] < HELLINGER_MIN:
+                out.append(
+                    {
+                        "market": m.name,
+                        "kind": "indistinguishable",
+                        "regimes": pair.split("|"),
+                        "detail": f"regimes {pair.replace('|', ' and ')} are hard to tell apart (Hellinger distance "
+                        f"{value['hellinger']:.3f} between their return distributions)",
+                        "advice": f"the data may support fewer regimes: try --regimes {smaller} (regime-dmm select)",
+                    }
+                )
+        threshold = max(0.01, 5.0 / max(len(m.dates), 1))
+        for j in np.flatnonzero(np.asarray(m.usage) < threshold).tolist():
+            out.append(
+                {
+                    "market": m.name,
+                    "kind": "rare",
+                    "regimes": [regimes[j]],
+                    "detail": f"regime {regimes[j]} holds {m.usage[j]:.2%} of the days "
+                    f"(about {m.usage[j] * len(m.dates):.0f})",
+                    "advice": f"a regime of a handful of days: try --regimes {smaller}",
+                }
+            )
+        floor = (floors or {}).get(m.name)
+        if floor is not None and m.emission["return_sd"][0] <= 1.01 * floor:
+            out.append(
+                {
+                    "market": m.name,
+                    "kind": "floor",
+                    "regimes": [regimes[0]],
+                    "detail": f"regime {regimes[0]}'s sd ({m.emission['return_sd'][0]:.3g}) is at the floor "
+                    "(model.min_scale of the market's typical daily sd): it would shrink onto quiet days",
+                    "advice": f"the data may support fewer regimes: try --regimes {smaller}",
+                }
+            )
+        if days < DAYS_PER_REGIME * k:
+            out.append(
+                {
+                    "market": m.name,
+                    "kind": "few_days",
+                    "regimes": list(regimes),
+                    "detail": f"{days} observed days cannot support {k} regimes (fewer than {DAYS_PER_REGIME} "
+                    "a regime); the regimes and the probabilities of the regime now are not to be trusted",
+                    "advice": f"use more data or fewer regimes (at most {max(days // DAYS_PER_REGIME, 1)})",
+                }
+            )
+        for j, duration in enumerate(m.durations()):
+            if duration is not None and duration < FLEETING_DAYS:
+                out.append(
+                    {
+                        "market": m.name,
+                        "kind": "fleeting",
+                        "regimes": [regimes[j]],
+                        "detail": f"regime {regimes[j]} lasts {duration:.1f} days on average: it models single days "
+                        "(outliers), not a state of the market",
+                        "advice": f"try --regimes {smaller} or heavy tails (--emission studentt)",
+                    }
+                )
+        for j in never_left(m):
+            out.append(
+                {
+                    "market": m.name,
+                    "kind": "never_left",
+                    "regimes": [regimes[j]],
+                    "detail": f"regime {regimes[j]} is never left in the sample (staying probability "
+                    f"{m.transition[j, j]:.6f}): no duration can be estimated",
+                    "advice": "a longer sample, or fewer regimes",
+                }
+            )
+    return out
+
+
+def format_regime_warnings(entries: list[dict[str, Any]]) -> list[str]:
+    """One ``WARNING regimes: ...`` line per finding."""
+    return [f"WARNING regimes: {e['market']}: [{e['kind']}] {e['detail']} -> {e['advice']}" for e in entries]
