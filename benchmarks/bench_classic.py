@@ -67,8 +67,12 @@ def load_sp500() -> pd.Series:
 
 def fit_regime_dmm(returns: pd.Series, k: int, restarts: int, seed: int):
     frame = pd.DataFrame({"date": returns.index, "market": "sp500", "return": returns.to_numpy()})
+    # The peers fit plain maximum likelihood on every return as given: so does regime-dmm here (no
+    # degenerate-regime guard, exact zeros read as returns, no bad-tick masking).
     cfg = rd.FitConfig().replace(
-        model={"classic": True, "num_regimes": k}, training={"restarts": restarts, "seed": seed}
+        model={"classic": True, "num_regimes": k, "min_scale": 0.0},
+        training={"restarts": restarts, "seed": seed},
+        data={"stale": "keep", "bad_ticks": "warn"},
     )
     start = time.perf_counter()
     fit = rd.fit(frame, config=cfg)

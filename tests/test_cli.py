@@ -1,6 +1,7 @@
 """The command line end to end on small data, and its error handling."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -140,3 +141,28 @@ def test_same_seed_gives_byte_identical_outputs(small_csv, tmp_path):
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     for name in ("regimes.csv", "summary.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_third_party_notices_stay_off_the_terminal_and_own_warnings_do_not(small_csv, tmp_path):
+    """Issue 12, item 6: with every Python warning switched on (PYTHONWARNINGS=default) and a fresh
+    cache (ArviZ's 1.x migration notice is shown once a day per cache), a fit prints none of the
+    libraries' deprecation or migration notices, and still prints its own data warnings."""
+    frame = pd.read_csv(small_csv)
+    frame.loc[frame.index[40:70], "price"] = frame["price"].iloc[39]  # a frozen feed: 30 repeated prices
+    data = tmp_path / "frozen.csv"
+    frame.to_csv(data, index=False)
+    env = {**os.environ, "PYTHONWARNINGS": "default", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "regime_dmm.cli", "fit", "--data", str(data), "--out", str(tmp_path / "out")]
+        + ["--epochs", "3", "--restarts", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout + done.stderr
+    for notice in ("Warning:", "ArviZ is undergoing", "deprecated"):
+        assert notice not in printed, printed
+    assert "WARNING data:" in printed and "stale_span" in printed

@@ -47,7 +47,7 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
     """
     regimes = fit.regimes
     k = len(regimes)
-    smaller = max(k - 1, 2)
+    fewer = f"try --regimes {k - 1}" if k > 2 else "the data may hold a single regime (no K below 2 is fitted)"
     out: list[dict[str, Any]] = []
     for m in fit.markets:
         days = int(np.asarray(m.observed).sum())
@@ -60,7 +60,7 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                         "regimes": pair.split("|"),
                         "detail": f"regimes {pair.replace('|', ' and ')} are hard to tell apart (Hellinger distance "
                         f"{value['hellinger']:.3f} between their return distributions)",
-                        "advice": f"the data may support fewer regimes: try --regimes {smaller} (regime-dmm select)",
+                        "advice": f"the data may support fewer regimes: {fewer} (regime-dmm select)",
                     }
                 )
         threshold = max(0.01, 5.0 / max(len(m.dates), 1))
@@ -72,7 +72,7 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": [regimes[j]],
                     "detail": f"regime {regimes[j]} holds {m.usage[j]:.2%} of the days "
                     f"(about {m.usage[j] * len(m.dates):.0f})",
-                    "advice": f"a regime of a handful of days: try --regimes {smaller}",
+                    "advice": f"a regime of a handful of days: {fewer}",
                 }
             )
         floor = (floors or {}).get(m.name)
@@ -84,7 +84,7 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": [regimes[0]],
                     "detail": f"regime {regimes[0]}'s sd ({m.emission['return_sd'][0]:.3g}) is at the floor "
                     "(model.min_scale of the market's typical daily sd): it would shrink onto quiet days",
-                    "advice": f"the data may support fewer regimes: try --regimes {smaller}",
+                    "advice": f"the data may support fewer regimes: {fewer}",
                 }
             )
         if days < DAYS_PER_REGIME * k:
@@ -107,7 +107,7 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                         "regimes": [regimes[j]],
                         "detail": f"regime {regimes[j]} lasts {duration:.1f} days on average: it models single days "
                         "(outliers), not a state of the market",
-                        "advice": f"try --regimes {smaller} or heavy tails (--emission studentt)",
+                        "advice": f"{fewer}, or heavy tails (--emission studentt)",
                     }
                 )
         for j in never_left(m):

@@ -317,8 +317,11 @@ def _days(
     value_column: str,
     rules: DataConfig,
     calendar: str | None = None,
-    bad_ticks_after: pd.Timestamp | None = None,
+    fitted: MarketSeries | None = None,
 ) -> MarketDays:
+    """``fitted``: the market as it was fitted, when new rows are appended (its part must not change)."""
+    until = None if fitted is None or fitted.source is None else pd.Timestamp(fitted.source["date"].iloc[-1])
+    report = [] if fitted is None else fitted.report
     return market_days(
         name,
         pd.DatetimeIndex(rows["date"]),
@@ -327,7 +330,9 @@ def _days(
         rules,
         volume=_volume(rows),
         calendar=calendar,
-        bad_ticks_after=bad_ticks_after,
+        fitted_until=until,
+        fitted_bad_ticks=frozenset(e["start"] for e in report if e["kind"] == "bad_tick"),
+        use_volume=None if fitted is None else not any(e["kind"] == "volume_not_used" for e in report),
     )
 
 
@@ -611,7 +616,7 @@ class FeaturePipeline:
                 value_column,
                 self.spec.rules,
                 calendar=self._stats(s.name).calendar,
-                bad_ticks_after=last,
+                fitted=s,
             )
             extended = self.series(s.name, days, combined)
             same = (
@@ -622,7 +627,17 @@ class FeaturePipeline:
                 and np.allclose(extended.features[: s.length], s.features, rtol=1e-9, atol=1e-9)
             )
             if not same:
-                raise DataError(f"market '{s.name}': the fitted days could not be reproduced for the update")
+                n = min(s.length, extended.length)
+                differ = (
+                    (extended.dates[:n] != s.dates[:n])
+                    | (extended.observed[:n] != s.observed[:n])
+                    | (extended.span[:n] != s.span[:n])
+                )
+                where = f" from {s.dates[int(np.argmax(differ))].date()}" if differ.any() else ""
+                raise DataError(
+                    f"market '{s.name}': the new rows change the fitted days{where} (an edited or inserted "
+                    "earlier row?): append only rows after the fitted ones, or refit"
+                )
             extended.features[: s.length] = s.features  # bit-identical fitted part
             extended.report = s.report + [e for e in extended.report if e["end"] > last.strftime("%Y-%m-%d")]
             series.append(extended)

@@ -7,20 +7,26 @@ price shows up as a huge move reversed the next day. :func:`market_days` turns o
 rows into its day grid:
 
 * **calendar** (``rules.calendar``, default ``auto``): ``periodic`` when rows are typically more
-  than 3 days apart (weekly or monthly data: each row is one period), else ``daily`` when at
+  than 3 days apart at regular steps (weekly or monthly data: each row is one period; 80 % of the
+  steps within a day, or 15 %, of the typical one), else ``daily`` when at
   least 5 % of the real observations fall on a Saturday or Sunday, else ``business`` (Monday to
   Friday). The grid runs over every day of that calendar from the first row to the last
   (``periodic``: over the rows' dates).
 * **no-trade days** (``rules.stale``, default ``mask``): a row with ``volume`` or ``trades`` 0
-  (when the source gives one of them), otherwise a price exactly equal to the previous row's
+  (when the source gives one of them) or repeating both the price and the volume of the previous
+  row (forward-filled), otherwise a price exactly equal to the previous row's
   (for return input: a return of exactly 0), is a day without a trade: the day stays on the grid
   but is *masked* (no emission), and the return at the next real observation is the multi-day
   return since the last real one. For a traded asset an exact repeat of the price is almost never
   a real zero return. ``stale: keep`` reads such days as zero returns instead. A volume column
   that is zero while the price keeps moving (an index without recorded volume) is not used.
-* **gaps**: a run of missing calendar days no longer than ``rules.max_gap`` (default 5) is a
-  closed market (holidays): those days are left out of the grid. A longer run is kept as masked
-  days, reported, and the return across it is a multi-day return.
+* **gaps**: on a ``business`` calendar a run of missing days no longer than ``rules.max_gap``
+  (default 5) is a closed market (holidays): those days are left out of the grid. A 7-day
+  (``daily``) market has no holidays: its missing days stay on the grid, masked. A run longer than
+  ``max_gap`` is kept as masked days and reported. Either way the next return is a multi-day return.
+  The value on a row is the change since the previous row: for price input that is exact; a
+  ``return`` column is read the same way (a return after missing days covers them; after
+  zero-return no-trade days, their zeros are added to it).
 * **bad ticks** (``rules.bad_ticks``, default ``mask``): a move of more than 10 robust standard
   deviations of the 20 real returns on each side, and by a factor of more than three, that the
   next day reverses to within a fifth is a likely typo (a misplaced decimal point, a price in
@@ -38,6 +44,7 @@ its days are masked no-trade days, bad ticks, an unused volume column) are dicti
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +113,13 @@ def _no_trade(
     volume: np.ndarray | None,
     report: list[dict[str, Any]],
     dates: pd.DatetimeIndex,
+    use_volume: bool | None = None,
 ) -> np.ndarray:
-    """Rows without a trade (see the module docstring); row 0 of a price series is its base."""
+    """Rows without a trade (see the module docstring); row 0 of a price series is its base.
+
+    ``use_volume``: None decides from the rows whether the volume column is recorded; True / False
+    keep a fitted market's decision (new days appended).
+    """
     n = len(values)
     unchanged = np.zeros(n, dtype=bool)
     if value_column == "price":
@@ -120,7 +132,9 @@ def _no_trade(
     if value_column == "price":
         zero[0] = False
     moving = zero & ~unchanged
-    if moving.sum() > 0.1 * n:  # zero volume on many days the price moved: volume not recorded (an index)
+    if use_volume is None:
+        use_volume = not moving.sum() > 0.1 * n  # zero volume on many days the price moved: not recorded
+    if not use_volume:
         report.append(
             _entry(
                 name,
@@ -134,7 +148,11 @@ def _no_trade(
         )
         return unchanged
     known = ~np.isnan(volume)
-    return np.where(known, zero, unchanged)
+    # a row repeating both the price and the volume of the previous one was forward-filled (a weekend
+    # written onto a 7-day calendar, volume and all): no trade either
+    copied = np.zeros(n, dtype=bool)
+    copied[1:] = unchanged[1:] & (volume[1:] == volume[:-1])
+    return np.where(known, zero | copied, unchanged)
 
 
 def _robust_scale(r: np.ndarray) -> float:
@@ -154,13 +172,17 @@ def market_days(
     *,
     volume: np.ndarray | None = None,
     calendar: str | None = None,
-    bad_ticks_after: pd.Timestamp | None = None,
+    fitted_until: pd.Timestamp | None = None,
+    fitted_bad_ticks: Collection[str] = (),
+    use_volume: bool | None = None,
 ) -> MarketDays:
     """The day grid of one market from its rows (sorted by date; see the module docstring).
 
     ``values``: prices or returns; ``volume``: the ``volume`` (or ``trades``) column, NaN where
-    unknown; ``calendar``: a fixed calendar (a fitted market's, when new days are appended);
-    ``bad_ticks_after``: only days after this date are checked for bad ticks (new days).
+    unknown. When new days are appended to a fitted market, the fitted part must come out as it was:
+    ``calendar`` is the fitted calendar, days up to ``fitted_until`` are bad ticks exactly when their
+    date (``YYYY-MM-DD``) is in ``fitted_bad_ticks`` (only later days are checked), and
+    ``use_volume`` keeps the fitted decision on the volume column.
     Raises :class:`DataError` for a bad tick with ``bad_ticks="error"`` or a market left without a
     return.
     """
@@ -170,7 +192,7 @@ def market_days(
     n = len(values)
     real = np.ones(n, dtype=bool)
     if rules.stale == "mask":
-        real &= ~_no_trade(name, values, value_column, volume, report, dates)
+        real &= ~_no_trade(name, values, value_column, volume, report, dates, use_volume)
     if value_column == "price":
         real[0] = True  # the base price
         logp = np.log(values)
@@ -189,16 +211,22 @@ def market_days(
     if r.size > 2:
         bad = []
         for j in np.flatnonzero(np.abs(r[:-1]) > _BAD_TICK_MIN).tolist():
+            if fitted_until is not None and dates[rows[j]] <= fitted_until:  # the fitted part: as it was
+                if dates[rows[j]].strftime("%Y-%m-%d") in fitted_bad_ticks:
+                    bad.append(j)
+                continue
             a, b = r[j], r[j + 1]
             if not (np.sign(a) == -np.sign(b) and abs(a + b) < _BAD_TICK_REVERSAL * abs(a)):
                 continue
             lo, hi = max(0, j - _BAD_TICK_NEIGHBOURS), min(r.size, j + 2 + _BAD_TICK_NEIGHBOURS)
             neighbours = np.concatenate([r[lo:j], r[j + 2 : hi]])
             if abs(a) > _BAD_TICK_SDS * _robust_scale(neighbours):
-                if bad_ticks_after is None or dates[rows[j]] > bad_ticks_after:
-                    bad.append(j)
+                bad.append(j)
         for j in bad:
             day = dates[rows[j]]
+            if fitted_until is not None and day <= fitted_until:  # reported and handled when it was fitted
+                real[rows[j]] = rules.bad_ticks != "mask"
+                continue
             detail = f"a {r[j]:+.1%} move (log) reversed the next day ({r[j + 1]:+.1%}): likely a bad tick"
             if rules.bad_ticks == "error":
                 raise DataError(
@@ -229,7 +257,9 @@ def market_days(
     keep = np.ones(len(grid), dtype=bool)
     for start, end in _runs(~has_row):
         if end - start <= rules.max_gap:
-            keep[start:end] = False  # a closed market: not a day of this market
+            # a closed market (holidays): not a day of this market; a 7-day market has no holidays, so
+            # there the days stay, masked, and the next return spans them
+            keep[start:end] = calendar == "daily"
         else:
             report.append(
                 _entry(
@@ -278,8 +308,9 @@ def market_days(
                 out_dates[0],
                 out_dates[-1],
                 int(masked_days.sum()),
-                f"{int(masked_days.sum())} of {t} {calendar} days ({masked_days.mean():.0%}) repeat the last price "
-                "(no trade): masked, not read as zero returns (data.stale: keep reads them as zeros)",
+                f"{int(masked_days.sum())} of {t} {calendar} days ({masked_days.mean():.0%}) have no trade "
+                "(volume or trades 0, or the last price repeated): masked, not read as zero returns "
+                "(data.stale: keep reads repeated prices as zeros)",
             )
         )
     for s, e in _runs(masked_days):
@@ -301,7 +332,11 @@ def market_days(
 def _infer_calendar(real_dates: pd.DatetimeIndex) -> str:
     if len(real_dates) == 0:
         return "business"
-    if len(real_dates) > 2 and float(np.median(np.diff(real_dates.asi8))) > 3 * 86_400e9:
-        return "periodic"
+    if len(real_dates) > 2:
+        spacing = np.diff(real_dates.asi8) / 86_400e9
+        typical = float(np.median(spacing))
+        # weekly or monthly rows come at regular steps; a thin token's trades do not
+        if typical > 3 and np.mean(np.abs(spacing - typical) <= max(1.0, 0.15 * typical)) >= 0.8:
+            return "periodic"
     weekend = np.asarray(real_dates.day_of_week >= 5)
     return "daily" if weekend.mean() >= _WEEKEND_SHARE else "business"

@@ -98,7 +98,10 @@ def _em_steps(
         with torch.no_grad():
             post = classic_posterior(model, guide, data)
             current = float(post.log_z.sum())
-            if current - previous < tol:
+            # Maximum likelihood: EM never lowers the likelihood, so a step that gains less than tol ends it.
+            # MAP: the likelihood alone may dip while the posterior rises: stop when it no longer moves.
+            change = abs(current - previous) if mean_prior_days else current - previous
+            if change < tol:
                 break
             previous = current
             gamma = post.smoothed * mask[..., None]  # (M, T, K)

@@ -78,6 +78,8 @@ class StopControl:
             yield
         finally:
             self._graceful -= 1
+        if self.signal is not None and not self._graceful:  # arrived after the block's last poll
+            raise FitInterrupted(f"stopped while {self.phase}")
 
     def handler(self, signum: int, _frame: Any) -> None:
         """The signal handler (see the class docstring)."""

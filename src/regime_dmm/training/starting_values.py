@@ -57,8 +57,9 @@ class WarmStart:
 
 def scale_floor(panel: Panel) -> tuple[float, ...]:
     """Per market, the classic model's lowest regime standard deviation: sqrt(1e-3) x the sd of the
-    return feature (hmmlearn's ``min_covar`` in spirit: variance >= 1e-3 x the market's variance)."""
-    return tuple(float(np.sqrt(1e-3) * s.features[:, 0].std() + 1e-12) for s in panel.series)
+    return feature on observed days (hmmlearn's ``min_covar`` in spirit: variance >= 1e-3 x the
+    market's variance)."""
+    return tuple(float(np.sqrt(1e-3) * s.features[s.observed, 0].std() + 1e-12) for s in panel.series)
 
 
 def scale_ceiling(panel: Panel) -> tuple[float, ...]:
@@ -99,9 +100,10 @@ def initial_values(panel: Panel, model: ModelConfig, rng: np.random.Generator, d
         )
     }
     for series in panel.series:
-        ret = series.features[:, 0]
+        # observed days only: a masked day's feature is a placeholder 0, not a quiet day
+        ret = series.features[series.observed, 0]
         if series.features.shape[1] > 1:
-            level = series.features[:, 1]
+            level = series.features[series.observed, 1]
         else:  # rolling RMS of the return as the ranking key
             window = max(2, model.vol_window)
             sq = np.convolve(ret**2, np.ones(window) / window, mode="same")

@@ -272,11 +272,21 @@ def train_lbfgs(
 
     best: dict[str, Any] = {"loss": math.inf, "values": [p.detach().clone() for p in params]}
 
+    def objective() -> torch.Tensor | None:
+        """Negative log-likelihood plus the scale walls; None where a parameter is not finite (a
+        line-search trial beyond what float64 holds)."""
+        values = guide.parameters()
+        if not all(bool(torch.isfinite(v).all()) for v in values.values()):
+            return None
+        pot = poutine.condition(model.log_potentials, data=values)(data)
+        loss = -log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()
+        return loss + model.floor_penalty(pot.emission_scale)  # walls below and above the regime sds
+
     def closure():
         optimizer.zero_grad()
-        pot = poutine.condition(model.log_potentials, data=guide.parameters())(data)
-        loss = -log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()
-        loss = loss + model.floor_penalty(pot.emission_scale)  # walls below and above the regime sds
+        loss = objective()
+        if loss is None:  # no loss there, no gradient: the line search backs off
+            return torch.tensor(math.inf, dtype=params[0].dtype)
         loss.backward()
         value = float(loss.detach())
         if value < best["loss"]:  # NaN compares false: a step into NaN is never the best
@@ -284,9 +294,9 @@ def train_lbfgs(
         return loss
 
     optimizer.step(closure)
-    with torch.no_grad():  # the strong-Wolfe line search can end on a step into NaN after converging
-        pot = poutine.condition(model.log_potentials, data=guide.parameters())(data)
-        if not torch.isfinite(log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()):
+    with torch.no_grad():  # the strong-Wolfe line search can end on a step into NaN or overflow
+        final = objective()
+        if final is None or not torch.isfinite(final):
             for p, value in zip(params, best["values"]):
                 p.copy_(value)
     em_polish(model, guide, data)  # EM frees transition probabilities L-BFGS left stuck at zero
