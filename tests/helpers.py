@@ -17,6 +17,7 @@ FIT_OUTPUTS = (
     "history.csv",
     "model.pt",
     "regimes.png",
+    "regimes_filtered.png",
     "transitions.png",
     "usage.png",
     "training.png",

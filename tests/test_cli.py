@@ -40,6 +40,9 @@ def test_fit_writes_every_output(small_csv, tmp_path, capsys):
     prob_cols = [f"prob_{n}" for n in ("calm", "neutral", "volatile", "panic")]
     assert [c for c in regimes.columns if c.startswith("prob_")] == prob_cols
     assert regimes[prob_cols].sum(axis=1).sub(1).abs().max() < 1e-5
+    filtered_cols = [f"filtered_{n}" for n in ("calm", "neutral", "volatile", "panic")]
+    assert list(regimes.columns[-4:]) == filtered_cols  # added after the 0.1 columns
+    assert regimes[filtered_cols].sum(axis=1).sub(1).abs().max() < 1e-5
     assert set(regimes["market"]) == {"traditional_cre", "tokenized_reit"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["regimes"] == ["calm", "neutral", "volatile", "panic"]

@@ -60,6 +60,18 @@ def test_plot_regimes_merges_runs(fit):
     assert len(top.patches) == runs < len(m.dates)
 
 
+def test_plot_regimes_shows_the_filtered_probabilities_when_asked(fit):
+    m = fit.markets[0]
+    fig = plots.plot_regimes(fit, market=m.name, probabilities="filtered")
+    labels = m.filtered.argmax(-1)
+    assert len(fig.axes[0].patches) == 1 + int(np.count_nonzero(labels[1:] != labels[:-1]))
+    assert "filtered" in fig.axes[0].get_title(loc="left")
+    stacked = fig.axes[1].collections[0].get_paths()[0].vertices[:, 1]  # the calm band's outline
+    assert np.allclose(np.sort(stacked)[-1], m.filtered[:, 0].max())
+    with pytest.raises(ValueError, match="smoothed' or 'filtered"):
+        plots.plot_regimes(fit, probabilities="viterbi")
+
+
 def test_plot_regimes_with_returns_input(fit):
     markets = [dataclasses.replace(m, prices=None) for m in fit.markets]
     fig = plots.plot_regimes(_with(fit, markets=markets))
@@ -116,7 +128,13 @@ def test_plot_training_full_single_row_and_empty(fit):
 def test_save_all_writes_readable_pngs(fit, tmp_path):
     out = tmp_path / "plots"
     paths = plots.save_all(fit, out)
-    assert [p.name for p in paths] == ["regimes.png", "transitions.png", "usage.png", "training.png"]
+    assert [p.name for p in paths] == [
+        "regimes.png",
+        "regimes_filtered.png",
+        "transitions.png",
+        "usage.png",
+        "training.png",
+    ]
     for path in paths:
         assert path.parent == out and path.stat().st_size > 0
         image = mpimg.imread(path)

@@ -127,15 +127,22 @@ def _empty_panel(ax, message: str) -> None:
 # plots
 
 
-def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None) -> Figure:
+def plot_regimes(
+    fit: RegimeFit, market: str | int | Sequence[str] | None = None, probabilities: str = "smoothed"
+) -> Figure:
     """Per market two stacked panels sharing the date axis.
 
     Top: the price (or the cumulative log return when the input gave returns), with the
-    background shaded by the most probable smoothed regime (one span per run of days in
-    the same regime). Bottom: the smoothed regime probabilities as a stacked area.
+    background shaded by the most probable regime (one span per run of days in the same
+    regime). Bottom: the regime probabilities as a stacked area. ``probabilities``:
+    ``"smoothed"`` (p(z_t | all days): the best reading of the past) or ``"filtered"``
+    (p(z_t | days up to t) at the fitted parameters: what could have been known on the day).
     ``market`` picks one market by name or index (or a list of them); ``None`` plots all.
-    The figure has ``2 * number of markets`` axes.
+    The figure has ``2 * number of markets`` axes. Raises ``ValueError`` for another
+    ``probabilities``.
     """
+    if probabilities not in ("smoothed", "filtered"):
+        raise ValueError(f"probabilities must be 'smoothed' or 'filtered', got {probabilities!r}")
     markets = _select_markets(fit, market)
     regimes = list(fit.regimes)
     colours = regime_colours(regimes)
@@ -151,11 +158,11 @@ def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None
             _empty_panel(ax_bot, "")
             continue
         values, label = _level_series(m)
-        smoothed = np.asarray(m.smoothed, dtype=float)
+        smoothed = np.asarray(m.smoothed if probabilities == "smoothed" else m.filtered, dtype=float)
         step = float(np.median(np.diff(x))) if x.size > 1 else 1.0
         edges = np.concatenate((x, [x[-1] + step]))
 
-        # background: one axvspan per run of the most probable smoothed regime
+        # background: one axvspan per run of the most probable regime
         top_regime = smoothed.argmax(-1)
         starts, ends = _runs(top_regime)
         for s, e in zip(starts, ends):
@@ -168,7 +175,9 @@ def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None
             ax_top.set_yscale("log")  # prices over orders of magnitude
             label = "price (log scale)"
         ax_top.set_ylabel(label)
-        ax_top.set_title(f"{m.name}: {label}, shaded by the most probable smoothed regime", loc="left", fontsize=10)
+        ax_top.set_title(
+            f"{m.name}: {label}, shaded by the most probable {probabilities} regime", loc="left", fontsize=10
+        )
         ax_top.grid(alpha=0.25, linewidth=0.5)
         ax_top.tick_params(labelbottom=False)
 
@@ -190,7 +199,7 @@ def plot_regimes(fit: RegimeFit, market: str | int | Sequence[str] | None = None
         loc="outside upper center",
         ncols=max(len(regimes), 1),
         frameon=False,
-        title="regime (smoothed posterior)",
+        title=f"regime ({probabilities} posterior)",
     )
     return fig
 
@@ -326,12 +335,13 @@ def plot_training(fit: RegimeFit) -> Figure:
 
 
 def save_all(fit: RegimeFit, out_dir: str | Path, *, dpi: int = _DPI) -> list[Path]:
-    """Write ``regimes.png``, ``transitions.png``, ``usage.png`` and ``training.png``
-    into ``out_dir`` (created if missing) and return their paths in that order."""
+    """Write ``regimes.png`` (smoothed), ``regimes_filtered.png``, ``transitions.png``, ``usage.png``
+    and ``training.png`` into ``out_dir`` (created if missing) and return their paths in that order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     makers = (
         ("regimes.png", plot_regimes),
+        ("regimes_filtered.png", lambda f: plot_regimes(f, probabilities="filtered")),
         ("transitions.png", plot_transition_heatmaps),
         ("usage.png", plot_usage),
         ("training.png", plot_training),

@@ -125,8 +125,10 @@ class RegimeFit:
 
     def regimes_frame(self) -> pd.DataFrame:
         """Long table, one row per day of each market's grid: date, market, regime (most probable smoothed),
-        prob_<name> per regime, viterbi, observed (1: a real observation; 0: a masked day, whose regime
-        comes from its neighbours)."""
+        prob_<name> per regime (smoothed, p(z_t = k | all days)), viterbi, observed (1: a real
+        observation; 0: a masked day, whose regime comes from its neighbours), then filtered_<name> per
+        regime: p(z_t = k | days up to t) at the fitted parameters (the forward recursion; the
+        parameters themselves were fitted on all days - walk-forward refits remove that too)."""
         frames = []
         for m in self.markets:
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
@@ -135,6 +137,8 @@ class RegimeFit:
                 frame[f"prob_{name}"] = m.smoothed[:, k]
             frame["viterbi"] = [self.regimes[k] for k in m.viterbi]
             frame["observed"] = np.asarray(m.observed, dtype=np.int64)
+            for k, name in enumerate(self.regimes):
+                frame[f"filtered_{name}"] = m.filtered[:, k]
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
