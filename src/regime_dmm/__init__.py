@@ -14,6 +14,7 @@ from .fitted import FittedModel
 from .fitting import FitInterrupted, fit, resume_fit
 from .persistence import load_fit
 from .results import RegimeFit
+from .walkforward import WalkForwardPlan, walk_forward
 
 __all__ = [
     "CheckpointError",
@@ -28,10 +29,12 @@ __all__ = [
     "RegimeFit",
     "TrainConfig",
     "TrainingError",
+    "WalkForwardPlan",
     "__version__",
     "fit",
     "load_fit",
     "load_prices",
     "resume_fit",
     "simulate_default",
+    "walk_forward",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast`` and ``report``.
+"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast``, ``walkforward`` and ``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
 one line ``error: ...`` and exit with code 2; nothing is written in that case.
@@ -29,6 +29,7 @@ from .regime_checks import format_regime_warnings
 from .results import RegimeFit
 from .selection import plot_selection, select_regimes
 from .training.collapse import format_collapse
+from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, walk_forward
 
 __all__ = ["main", "parse_regimes"]
 
@@ -132,6 +133,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CSV of days after the fitted ones: update the filter with them (no refit), then forecast",
     )
+
+    wf = sub.add_parser(
+        "walkforward", help="refit every N days and filter each later day with data up to that day only"
+    )
+    wf.add_argument("--data", nargs="+", metavar="FILE", help=DATA_HELP + " (default: embedded simulated data)")
+    wf.add_argument("--config", help="YAML file with sections model / penalties / training / data")
+    wf.add_argument("--regimes", type=int, help="number of regimes K (default 4)")
+    wf.add_argument("--seed", type=int, help="random seed (default 0)")
+    wf.add_argument("--classic", action="store_true", help="classic Markov-switching model")
+    wf.add_argument("--epochs", type=int, help="epochs of the first fit (default: the configuration's)")
+    wf.add_argument("--restarts", type=int, help="restarts of the first fit")
+    wf.add_argument("--refit-every", type=int, default=21, help="dates between refits (default 21)")
+    wf.add_argument("--refit-epochs", type=int, default=100, help="epochs of each later refit (default 100)")
+    wf.add_argument(
+        "--window", default="expanding", help="'expanding' (default) or the number of dates each refit sees"
+    )
+    wf.add_argument("--start", help=f"first refit date (default: the {DEFAULT_START_DATES}th date of the data)")
+    wf.add_argument(
+        "--out",
+        default="regime_dmm_walkforward",
+        help="output folder; rerun into it to resume (default: regime_dmm_walkforward)",
+    )
+    wf.add_argument("--quiet", action="store_true", help="no progress bar, no per-refit line")
 
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
@@ -249,6 +273,55 @@ def warning_lines(result: RegimeFit) -> list[str]:
         + format_regime_warnings(result.regime_warnings)
         + format_collapse(result.collapse)
     )
+
+
+def cmd_walkforward(args) -> int:
+    """``regime-dmm walkforward``: walk-forward filtered regimes into ``DIR/walkforward.csv`` (resumable)."""
+    if args.window == "expanding":
+        window = None
+    else:
+        try:
+            window = int(args.window)
+        except ValueError:
+            raise RegimeDMMError(f"--window must be 'expanding' or a number of dates, got {args.window!r}") from None
+    plan = WalkForwardPlan(
+        refit_every=args.refit_every, window=window, start=args.start, refit_epochs=args.refit_epochs
+    )
+    config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
+    model, training = {}, {}
+    if args.regimes is not None:
+        model["num_regimes"] = args.regimes
+    if args.classic:
+        model["classic"] = True
+    for key in ("seed", "epochs", "restarts"):
+        if getattr(args, key) is not None:
+            training[key] = getattr(args, key)
+    config = config.replace(model=model, training=training)
+    if args.data is None:
+        print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
+    out = Path(args.out)
+    stop = StopControl()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        table = walk_forward(
+            _data(args),
+            config,
+            plan=plan,
+            out=out,
+            progress=not args.quiet and sys.stderr.isatty(),
+            log=None if args.quiet else print,
+            stop=stop,
+        )
+    except FitInterrupted as exc:
+        signum = stop.signal or signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}", file=sys.stderr)
+        print(f"finished refits are kept in {out}; rerun the same command to resume", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"wrote {out}/{WALKFORWARD_FILE}: {len(table)} rows, {table['fit_date'].nunique()} refits")
+    return 0
 
 
 def cmd_simulate(args) -> int:
@@ -386,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_forecast(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "walkforward":
+            return cmd_walkforward(args)
         return cmd_simulate(args)
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)

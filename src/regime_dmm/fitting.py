@@ -63,6 +63,7 @@ def fit(
     checkpoint_every: int = 50,
     stop_requested: Callable[[], bool] | None = None,
     stop: StopControl | None = None,
+    initial_params: dict[str, torch.Tensor] | None = None,
     _resume: RunCheckpoint | None = None,
 ) -> RegimeFit:
     """Fit the regime model to ``data`` (a CSV path or long DataFrame; None = embedded default).
@@ -72,7 +73,9 @@ def fit(
     (every ``checkpoint_every`` epochs, at the end of each restart, and when ``stop_requested()``
     turns true, which then raises :class:`FitInterrupted`). ``stop``: a
     :class:`~regime_dmm.training.restarts.StopControl` whose handler is installed for SIGINT/SIGTERM
-    (the command line's): a stop is then honoured at once in every phase.
+    (the command line's): a stop is then honoured at once in every phase. ``initial_params``: the
+    parameters of an earlier fit of the same configuration on the same markets
+    (:meth:`FittedModel.parameters`): the first restart starts from them (walk-forward refits).
 
     Raises :class:`~regime_dmm.errors.DataError` (bad data, naming market, row and date),
     :class:`~regime_dmm.errors.ConfigError`, :class:`~regime_dmm.errors.TrainingError` (every
@@ -122,6 +125,7 @@ def fit(
             stop=stop,
             log=log,
             progress=progress,
+            warm_params=initial_params,
         )
     except FitInterrupted as exc:
         exc.checkpoint = path

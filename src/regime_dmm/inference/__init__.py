@@ -8,6 +8,7 @@ calls it rather than re-implementing the recursions.
 from .exact import (
     HMMPosterior,
     forecast,
+    last_filtered,
     log_normalizer,
     posterior,
     stationary_distribution,
@@ -17,6 +18,7 @@ from .exact import (
 __all__ = [
     "HMMPosterior",
     "forecast",
+    "last_filtered",
     "log_normalizer",
     "posterior",
     "stationary_distribution",

@@ -29,6 +29,7 @@ import torch
 
 __all__ = [
     "HMMPosterior",
+    "last_filtered",
     "log_normalizer",
     "posterior",
     "viterbi",
@@ -102,6 +103,24 @@ def _inclusive_scan(mats: torch.Tensor, reverse: bool = False) -> torch.Tensor:
             out = torch.cat([out[..., :shift, :, :], tail], dim=-3)
         shift *= 2
     return out
+
+
+def last_filtered(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` log p(z_{T-1} | x_{0..T-1}): the filtered distribution of the last step only.
+
+    The same quantity as ``posterior(...).log_filtered[:, -1]`` without the marginals of the other
+    steps: the step matrices are multiplied in a balanced tree (O(T) work, log T depth), as a
+    walk-forward filter needs it once per day. Shapes as :func:`posterior`.
+    """
+    alpha = log_init + obs_ll[..., 0, :]
+    mats = log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :]
+    while mats.shape[-3] > 1:
+        n = mats.shape[-3]
+        paired = _logmatmulexp(mats[..., 0 : n - 1 : 2, :, :], mats[..., 1:n:2, :, :])
+        mats = torch.cat([paired, mats[..., n - 1 :, :, :]], dim=-3) if n % 2 else paired
+    if mats.shape[-3] == 1:
+        alpha = torch.logsumexp(alpha[..., :, None] + mats[..., 0, :, :], dim=-2)
+    return alpha - torch.logsumexp(alpha, dim=-1, keepdim=True)
 
 
 def posterior(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> HMMPosterior:

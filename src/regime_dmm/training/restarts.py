@@ -142,8 +142,14 @@ def run_restarts(
     stop: StopControl | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    warm_params: dict[str, torch.Tensor] | None = None,
 ) -> TrainedRun:
     """Train ``config.training.restarts`` restarts (those not finished in ``state``) and keep the best.
+
+    ``warm_params``: parameters of an earlier fit of the same model on the same markets (name ->
+    unconstrained tensor, as :meth:`~regime_dmm.fitted.FittedModel.parameters` gives): restart 0
+    starts from them instead of the classic HMM's warm start (a walk-forward refit). Raises
+    :class:`CheckpointError` when their names or shapes do not fit the model.
 
     ``save()`` persists ``state`` (called every ``checkpoint_every`` epochs, after each restart and on
     a stop request). ``stop_requested()`` (and ``stop``, a :class:`StopControl` whose handler is
@@ -173,7 +179,10 @@ def run_restarts(
         pyro.set_rng_seed(tc.seed * 1009 + restart)
         rng = np.random.default_rng([tc.seed, restart])
         current = state.current if state.current is not None and state.current.restart == restart else None
-        if current is None:
+        warm = current is None and warm_params is not None and restart == 0
+        if warm:
+            reference, values = None, variant.placeholder_values(panel, config, dtype)
+        elif current is None:
             phase(f"warm-starting restart {restart}")
             start = variant.starting_values(panel, data, config, rng, dtype)
             reference = None if start.reference_usage is None else start.reference_usage.tolist()
@@ -190,6 +199,11 @@ def run_restarts(
             torch.set_rng_state(current.torch_rng)
             loop = current.loop
             print_(f"[restart {restart}] resumed after epoch {loop.epoch}")
+        elif warm:
+            assert warm_params is not None
+            materialise(model, guide, data)
+            restore_parameters(warm_params)
+            print_(f"[restart {restart}] starts from the given parameters")
 
         def on_epoch(loop_state: LoopState, restart: int = restart, reference: Any = reference) -> None:
             halt = stopping()

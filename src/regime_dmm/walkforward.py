@@ -1,0 +1,268 @@
+"""Walk-forward regimes: refit every N days on the data available then, and give each later day the
+filtered regime probabilities computed from that fit and the days up to it only.
+
+For a refit date ``d_i`` the model is fitted on the rows dated ``<= d_i`` (all of them, or the last
+``window`` dates); each date ``t`` in ``(d_i, d_{i+1}]`` then gets, per market with a row on ``t``,
+``p(z_t | x_1..x_t)`` at those parameters, computed on the rows dated ``<= t`` alone (the day grid,
+no-trade masks, gaps and bad-tick checks included: a bad tick is recognised by its reversal the
+next day, so a filter that saw the next day would look ahead). Each refit after the first starts
+from the previous one's parameters with ``refit_epochs`` epochs and one restart; the first is a full
+fit with the configuration's epochs and restarts. Refit dates count the dates of the data (the
+union of the markets' dates) from ``start``, so appending later days to the input leaves every
+earlier row unchanged.
+
+This is the evaluation design of regime-switching strategies in the literature (for example
+Nystrup, Madsen and Lindstrom, "Dynamic portfolio optimization across hidden market regimes",
+Quantitative Finance 18, 2018, and the online prediction of the statistical jump model,
+``jumpmodels``): parameters refitted on an expanding or rolling window, states filtered forward.
+
+With ``out``, every refit leaves ``out/walkforward_parts/NNNN.csv`` (its days) and ``NNNN.pt`` (its
+parameters, tensors only) written atomically; a rerun into the same folder with the same data and
+settings skips the finished refits, and ``out/walkforward.csv`` is written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .atomic import atomic_write_text
+from .checkpoints import read_checkpoint, write_checkpoint
+from .config import FitConfig
+from .data.sources import DataSource, load_source
+from .errors import CheckpointError, ConfigError
+from .fitting import fit
+from .inference import last_filtered
+from .results import RegimeFit
+from .training.restarts import FitInterrupted, StopControl
+
+__all__ = ["DEFAULT_START_DATES", "WALKFORWARD_FILE", "WalkForwardPlan", "refit_dates", "walk_forward"]
+
+#: The output table's file name.
+WALKFORWARD_FILE = "walkforward.csv"
+#: Without ``start``, the first refit is on the 500th date of the data (about two years of business days).
+DEFAULT_START_DATES = 500
+PARTS = "walkforward_parts"
+PART_FORMAT = "regime-dmm walk-forward refit"
+
+
+@dataclass(frozen=True)
+class WalkForwardPlan:
+    """The settings of a walk-forward run (kept in ``out/walkforward_parts/plan.json``).
+
+    ``refit_every``: dates between refits (>= 1); ``window``: ``None`` for an expanding window, else
+    the number of dates each refit sees (>= 30); ``start``: the first refit date (ISO), ``None`` for
+    the :data:`DEFAULT_START_DATES`-th date; ``refit_epochs``: epochs of each refit after the first.
+    """
+
+    refit_every: int = 21
+    window: int | None = None
+    start: str | None = None
+    refit_epochs: int = 100
+
+    def check(self) -> None:
+        """Raises :class:`ConfigError` naming the setting that is out of range."""
+        if self.refit_every < 1:
+            raise ConfigError(f"refit_every must be >= 1 day, got {self.refit_every}")
+        if self.window is not None and self.window < 30:
+            raise ConfigError(f"window must be 'expanding' or >= 30 dates, got {self.window}")
+        if self.refit_epochs < 1:
+            raise ConfigError(f"refit_epochs must be >= 1, got {self.refit_epochs}")
+
+
+def refit_dates(dates: pd.DatetimeIndex, plan: WalkForwardPlan) -> list[int]:
+    """Positions in ``dates`` (the sorted union of the markets' dates) of the refits.
+
+    Raises :class:`ConfigError` when ``plan.start`` is not a date or leaves no day to predict.
+    """
+    if plan.start is None:
+        first = min(DEFAULT_START_DATES, len(dates) // 2)
+    else:
+        try:
+            when = pd.Timestamp(plan.start)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"start: cannot read {plan.start!r} as a date") from exc
+        first = int(dates.searchsorted(when))
+    if first >= len(dates) - 1:
+        last = dates[-1].date() if len(dates) else "none"
+        raise ConfigError(f"start {plan.start or first} leaves no day to predict (the last date is {last})")
+    return list(range(first, len(dates) - 1, plan.refit_every))
+
+
+def walk_forward(
+    data: DataSource = None,
+    config: FitConfig | None = None,
+    *,
+    plan: WalkForwardPlan | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    stop: StopControl | None = None,
+) -> pd.DataFrame:
+    """Walk-forward filtered regime probabilities (see the module docstring).
+
+    ``data``: as :func:`~regime_dmm.fit` (None: the embedded default). ``config``: the fit's
+    configuration. Returns one row per market and date after the first refit on which the market
+    has a row: ``date, market, regime`` (the most probable filtered regime), ``filtered_<name>`` per
+    regime, ``fit_date`` (the refit whose parameters were used: always before ``date``) and
+    ``observed`` (0: a masked day - no trade, gap, bad tick - whose probabilities are the
+    prediction from the days before). A market enters at the first refit at which it has
+    ``training.min_observations`` rows in the window.
+
+    Raises :class:`~regime_dmm.errors.DataError` (bad data), :class:`ConfigError` (settings),
+    :class:`CheckpointError` (``out`` holds a run with other data or settings), and what
+    :func:`~regime_dmm.fit` raises for a refit.
+    """
+    config = config or FitConfig()
+    plan = plan or WalkForwardPlan()
+    plan.check()
+    print_ = log or (lambda _msg: None)
+    loaded = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed)
+    frame = loaded.frame
+    dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
+    positions = refit_dates(dates, plan)
+    parts = _parts_folder(out, plan, config, frame)
+    names = config.model.names()
+    bar = _progress(len(positions), progress)
+    previous: dict[str, torch.Tensor] | None = None
+    previous_markets: tuple[str, ...] = ()
+    blocks: list[pd.DataFrame] = []
+    for i, pos in enumerate(positions):
+        fit_date = dates[pos]
+        until = dates[min(pos + plan.refit_every, len(dates) - 1)]
+        part = None if parts is None else parts / f"{i:04d}"
+        if part is not None and part.with_suffix(".csv").is_file() and part.with_suffix(".pt").is_file():
+            saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", ("params", "markets"))
+            previous, previous_markets = saved["params"], tuple(saved["markets"])
+            blocks.append(pd.read_csv(part.with_suffix(".csv"), dtype={"date": str, "fit_date": str}))
+            bar.update(1)
+            continue
+        if stop is not None:
+            stop.phase = f"walk-forward refit on {fit_date.date()}"
+        low = None if plan.window is None else dates[max(0, pos - plan.window + 1)]
+        train = _rows(frame, low, fit_date)
+        counts = train.groupby("market", sort=False).size()
+        markets = tuple(m for m in counts.index if counts[m] > config.training.min_observations)
+        if not markets:
+            bar.update(1)
+            continue
+        train = train[train["market"].isin(markets)]
+        first = previous is None or markets != previous_markets
+        cfg = config if first else config.replace(training={"epochs": plan.refit_epochs, "restarts": 1})
+        result = fit(train, cfg, initial_params=None if first else previous, stop=stop)
+        fitted = result.require_fitted()
+        block = _filter_days(result, frame, low, dates, pos, until, names, fit_date, stop)
+        previous, previous_markets = fitted.parameters(), markets
+        if part is not None:
+            _write_part(part, block, previous, markets)
+        blocks.append(block)
+        print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {', '.join(markets)}; {len(block)} rows")
+        bar.update(1)
+    bar.close()
+    columns = ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
+    table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
+    table = table[columns].reset_index(drop=True)
+    if out is not None:
+        text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
+    return table
+
+
+def _rows(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> pd.DataFrame:
+    keep = frame["date"] <= high
+    if low is not None:
+        keep &= frame["date"] >= low
+    rows = frame[keep]
+    rows.attrs = dict(frame.attrs)
+    return rows
+
+
+def _filter_days(
+    result: RegimeFit,
+    frame: pd.DataFrame,
+    low: pd.Timestamp | None,
+    dates: pd.DatetimeIndex,
+    pos: int,
+    until: pd.Timestamp,
+    names: tuple[str, ...],
+    fit_date: pd.Timestamp,
+    stop: StopControl | None,
+) -> pd.DataFrame:
+    """The filtered probabilities of each date in ``(dates[pos], until]`` from the rows up to that date."""
+    fitted = result.require_fitted()
+    fitted_markets = {m.name for m in result.markets}
+    frame = frame[frame["market"].isin(fitted_markets)]
+    records: list[dict[str, Any]] = []
+    for day in dates[pos + 1 :]:
+        if day > until:
+            break
+        if stop is not None and stop.requested():
+            raise FitInterrupted(f"stopped while filtering {day.date()}")
+        rows = _rows(frame, low, day)
+        today = set(rows.loc[rows["date"] == day, "market"])
+        if not today:
+            continue
+        panel = fitted.pipeline.transform(rows)
+        pot = fitted.potentials(fitted.model_data(panel))
+        for m, series in enumerate(panel.series):
+            if series.name not in today or series.dates[-1] != day:
+                continue
+            steps = series.length
+            log_probs = last_filtered(
+                pot.log_init[m : m + 1], pot.log_trans[m : m + 1, :steps], pot.obs_ll[m : m + 1, :steps]
+            )
+            probs = log_probs[0].exp().numpy()
+            record: dict[str, Any] = {
+                "date": day.strftime("%Y-%m-%d"),
+                "market": series.name,
+                "regime": names[int(probs.argmax())],
+            }
+            record.update({f"filtered_{n}": float(p) for n, p in zip(names, probs)})
+            record["fit_date"] = fit_date.strftime("%Y-%m-%d")
+            record["observed"] = int(series.observed[-1])
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _parts_folder(out: str | Path | None, plan: WalkForwardPlan, config: FitConfig, frame: pd.DataFrame) -> Path | None:
+    """``out/walkforward_parts`` with its ``plan.json``; a different plan, configuration or data is refused."""
+    if out is None:
+        return None
+    parts = Path(out) / PARTS
+    digest = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
+    identity = {
+        "package_version": __version__,
+        "plan": asdict(plan),
+        "config": config.to_dict(),
+        "data": f"{len(frame)} rows, hash {int(np.bitwise_xor.reduce(digest.to_numpy())):x}",
+    }
+    text = json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n"
+    plan_file = parts / "plan.json"
+    if plan_file.is_file():
+        if plan_file.read_text(encoding="utf-8") != text:
+            raise CheckpointError(
+                f"{out} holds a walk-forward run with other data or settings: use another --out or remove it"
+            )
+    else:
+        atomic_write_text(plan_file, text)
+    return parts
+
+
+def _write_part(part: Path, block: pd.DataFrame, params: dict[str, torch.Tensor], markets: tuple[str, ...]) -> None:
+    text = block.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+    atomic_write_text(part.with_suffix(".csv"), text)
+    payload = {"format": PART_FORMAT, "package_version": __version__, "params": params, "markets": list(markets)}
+    write_checkpoint(payload, part.with_suffix(".pt"))
+
+
+def _progress(total: int, show: bool) -> Any:
+    return tqdm(total=total, desc="walk-forward refits", unit="refit", disable=not show)

@@ -1,0 +1,144 @@
+"""Walk-forward regimes (regime_dmm.walkforward, ``regime-dmm walkforward``): refits on the data available
+then, each later day filtered with the days up to it only; no look-ahead, resumable, same bytes."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import regime_dmm as rd
+from regime_dmm.cli import main
+from regime_dmm.data import MarketSpec, simulate_default, simulate_markets
+from regime_dmm.errors import CheckpointError, ConfigError
+from regime_dmm.nowcast import nowcast
+from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, walk_forward
+
+from helpers import write_csv_frame
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLASSIC = rd.FitConfig().replace(model={"num_regimes": 2, "classic": True}, training={"restarts": 1})
+DMM = rd.FitConfig().replace(model={"num_regimes": 3}, training={"epochs": 12, "restarts": 1})
+PLAN = WalkForwardPlan(refit_every=40, start="2020-09-01", refit_epochs=6)
+
+
+def two_regime_market(days: int) -> pd.DataFrame:
+    spec = MarketSpec(
+        name="a",
+        start="2020-01-01",
+        freq="B",
+        usage=(0.6, 0.4),
+        leave_rates=(0.03, 0.05),
+        means=(0.0005, -0.001),
+        sds=(0.006, 0.02),
+    )
+    return simulate_markets([spec], seed=21, n_days=days, regimes=("calm", "volatile")).frame
+
+
+@pytest.fixture(scope="module")
+def classic_run(tmp_path_factory):
+    frame = two_regime_market(330)
+    out = tmp_path_factory.mktemp("wf") / "classic"
+    return frame, out, walk_forward(frame, CLASSIC, plan=PLAN, out=out)
+
+
+def test_every_row_uses_a_fit_made_before_its_day(classic_run):
+    frame, out, table = classic_run
+    names = [f"filtered_{r}" for r in CLASSIC.model.names()]
+    assert list(table.columns) == ["date", "market", "regime", *names, "fit_date", "observed"]
+    assert (table["fit_date"] < table["date"]).all()
+    assert table["fit_date"].iloc[0] == "2020-09-01" and table["date"].iloc[0] == "2020-09-02"
+    assert table["fit_date"].nunique() == 4  # 2020-09-01 + every 40 dates until the data end
+    assert table["date"].is_monotonic_increasing and not table["date"].duplicated().any()
+    later = frame.loc[frame["date"] > pd.Timestamp("2020-09-01"), "date"].dt.strftime("%Y-%m-%d")
+    assert table["date"].tolist() == later.tolist()  # every later day, once
+    np.testing.assert_allclose(table[names].sum(axis=1), 1.0, atol=1e-5)
+    assert (out / WALKFORWARD_FILE).read_text().startswith("date,market,regime,filtered_calm")
+
+
+def test_first_block_equals_the_nowcast_of_a_fit_on_the_days_before(classic_run):
+    """Another code path (a fit on the first days, then the filter updated with each new day) gives the
+    same probabilities for the days the first refit covers."""
+    frame, _, table = classic_run
+    cut = pd.Timestamp("2020-09-01")
+    first = rd.fit(frame[frame["date"] <= cut], CLASSIC)
+    block = table[table["fit_date"] == "2020-09-01"]
+    new = frame[(frame["date"] > cut) & (frame["date"] <= pd.Timestamp(block["date"].iloc[-1]))]
+    expected = nowcast(first, new)
+    names = CLASSIC.model.names()
+    np.testing.assert_allclose(
+        block[[f"filtered_{r}" for r in names]].to_numpy(), expected[[f"prob_{r}" for r in names]].to_numpy(), atol=1e-9
+    )
+
+
+def test_appending_later_days_leaves_every_earlier_row_unchanged(tmp_path):
+    """The default model (transition network fed past days, a no-trade 7-day token): bit for bit."""
+    full = simulate_default(seed=6, n_days=330, jump_prob=0).frame
+    short = full[full["date"] <= pd.Timestamp("2020-03-20")]
+    plan = WalkForwardPlan(refit_every=45, start="2015-09-01", refit_epochs=4)
+    walk_forward(short, DMM, plan=plan, out=tmp_path / "short")
+    walk_forward(full, DMM, plan=plan, out=tmp_path / "full")
+    before = (tmp_path / "short" / WALKFORWARD_FILE).read_text().splitlines()
+    after = (tmp_path / "full" / WALKFORWARD_FILE).read_text().splitlines()
+    assert len(after) > len(before) > 60
+    assert after[: len(before)] == before
+    assert {line.split(",")[1] for line in before[1:]} == {"traditional_cre", "tokenized_reit"}
+
+
+def test_a_rerun_resumes_after_the_finished_refits_and_gives_the_same_bytes(classic_run, tmp_path):
+    frame, out, _ = classic_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    (copy / WALKFORWARD_FILE).unlink()
+    for suffix in (".csv", ".pt"):
+        (copy / "walkforward_parts" / f"0003{suffix}").unlink()
+        (copy / "walkforward_parts" / f"0002{suffix}").unlink()
+    lines: list[str] = []
+    walk_forward(frame, CLASSIC, plan=PLAN, out=copy, log=lines.append)
+    assert [line.split(" on ")[0] for line in lines] == ["refit 3/4", "refit 4/4"]  # 1 and 2 were kept
+    assert (copy / WALKFORWARD_FILE).read_bytes() == (out / WALKFORWARD_FILE).read_bytes()
+
+
+def test_other_settings_in_the_same_folder_are_refused(classic_run):
+    frame, out, _ = classic_run
+    with pytest.raises(CheckpointError, match="other data or settings"):
+        walk_forward(frame, CLASSIC, plan=WalkForwardPlan(refit_every=20, start="2020-09-01"), out=out)
+
+
+@pytest.mark.parametrize(
+    ("plan", "match"),
+    [
+        (WalkForwardPlan(refit_every=0), "refit_every"),
+        (WalkForwardPlan(window=10), "window"),
+        (WalkForwardPlan(start="2031-01-01"), "no day to predict"),
+        (WalkForwardPlan(start="not a date"), "cannot read"),
+    ],
+)
+def test_bad_settings_are_named(plan, match):
+    with pytest.raises(ConfigError, match=match):
+        walk_forward(two_regime_market(60), CLASSIC, plan=plan)
+
+
+def test_rolling_window_refits_see_only_the_last_dates(tmp_path):
+    frame = two_regime_market(260)
+    plan = WalkForwardPlan(refit_every=60, window=120, start="2020-07-01", refit_epochs=5)
+    table = walk_forward(frame, CLASSIC, plan=plan)
+    assert table["fit_date"].nunique() == 3 and (table["fit_date"] < table["date"]).all()
+    # a rolling window forgets the start: the same data without its first 10 rows give the same rows
+    later = walk_forward(frame.iloc[10:], CLASSIC, plan=plan)
+    pd.testing.assert_frame_equal(table, later)
+
+
+def test_command_line_writes_walkforward_csv_and_refuses_a_bad_window(tmp_path, capsys):
+    csv = tmp_path / "a.csv"
+    write_csv_frame(two_regime_market(200), csv)
+    out = tmp_path / "wf"
+    args = ["walkforward", "--data", str(csv), "--classic", "--regimes", "2", "--restarts", "1"]
+    assert main([*args, "--refit-every", "50", "--start", "2020-06-01", "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out / WALKFORWARD_FILE)
+    assert list(table.columns[:3]) == ["date", "market", "regime"] and len(table) > 50
+    assert f"wrote {out}/{WALKFORWARD_FILE}" in capsys.readouterr().out
+    assert main([*args, "--window", "weekly", "--out", str(tmp_path / "other")]) == 2
+    assert "--window must be 'expanding' or a number" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
