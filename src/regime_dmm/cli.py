@@ -1,4 +1,5 @@
-"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast``, ``walkforward`` and ``report``.
+"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast``, ``walkforward``, ``backtest``,
+``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
 one line ``error: ...`` and exit with code 2; nothing is written in that case.
@@ -17,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text, staged_files, staging_folder
+from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity
 from .config import FitConfig
-from .data import simulate_default, write_csv
+from .data import load_prices, simulate_default, write_csv
 from .errors import ConfigError, RegimeDMMError
 from .fitting import FitInterrupted, StopControl, fit, format_data_warnings, load_resume_state, resume_fit
 from .nowcast import filter_update, forecast_table
@@ -29,7 +31,7 @@ from .regime_checks import format_regime_warnings
 from .results import RegimeFit
 from .selection import plot_selection, select_regimes
 from .training.collapse import format_collapse
-from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, walk_forward
+from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, read_plan, walk_forward
 
 __all__ = ["main", "parse_regimes"]
 
@@ -156,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
         help="output folder; rerun into it to resume (default: regime_dmm_walkforward)",
     )
     wf.add_argument("--quiet", action="store_true", help="no progress bar, no per-refit line")
+
+    bt = sub.add_parser("backtest", help="persistence and a long/cash strategy on a walk-forward output")
+    bt.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm walkforward'")
+    bt.add_argument("--data", nargs="+", metavar="FILE", help="the prices (default: the walk-forward's own data)")
+    bt.add_argument("--risk-off", default="volatile,panic", help="regimes that take the strategy out (comma-separated)")
+    bt.add_argument("--threshold", type=float, default=0.5, help="out when their filtered probability exceeds this")
+    bt.add_argument("--cost-bps", type=float, default=10.0, help="one-way cost per position change, basis points")
+    bt.add_argument("--delay", type=int, default=1, help="days between a decision and its execution (default 1)")
 
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
@@ -324,6 +334,42 @@ def cmd_walkforward(args) -> int:
     return 0
 
 
+def cmd_backtest(args) -> int:
+    """``regime-dmm backtest``: backtest.csv and backtest.png beside a walk-forward's walkforward.csv."""
+    out = Path(args.dir)
+    table_path = out / WALKFORWARD_FILE
+    if not table_path.is_file():
+        raise RegimeDMMError(f"{table_path} not found: run 'regime-dmm walkforward --out {out}' first")
+    walkforward = pd.read_csv(table_path, dtype={"date": str, "fit_date": str, "market": str})
+    if args.data:
+        prices = load_prices(_data(args))
+    else:
+        source = read_plan(out)["source"]
+        if source["simulated"]:
+            prices = load_prices(simulate_default(seed=int(source["seed"])).frame)
+        elif source["paths"]:
+            prices = load_prices(source["paths"])
+        else:
+            raise RegimeDMMError("the walk-forward ran on a DataFrame: give the prices with --data FILE")
+    spec = StrategySpec(
+        risk_off=tuple(r.strip() for r in args.risk_off.split(",") if r.strip()),
+        threshold=args.threshold,
+        cost_bps=args.cost_bps,
+        delay=args.delay,
+    )
+    metrics, daily = backtest(walkforward, prices, spec)
+    print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    with staged_files(out) as tmp:
+        metrics.to_csv(tmp / BACKTEST_FILE, index=False, float_format="%.6f")
+        fig = plot_equity(daily, spec)
+        try:
+            fig.savefig(tmp / "backtest.png", dpi=110, facecolor="white")
+        finally:
+            fig.clear()
+    print(f"wrote {out}/: {BACKTEST_FILE} backtest.png")
+    return 0
+
+
 def cmd_simulate(args) -> int:
     """``regime-dmm simulate``: write the embedded simulated data (and optionally its true regimes) as CSV."""
     data = simulate_default(seed=args.seed)
@@ -461,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "walkforward":
             return cmd_walkforward(args)
+        if args.command == "backtest":
+            return cmd_backtest(args)
         return cmd_simulate(args)
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,13 +45,23 @@ from .inference import last_filtered
 from .results import RegimeFit
 from .training.restarts import FitInterrupted, StopControl
 
-__all__ = ["DEFAULT_START_DATES", "WALKFORWARD_FILE", "WalkForwardPlan", "refit_dates", "walk_forward"]
+__all__ = [
+    "DEFAULT_START_DATES",
+    "PLAN_FILE",
+    "WALKFORWARD_FILE",
+    "WalkForwardPlan",
+    "read_plan",
+    "refit_dates",
+    "walk_forward",
+]
 
 #: The output table's file name.
 WALKFORWARD_FILE = "walkforward.csv"
 #: Without ``start``, the first refit is on the 500th date of the data (about two years of business days).
 DEFAULT_START_DATES = 500
 PARTS = "walkforward_parts"
+#: The run's settings, data identity and source, inside ``out/walkforward_parts``.
+PLAN_FILE = "plan.json"
 PART_FORMAT = "regime-dmm walk-forward refit"
 
 
@@ -130,7 +140,8 @@ def walk_forward(
     frame = loaded.frame
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
     positions = refit_dates(dates, plan)
-    parts = _parts_folder(out, plan, config, frame)
+    source = {"paths": loaded.path, "simulated": loaded.simulated, "seed": config.training.seed}
+    parts = _parts_folder(out, plan, config, frame, source)
     names = config.model.names()
     bar = _progress(len(positions), progress)
     previous: dict[str, torch.Tensor] | None = None
@@ -233,7 +244,9 @@ def _filter_days(
     return pd.DataFrame.from_records(records)
 
 
-def _parts_folder(out: str | Path | None, plan: WalkForwardPlan, config: FitConfig, frame: pd.DataFrame) -> Path | None:
+def _parts_folder(
+    out: str | Path | None, plan: WalkForwardPlan, config: FitConfig, frame: pd.DataFrame, source: dict[str, Any]
+) -> Path | None:
     """``out/walkforward_parts`` with its ``plan.json``; a different plan, configuration or data is refused."""
     if out is None:
         return None
@@ -244,9 +257,10 @@ def _parts_folder(out: str | Path | None, plan: WalkForwardPlan, config: FitConf
         "plan": asdict(plan),
         "config": config.to_dict(),
         "data": f"{len(frame)} rows, hash {int(np.bitwise_xor.reduce(digest.to_numpy())):x}",
+        "source": source,
     }
     text = json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n"
-    plan_file = parts / "plan.json"
+    plan_file = parts / PLAN_FILE
     if plan_file.is_file():
         if plan_file.read_text(encoding="utf-8") != text:
             raise CheckpointError(
@@ -266,3 +280,13 @@ def _write_part(part: Path, block: pd.DataFrame, params: dict[str, torch.Tensor]
 
 def _progress(total: int, show: bool) -> Any:
     return tqdm(total=total, desc="walk-forward refits", unit="refit", disable=not show)
+
+
+def read_plan(out: str | Path) -> dict[str, Any]:
+    """The ``plan.json`` of a walk-forward output folder (settings, configuration, data identity and
+    source). Raises :class:`CheckpointError` when it is missing or unreadable."""
+    path = Path(out) / PARTS / PLAN_FILE
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a walk-forward run's plan ({type(exc).__name__})") from None

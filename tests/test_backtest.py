@@ -1,0 +1,104 @@
+"""The strategy check on walk-forward regimes (regime_dmm.backtest, ``regime-dmm backtest``): figures
+computed by hand on small tables, and the command line on a real walk-forward output."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from regime_dmm.backtest import StrategySpec, backtest, persistence
+from regime_dmm.cli import main
+from regime_dmm.data import MarketSpec, simulate_markets
+from regime_dmm.errors import DataError
+
+from helpers import write_csv_frame
+
+DATES = pd.bdate_range("2021-01-04", periods=6)
+PRICES = pd.DataFrame({"date": DATES, "market": "m", "price": [100.0, 110.0, 99.0, 99.0, 108.9, 119.79]})
+
+
+def walkforward(stress: list[float]) -> pd.DataFrame:
+    """A walk-forward table for the last five dates with the given p(volatile) (two regimes)."""
+    stress_ = np.asarray(stress)
+    return pd.DataFrame(
+        {
+            "date": DATES[1:].strftime("%Y-%m-%d"),
+            "market": "m",
+            "regime": np.where(stress_ > 0.5, "volatile", "calm"),
+            "filtered_calm": 1 - stress_,
+            "filtered_volatile": stress_,
+            "fit_date": "2021-01-01",
+            "observed": 1,
+        }
+    )
+
+
+def test_long_cash_returns_by_hand():
+    metrics, daily = backtest(walkforward([0.1, 0.9, 0.9, 0.2, 0.1]), PRICES, StrategySpec(risk_off=("volatile",)))
+    simple = np.array([0.10, -0.10, 0.0, 0.10, 0.10])
+    # decisions (hold when p <= 0.5): 1 0 0 1 1; executed a day later: 1 1 0 0 1 (the first day held)
+    position = np.array([1, 1, 0, 0, 1.0])
+    cost = np.array([0, 0, 0.001, 0, 0.001])  # 10 bp on each change
+    strategy = position * simple - cost
+    frame = daily["m"]
+    np.testing.assert_allclose(frame["return"], simple, atol=1e-12)
+    np.testing.assert_array_equal(frame["position"], position)
+    np.testing.assert_allclose(frame["long_cash"], np.cumprod(1 + strategy), atol=1e-12)
+    row = metrics.set_index("strategy").loc["long_cash"]
+    years = (DATES[-1] - DATES[1]).days / 365.25
+    assert row["annual_return"] == pytest.approx(np.prod(1 + strategy) ** (5 / years / 5) - 1)
+    equity = np.cumprod(1 + strategy)
+    assert row["max_drawdown"] == pytest.approx(1 - equity[2] / equity[0])  # 1.1 -> 0.99 -> 0.98901 (cost)
+    assert row["turnover_per_year"] == pytest.approx(2 / years)
+    bh = metrics.set_index("strategy").loc["buy_and_hold"]
+    assert bh["max_drawdown"] == pytest.approx(0.1) and bh["turnover_per_year"] == 0
+    assert bh["sharpe"] == pytest.approx(simple.mean() / simple.std(ddof=1) * np.sqrt(5 / years))
+
+
+def test_a_perfect_signal_without_delay_or_cost_avoids_every_loss():
+    metrics, _ = backtest(
+        walkforward([0.1, 0.9, 0.9, 0.2, 0.1]),
+        PRICES,
+        StrategySpec(risk_off=("volatile",), cost_bps=0, delay=0),
+    )
+    assert metrics.set_index("strategy").loc["long_cash", "max_drawdown"] == 0
+
+
+def test_persistence_counts_shifts_per_year_and_mean_duration():
+    assert persistence(["a", "a", "b", "b", "b", "a"], years=0.5) == (4.0, 2.0)
+    shifts, duration = persistence(["a"] * 10, years=1.0)
+    assert shifts == 0 and duration == 10
+
+
+def test_settings_that_do_not_fit_are_named():
+    with pytest.raises(DataError, match="not among the regimes calm, volatile"):
+        backtest(walkforward([0.1] * 5), PRICES, StrategySpec(risk_off=("panic",)))
+    with pytest.raises(DataError, match="threshold"):
+        backtest(walkforward([0.1] * 5), PRICES, StrategySpec(risk_off=("volatile",), threshold=1.5))
+    with pytest.raises(DataError, match="market 'm' of the walk-forward table is not in the price data"):
+        backtest(walkforward([0.1] * 5), PRICES.assign(market="x"), StrategySpec(risk_off=("volatile",)))
+
+
+def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
+    spec = MarketSpec(
+        name="a",
+        start="2020-01-01",
+        freq="B",
+        usage=(0.6, 0.4),
+        leave_rates=(0.03, 0.05),
+        means=(0.0005, -0.002),
+        sds=(0.006, 0.025),
+    )
+    csv = tmp_path / "a.csv"
+    write_csv_frame(simulate_markets([spec], seed=8, n_days=220, regimes=("calm", "volatile")).frame, csv)
+    out = tmp_path / "wf"
+    wf = ["walkforward", "--data", str(csv), "--classic", "--regimes", "2", "--restarts", "1", "--quiet"]
+    assert main([*wf, "--refit-every", "60", "--start", "2020-06-01", "--out", str(out)]) == 0
+    assert main(["backtest", str(out), "--risk-off", "volatile"]) == 0
+    metrics = pd.read_csv(out / "backtest.csv")
+    assert metrics["strategy"].tolist() == ["long_cash", "buy_and_hold"]
+    assert (metrics["days"] == len(pd.read_csv(out / "walkforward.csv"))).all()
+    assert (out / "backtest.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["backtest", str(out), "--risk-off", "panic"]) == 2
+    assert "not among the regimes" in capsys.readouterr().err
+    assert main(["backtest", str(tmp_path / "nothing")]) == 2
