@@ -10,8 +10,6 @@ from regime_dmm.cli import main
 from regime_dmm.data import MarketSpec, simulate_markets
 from regime_dmm.errors import DataError
 
-from helpers import write_csv_frame
-
 DATES = pd.bdate_range("2021-01-04", periods=6)
 PRICES = pd.DataFrame({"date": DATES, "market": "m", "price": [100.0, 110.0, 99.0, 99.0, 108.9, 119.79]})
 
@@ -89,7 +87,8 @@ def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
         sds=(0.006, 0.025),
     )
     csv = tmp_path / "a.csv"
-    write_csv_frame(simulate_markets([spec], seed=8, n_days=220, regimes=("calm", "volatile")).frame, csv)
+    frame = simulate_markets([spec], seed=8, n_days=220, regimes=("calm", "volatile")).frame
+    frame[["date", "market", "price"]].assign(rf=2.5).to_csv(csv, index=False, date_format="%Y-%m-%d")
     out = tmp_path / "wf"
     wf = ["walkforward", "--data", str(csv), "--classic", "--regimes", "2", "--restarts", "1", "--quiet"]
     assert main([*wf, "--refit-every", "60", "--start", "2020-06-01", "--out", str(out)]) == 0
@@ -98,7 +97,31 @@ def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
     assert metrics["strategy"].tolist() == ["long_cash", "buy_and_hold"]
     assert (metrics["days"] == len(pd.read_csv(out / "walkforward.csv"))).all()
     assert (out / "backtest.png").stat().st_size > 0
+    assert main(["backtest", str(out), "--risk-off", "volatile", "--risk-free-column", "rf"]) == 0
+    with_rf = pd.read_csv(out / "backtest.csv").set_index("strategy")
+    assert with_rf.loc["long_cash", "annual_return"] > metrics.set_index("strategy").loc["long_cash", "annual_return"]
+    assert with_rf.loc["buy_and_hold", "sharpe"] < metrics.set_index("strategy").loc["buy_and_hold", "sharpe"]
     capsys.readouterr()
     assert main(["backtest", str(out), "--risk-off", "panic"]) == 2
     assert "not among the regimes" in capsys.readouterr().err
     assert main(["backtest", str(tmp_path / "nothing")]) == 2
+
+
+def test_cash_earns_the_risk_free_rate_and_sharpe_is_in_excess_of_it():
+    years = (DATES[-1] - DATES[1]).days / 365.25
+    per_year = 5 / years
+    rate = pd.Series([4.0, 6.0], index=pd.to_datetime(["2020-12-31", "2021-01-07"]))  # carried forward
+    metrics, daily = backtest(
+        walkforward([0.1, 0.9, 0.9, 0.2, 0.1]), PRICES, StrategySpec(risk_off=("volatile",)), rate
+    )
+    rf = np.array([4.0, 4.0, 6.0, 6.0, 6.0]) / 100 / per_year  # 2021-01-05..2021-01-11
+    simple = np.array([0.10, -0.10, 0.0, 0.10, 0.10])
+    position = np.array([1, 1, 0, 0, 1.0])
+    cost = np.array([0, 0, 0.001, 0, 0.001])
+    strategy = position * simple - cost + (1 - position) * rf
+    np.testing.assert_allclose(daily["m"]["long_cash"], np.cumprod(1 + strategy), atol=1e-12)
+    bh = metrics.set_index("strategy").loc["buy_and_hold"]
+    excess = simple - rf
+    assert bh["sharpe"] == pytest.approx(excess.mean() / excess.std(ddof=1) * np.sqrt(per_year))
+    with pytest.raises(DataError, match="no risk-free rate on or before 2021-01-05"):
+        backtest(walkforward([0.1] * 5), PRICES, StrategySpec(risk_off=("volatile",)), rate.iloc[1:])

@@ -8,10 +8,13 @@ Per market, on the days of ``walkforward.csv`` (each a day the market has a row)
   (``risk_off``, default volatile and panic) exceeds ``threshold``; the decision of day t is
   executed ``delay`` rows later (default 1: decided at the close, held from the next day's return),
   and every change of position pays ``cost_bps`` basis points of the traded value one way. Cash
-  earns 0 (no risk-free rate column is read yet). Buy-and-hold over the same days is the baseline.
+  earns the risk-free rate when one is given (an annual rate in percent per date, carried forward
+  to days without a quote; simple, divided by the periods per year), else 0. Buy-and-hold over the
+  same days is the baseline.
 
 Figures per strategy: annualised return (geometric), annualised volatility, Sharpe ratio (mean
-over sd of daily returns, times the root of the periods per year; risk-free 0), maximum drawdown
+over sd of daily returns in excess of the risk-free rate, times the root of the periods per
+year), maximum drawdown
 (largest fall of the equity curve from a previous peak, as a fraction), turnover (sum of
 absolute position changes per year) and the number of days. Periods per year come from the
 market's own rows (about 252 for business days, 365 for a 7-day token). The statistics follow
@@ -32,7 +35,7 @@ from matplotlib.figure import Figure
 
 from .errors import DataError
 
-__all__ = ["BACKTEST_FILE", "StrategySpec", "backtest", "persistence", "plot_equity"]
+__all__ = ["BACKTEST_FILE", "StrategySpec", "backtest", "persistence", "plot_equity", "read_risk_free"]
 
 #: The metrics table's file name.
 BACKTEST_FILE = "backtest.csv"
@@ -68,16 +71,17 @@ def persistence(regime: Sequence[str], years: float) -> tuple[float, float]:
     return shifts / max(years, 1e-9), labels.size / (shifts + 1)
 
 
-def _metrics(returns: np.ndarray, position: np.ndarray, per_year: float) -> dict[str, float]:
+def _metrics(returns: np.ndarray, position: np.ndarray, per_year: float, rf: np.ndarray) -> dict[str, float]:
     equity = np.cumprod(1.0 + returns)
     n = returns.size
     peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-    sd = float(returns.std(ddof=1)) if n > 1 else float("nan")
+    excess = returns - rf
+    sd = float(excess.std(ddof=1)) if n > 1 else float("nan")
     changes = np.abs(np.diff(np.concatenate([[position[0]], position]))) if n else np.zeros(0)
     return {
         "annual_return": float(equity[-1] ** (per_year / n) - 1.0) if n else float("nan"),
-        "annual_volatility": sd * np.sqrt(per_year),
-        "sharpe": float(returns.mean() / sd * np.sqrt(per_year)) if sd and sd > 0 else float("nan"),
+        "annual_volatility": float(returns.std(ddof=1)) * np.sqrt(per_year) if n > 1 else float("nan"),
+        "sharpe": float(excess.mean() / sd * np.sqrt(per_year)) if sd and sd > 0 else float("nan"),
         "max_drawdown": float((1.0 - equity / peak).max()) if n else float("nan"),
         "turnover_per_year": float(changes.sum() * per_year / n) if n else float("nan"),
         "days": n,
@@ -85,13 +89,17 @@ def _metrics(returns: np.ndarray, position: np.ndarray, per_year: float) -> dict
 
 
 def backtest(
-    walkforward: pd.DataFrame, prices: pd.DataFrame, spec: StrategySpec | None = None
+    walkforward: pd.DataFrame,
+    prices: pd.DataFrame,
+    spec: StrategySpec | None = None,
+    risk_free: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The metrics table and, per market, the daily frame (date, return, stress, position, strategy
     and buy-and-hold equity, regime).
 
     ``walkforward``: :func:`~regime_dmm.walk_forward`'s table; ``prices``: the long table it was
-    made from (:func:`~regime_dmm.load_prices`: ``price`` or log ``return`` column). Rows of the
+    made from (:func:`~regime_dmm.load_prices`: ``price`` or log ``return`` column); ``risk_free``:
+    an annual rate in percent indexed by date (None: 0). Rows of the
     metrics table: per market ``strategy`` in (``long_cash``, ``buy_and_hold``) with the figures of
     the module docstring, ``shifts_per_year`` and ``mean_regime_duration`` (days).
     Raises :class:`DataError` when a market of ``walkforward`` is missing from ``prices`` or a
@@ -120,16 +128,24 @@ def backtest(
         decision = (stress <= spec.threshold).astype(float)
         position = np.concatenate([np.ones(spec.delay), decision[: len(decision) - spec.delay]])[: len(decision)]
         cost = spec.cost_bps / 1e4 * np.abs(np.diff(np.concatenate([[1.0], position])))
-        strategy = position * simple - cost
+        strategy = position * simple - cost  # cash earns the risk-free rate (added below)
         years = max((dates[-1] - dates[0]).days / 365.25, 1e-9)
         per_year = len(dates) / years
+        rf = np.zeros(len(dates))
+        if risk_free is not None:
+            quoted = risk_free.sort_index().reindex(dates, method="ffill").to_numpy(dtype=float)
+            if np.isnan(quoted).any():
+                first = dates[np.isnan(quoted)][0].date()
+                raise DataError(f"market '{market}': no risk-free rate on or before {first}")
+            rf = quoted / 100.0 / per_year
+        strategy = strategy + (1.0 - position) * rf
         shifts, duration = persistence(wf["regime"].to_numpy(), years)
         for name, ret, pos in (("long_cash", strategy, position), ("buy_and_hold", simple, np.ones_like(simple))):
             rows.append(
                 {
                     "market": market,
                     "strategy": name,
-                    **_metrics(ret, pos, per_year),
+                    **_metrics(ret, pos, per_year, rf),
                     "shifts_per_year": shifts,
                     "mean_regime_duration": duration,
                 }
@@ -172,3 +188,25 @@ def plot_equity(daily: dict[str, pd.DataFrame], spec: StrategySpec) -> Figure:
         ax.grid(alpha=0.25, linewidth=0.5)
         ax.legend(loc="upper left", frameon=False)
     return fig
+
+
+def read_risk_free(paths: Sequence[str], column: str) -> pd.Series:
+    """The annual risk-free rate in percent, by date, from the ``date`` and ``column`` columns of the CSV
+    files ``paths`` (the first quote of each date). Raises :class:`DataError` naming the file when the
+    column is missing or holds no number."""
+    quotes = []
+    for path in paths:
+        try:
+            frame = pd.read_csv(path, usecols=lambda c: c.strip().lower() in ("date", column.lower()))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the risk-free column {column!r} ({exc})") from None
+        frame.columns = [c.strip().lower() for c in frame.columns]
+        if column.lower() not in frame.columns or "date" not in frame.columns:
+            raise DataError(f"{path}: no column {column!r} (and 'date') for the risk-free rate")
+        rate = pd.to_numeric(frame[column.lower()], errors="coerce")
+        quotes.append(pd.Series(rate.to_numpy(), index=pd.to_datetime(frame["date"], errors="coerce")))
+    series = pd.concat(quotes).dropna()
+    series = series[series.index.notna()]
+    if series.empty:
+        raise DataError(f"no number in the risk-free column {column!r} of {', '.join(paths)}")
+    return series[~series.index.duplicated()].sort_index()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text, staged_files, staging_folder
-from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity
+from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity, read_risk_free
 from .config import FitConfig
 from .data import load_prices, simulate_default, write_csv
 from .errors import ConfigError, RegimeDMMError
@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--threshold", type=float, default=0.5, help="out when their filtered probability exceeds this")
     bt.add_argument("--cost-bps", type=float, default=10.0, help="one-way cost per position change, basis points")
     bt.add_argument("--delay", type=int, default=1, help="days between a decision and its execution (default 1)")
+    bt.add_argument(
+        "--risk-free-column",
+        metavar="NAME",
+        help="column of the data file(s) with the annual risk-free rate in percent (default: 0)",
+    )
 
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
@@ -357,7 +362,15 @@ def cmd_backtest(args) -> int:
         cost_bps=args.cost_bps,
         delay=args.delay,
     )
-    metrics, daily = backtest(walkforward, prices, spec)
+    risk_free = None
+    if args.risk_free_column:
+        files = list(args.data) if args.data else (read_plan(out)["source"]["paths"] or [])
+        if isinstance(files, str):
+            files = [files]
+        if not files:
+            raise RegimeDMMError("--risk-free-column needs the data as CSV files (give --data FILE)")
+        risk_free = read_risk_free(files, args.risk_free_column)
+    metrics, daily = backtest(walkforward, prices, spec, risk_free)
     print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     with staged_files(out) as tmp:
         metrics.to_csv(tmp / BACKTEST_FILE, index=False, float_format="%.6f")
