@@ -196,7 +196,7 @@ def test_a_fit_with_a_masked_bad_tick_takes_new_days():
     fit = rd.fit(frame.iloc[:-20], CLASSIC)
     update = filter_update(fit, frame)
     assert update.new_days == {"tick_reit": 20}
-    assert np.allclose(update.frame.filter(like="prob_").sum(1), 1.0)
+    assert np.allclose(update.frame.filter(like="prob_").sum(axis=1), 1.0)
 
 
 def test_bad_tick_error_mode_exits_2_naming_the_date(tmp_path, capsys):

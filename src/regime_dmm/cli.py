@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=DATA_HELP + " (default: embedded simulated data)",
     )
-    fit.add_argument("--config", help="YAML file with sections model / penalties / training")
+    fit.add_argument("--config", help="YAML file with sections model / penalties / training / data")
     fit.add_argument("--regimes", type=int, help="number of regimes K (default 4)")
     fit.add_argument("--seed", type=int, help="random seed (default 0)")
     fit.add_argument("--epochs", type=int, help="training epochs per restart")
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=DATA_HELP + " (default: embedded simulated data)",
     )
-    sel.add_argument("--config", help="YAML file with sections model / penalties / training")
+    sel.add_argument("--config", help="YAML file with sections model / penalties / training / data")
     sel.add_argument(
         "--regimes", default="2..6", help="numbers of regimes to compare: A..B or a comma list (default 2..6)"
     )
@@ -277,7 +277,10 @@ def cmd_fit(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(f"wrote {out}/: regimes.csv summary.json history.csv model.pt" + ("" if args.no_plots else " *.png"))
+    print(
+        f"wrote {out}/: regimes.csv summary.json history.csv model.pt posterior.nc"
+        + ("" if args.no_plots else " *.png")
+    )
     return 0
 
 
