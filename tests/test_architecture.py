@@ -40,9 +40,9 @@ LAYERS: list[set[str]] = [
     },
     {"fitted"},
     {"results"},
-    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks"},
+    {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks", "backtest"},
     {"fitting"},
-    {"persistence", "selection"},
+    {"persistence", "selection", "walkforward"},
     {"outputs"},
     {"cli", ""},  # "" is the package itself (regime_dmm/__init__.py)
 ]
