@@ -5,7 +5,8 @@ Each method refits every ``--refit-every`` business days on the data available t
 later day a regime from data up to that day only:
 
 * **regime-dmm**: :func:`regime_dmm.walk_forward` (exact DMM, ``--regimes`` regimes, expanding window),
-  risk-off = the most volatile regime; filtered probability > 0.5 -> cash.
+  risk-off = the most volatile regime (K = 2) or the two most volatile (K > 2); filtered probability
+  > 0.5 -> cash.
 * **jumpmodels** ``JumpModel`` (2 states) with online prediction (``predict_online``), on the feature
   recipe of Shu, Yu and Mulvey (2024, "Downside risk reduction using regime-switching signals: a
   statistical jump model approach"): log EWM downside deviation (halflife 10), EWM Sortino ratios
@@ -72,7 +73,8 @@ def jump_features(ret: pd.Series) -> pd.DataFrame:
     for hl in (20, 60):
         dd = np.sqrt(neg.pow(2).ewm(halflife=hl).mean())
         out[f"sortino_{hl}"] = ret.ewm(halflife=hl).mean() / dd
-    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan).bfill()
+    # the first days have no downside yet (log 0): carried forward from the past, never back from the future
+    return pd.DataFrame(out).replace([np.inf, -np.inf], np.nan).ffill().fillna(0.0)
 
 
 def jump_walk(ret: pd.Series, feats: pd.DataFrame, first: int, last: int, every: int, penalty: float) -> tuple:

@@ -33,32 +33,43 @@ def walkforward(stress: list[float]) -> pd.DataFrame:
 def test_long_cash_returns_by_hand():
     metrics, daily = backtest(walkforward([0.1, 0.9, 0.9, 0.2, 0.1]), PRICES, StrategySpec(risk_off=("volatile",)))
     simple = np.array([0.10, -0.10, 0.0, 0.10, 0.10])
-    # decisions (hold when p <= 0.5): 1 0 0 1 1; executed a day later: 1 1 0 0 1 (the first day held)
-    position = np.array([1, 1, 0, 0, 1.0])
-    cost = np.array([0, 0, 0.001, 0, 0.001])  # 10 bp on each change
+    # decisions (hold when p <= 0.5), known at each close: 1 0 0 1 1. With the default 1-day delay the
+    # decision of day t sets the position of day t + 2: 1 1 1 0 0 (the first two days held)
+    position = np.array([1, 1, 1, 0, 0.0])
+    cost = np.array([0, 0, 0, 0.001, 0])  # 10 bp on each change
     strategy = position * simple - cost
     frame = daily["m"]
     np.testing.assert_allclose(frame["return"], simple, atol=1e-12)
     np.testing.assert_array_equal(frame["position"], position)
     np.testing.assert_allclose(frame["long_cash"], np.cumprod(1 + strategy), atol=1e-12)
     row = metrics.set_index("strategy").loc["long_cash"]
-    years = (DATES[-1] - DATES[1]).days / 365.25
-    assert row["annual_return"] == pytest.approx(np.prod(1 + strategy) ** (5 / years / 5) - 1)
+    per_year = 4 / ((DATES[-1] - DATES[1]).days / 365.25)  # 4 intervals between the 5 days (7 calendar days)
+    assert row["annual_return"] == pytest.approx(np.prod(1 + strategy) ** (per_year / 5) - 1)
     equity = np.cumprod(1 + strategy)
-    assert row["max_drawdown"] == pytest.approx(1 - equity[2] / equity[0])  # 1.1 -> 0.99 -> 0.98901 (cost)
-    assert row["turnover_per_year"] == pytest.approx(2 / years)
+    assert row["max_drawdown"] == pytest.approx(1 - equity[3] / equity[0])  # 1.1 -> 0.99 -> 0.98901 (the cost)
+    assert row["turnover_per_year"] == pytest.approx(1 * per_year / 5)
     bh = metrics.set_index("strategy").loc["buy_and_hold"]
     assert bh["max_drawdown"] == pytest.approx(0.1) and bh["turnover_per_year"] == 0
-    assert bh["sharpe"] == pytest.approx(simple.mean() / simple.std(ddof=1) * np.sqrt(5 / years))
+    assert bh["sharpe"] == pytest.approx(simple.mean() / simple.std(ddof=1) * np.sqrt(per_year))
 
 
-def test_a_perfect_signal_without_delay_or_cost_avoids_every_loss():
-    metrics, _ = backtest(
-        walkforward([0.1, 0.9, 0.9, 0.2, 0.1]),
-        PRICES,
-        StrategySpec(risk_off=("volatile",), cost_bps=0, delay=0),
-    )
+def test_a_signal_that_foresees_the_next_day_avoids_every_loss_only_without_delay():
+    """The stress of day t flags the loss of day t + 1 (returns 0.1, -0.1, 0, 0.1, 0.1): traded at day t's
+    close (delay 0) the loss is avoided; the decision never earns the return it was computed from."""
+    foresight = walkforward([0.9, 0.1, 0.1, 0.1, 0.1])
+    spec = StrategySpec(risk_off=("volatile",), cost_bps=0, delay=0)
+    metrics, daily = backtest(foresight, PRICES, spec)
+    np.testing.assert_array_equal(daily["m"]["position"], [1, 0, 1, 1, 1])
     assert metrics.set_index("strategy").loc["long_cash", "max_drawdown"] == 0
+    late, _ = backtest(foresight, PRICES, StrategySpec(risk_off=("volatile",), cost_bps=0, delay=1))
+    assert late.set_index("strategy").loc["long_cash", "max_drawdown"] == pytest.approx(0.1)
+
+
+def test_a_masked_day_moves_no_position():
+    table = walkforward([0.1, 0.9, 0.1, 0.1, 0.1])
+    table.loc[1, "observed"] = 0  # a likely bad tick: its stress is not acted on
+    _, daily = backtest(table, PRICES, StrategySpec(risk_off=("volatile",), delay=0))
+    np.testing.assert_array_equal(daily["m"]["position"], [1, 1, 1, 1, 1])
 
 
 def test_persistence_counts_shifts_per_year_and_mean_duration():
@@ -74,6 +85,10 @@ def test_settings_that_do_not_fit_are_named():
         backtest(walkforward([0.1] * 5), PRICES, StrategySpec(risk_off=("volatile",), threshold=1.5))
     with pytest.raises(DataError, match="market 'm' of the walk-forward table is not in the price data"):
         backtest(walkforward([0.1] * 5), PRICES.assign(market="x"), StrategySpec(risk_off=("volatile",)))
+    with pytest.raises(DataError, match="no rows"):
+        backtest(walkforward([0.1] * 5).iloc[:0], PRICES, StrategySpec(risk_off=("volatile",)))
+    with pytest.raises(DataError, match="too few for annual figures"):
+        backtest(walkforward([0.1] * 5).iloc[:1], PRICES, StrategySpec(risk_off=("volatile",)))
 
 
 def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
@@ -108,16 +123,15 @@ def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
 
 
 def test_cash_earns_the_risk_free_rate_and_sharpe_is_in_excess_of_it():
-    years = (DATES[-1] - DATES[1]).days / 365.25
-    per_year = 5 / years
+    per_year = 4 / ((DATES[-1] - DATES[1]).days / 365.25)
     rate = pd.Series([4.0, 6.0], index=pd.to_datetime(["2020-12-31", "2021-01-07"]))  # carried forward
     metrics, daily = backtest(
         walkforward([0.1, 0.9, 0.9, 0.2, 0.1]), PRICES, StrategySpec(risk_off=("volatile",)), rate
     )
     rf = np.array([4.0, 4.0, 6.0, 6.0, 6.0]) / 100 / per_year  # 2021-01-05..2021-01-11
     simple = np.array([0.10, -0.10, 0.0, 0.10, 0.10])
-    position = np.array([1, 1, 0, 0, 1.0])
-    cost = np.array([0, 0, 0.001, 0, 0.001])
+    position = np.array([1, 1, 1, 0, 0.0])
+    cost = np.array([0, 0, 0, 0.001, 0])
     strategy = position * simple - cost + (1 - position) * rf
     np.testing.assert_allclose(daily["m"]["long_cash"], np.cumprod(1 + strategy), atol=1e-12)
     bh = metrics.set_index("strategy").loc["buy_and_hold"]

@@ -5,8 +5,11 @@ Per market, on the days of ``walkforward.csv`` (each a day the market has a row)
 * **persistence**: regime shifts per year (changes of the most probable filtered regime) and the
   mean regime duration (days per run of one regime);
 * **long/cash**: hold the market unless the filtered probability of the risk-off regimes
-  (``risk_off``, default volatile and panic) exceeds ``threshold``; the decision of day t is
-  executed ``delay`` rows later (default 1: decided at the close, held from the next day's return),
+  (``risk_off``, default volatile and panic) exceeds ``threshold``. The decision of day t uses its
+  filtered probability, known at day t's close; with ``delay`` 0 it is traded at that close and
+  earns day t+1's return, with the default ``delay`` 1 a day later (the position of day t+2), and
+  so on. On a masked day (``observed`` 0: no trade, a gap, a likely bad tick) the decision stays
+  as it was, so a bad tick moves no position;
   and every change of position pays ``cost_bps`` basis points of the traded value one way. Cash
   earns the risk-free rate when one is given (an annual rate in percent per date, carried forward
   to days without a quote; simple, divided by the periods per year), else 0. Buy-and-hold over the
@@ -44,7 +47,7 @@ BACKTEST_FILE = "backtest.csv"
 @dataclass(frozen=True)
 class StrategySpec:
     """The long/cash rule: ``risk_off`` regime names, probability ``threshold`` in (0, 1), one-way
-    ``cost_bps`` (>= 0) and execution ``delay`` in rows (>= 0)."""
+    ``cost_bps`` (>= 0) and execution ``delay`` in rows after the close of the decision day (>= 0)."""
 
     risk_off: tuple[str, ...] = ("volatile", "panic")
     threshold: float = 0.5
@@ -106,6 +109,8 @@ def backtest(
     setting does not fit.
     """
     spec = spec or StrategySpec()
+    if walkforward.empty:
+        raise DataError("the walk-forward table has no rows: nothing to backtest")
     regimes = [c.removeprefix("filtered_") for c in walkforward.columns if c.startswith("filtered_")]
     spec.check(regimes)
     value = "price" if "price" in prices.columns else "return"
@@ -126,11 +131,17 @@ def backtest(
             raise DataError(f"market '{market}': no return on {missing} in the price data")
         stress = wf[[f"filtered_{r}" for r in spec.risk_off]].to_numpy().sum(1)
         decision = (stress <= spec.threshold).astype(float)
-        position = np.concatenate([np.ones(spec.delay), decision[: len(decision) - spec.delay]])[: len(decision)]
+        observed = wf["observed"].to_numpy().astype(bool) if "observed" in wf.columns else np.ones(len(wf), bool)
+        for t in np.flatnonzero(~observed):  # a masked day decides nothing: the last decision stands
+            decision[t] = decision[t - 1] if t > 0 else 1.0
+        lag = spec.delay + 1  # decided at day t's close, first earns day t + 1 + delay
+        position = np.concatenate([np.ones(lag), decision])[: len(decision)]
         cost = spec.cost_bps / 1e4 * np.abs(np.diff(np.concatenate([[1.0], position])))
         strategy = position * simple - cost  # cash earns the risk-free rate (added below)
-        years = max((dates[-1] - dates[0]).days / 365.25, 1e-9)
-        per_year = len(dates) / years
+        if len(dates) < 2:
+            raise DataError(f"market '{market}': {len(dates)} walk-forward day(s): too few for annual figures")
+        years = (dates[-1] - dates[0]).days / 365.25
+        per_year = (len(dates) - 1) / years  # days per year from the intervals between them
         rf = np.zeros(len(dates))
         if risk_free is not None:
             quoted = risk_free.sort_index().reindex(dates, method="ffill").to_numpy(dtype=float)

@@ -165,7 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--risk-off", default="volatile,panic", help="regimes that take the strategy out (comma-separated)")
     bt.add_argument("--threshold", type=float, default=0.5, help="out when their filtered probability exceeds this")
     bt.add_argument("--cost-bps", type=float, default=10.0, help="one-way cost per position change, basis points")
-    bt.add_argument("--delay", type=int, default=1, help="days between a decision and its execution (default 1)")
+    bt.add_argument(
+        "--delay",
+        type=int,
+        default=1,
+        help="days after the decision day's close before the trade (default 1; 0 = at that close)",
+    )
     bt.add_argument(
         "--risk-free-column",
         metavar="NAME",

@@ -39,7 +39,7 @@ from .atomic import atomic_write_text
 from .checkpoints import read_checkpoint, write_checkpoint
 from .config import FitConfig
 from .data.sources import DataSource, load_source
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .fitting import fit
 from .inference import last_filtered
 from .results import RegimeFit
@@ -57,7 +57,8 @@ __all__ = [
 
 #: The output table's file name.
 WALKFORWARD_FILE = "walkforward.csv"
-#: Without ``start``, the first refit is on the 500th date of the data (about two years of business days).
+#: Without ``start``, the first refit is on the 500th date of the data (about two years of business days);
+#: a fixed count, so that appending days never moves it.
 DEFAULT_START_DATES = 500
 PARTS = "walkforward_parts"
 #: The run's settings, data identity and source, inside ``out/walkforward_parts``.
@@ -70,7 +71,7 @@ class WalkForwardPlan:
     """The settings of a walk-forward run (kept in ``out/walkforward_parts/plan.json``).
 
     ``refit_every``: dates between refits (>= 1); ``window``: ``None`` for an expanding window, else
-    the number of dates each refit sees (>= 30); ``start``: the first refit date (ISO), ``None`` for
+    the number of dates each refit sees (> 30); ``start``: the first refit date (ISO), ``None`` for
     the :data:`DEFAULT_START_DATES`-th date; ``refit_epochs``: epochs of each refit after the first.
     """
 
@@ -83,8 +84,8 @@ class WalkForwardPlan:
         """Raises :class:`ConfigError` naming the setting that is out of range."""
         if self.refit_every < 1:
             raise ConfigError(f"refit_every must be >= 1 day, got {self.refit_every}")
-        if self.window is not None and self.window < 30:
-            raise ConfigError(f"window must be 'expanding' or >= 30 dates, got {self.window}")
+        if self.window is not None and self.window < 31:
+            raise ConfigError(f"window must be 'expanding' or > 30 dates (a fit needs 30 returns), got {self.window}")
         if self.refit_epochs < 1:
             raise ConfigError(f"refit_epochs must be >= 1, got {self.refit_epochs}")
 
@@ -95,7 +96,12 @@ def refit_dates(dates: pd.DatetimeIndex, plan: WalkForwardPlan) -> list[int]:
     Raises :class:`ConfigError` when ``plan.start`` is not a date or leaves no day to predict.
     """
     if plan.start is None:
-        first = min(DEFAULT_START_DATES, len(dates) // 2)
+        first = DEFAULT_START_DATES - 1
+        if first >= len(dates) - 1:
+            raise ConfigError(
+                f"the data hold {len(dates)} dates: the default start (the {DEFAULT_START_DATES}th date) leaves no day "
+                "to predict; give a start date"
+            )
     else:
         try:
             when = pd.Timestamp(plan.start)
@@ -136,7 +142,8 @@ def walk_forward(
     plan = plan or WalkForwardPlan()
     plan.check()
     print_ = log or (lambda _msg: None)
-    loaded = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed)
+    # the row checks only: a market may have too few rows for a fit until later refits
+    loaded = load_source(data, min_observations=1, seed=config.training.seed)
     frame = loaded.frame
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
     positions = refit_dates(dates, plan)
@@ -154,7 +161,8 @@ def walk_forward(
         if part is not None and part.with_suffix(".csv").is_file() and part.with_suffix(".pt").is_file():
             saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", ("params", "markets"))
             previous, previous_markets = saved["params"], tuple(saved["markets"])
-            blocks.append(pd.read_csv(part.with_suffix(".csv"), dtype={"date": str, "fit_date": str}))
+            text_columns = {"date": str, "market": str, "regime": str, "fit_date": str}
+            blocks.append(pd.read_csv(part.with_suffix(".csv"), dtype=text_columns, keep_default_na=False))
             bar.update(1)
             continue
         if stop is not None:
@@ -163,13 +171,23 @@ def walk_forward(
         train = _rows(frame, low, fit_date)
         counts = train.groupby("market", sort=False).size()
         markets = tuple(m for m in counts.index if counts[m] > config.training.min_observations)
-        if not markets:
+        result = None
+        while markets and result is None:
+            first = previous is None or markets != previous_markets
+            cfg = config if first else config.replace(training={"epochs": plan.refit_epochs, "restarts": 1})
+            try:
+                result = fit(
+                    train[train["market"].isin(markets)], cfg, initial_params=None if first else previous, stop=stop
+                )
+            except DataError as exc:  # a market not yet fit to fit (constant, too few traded days): left out
+                named = [m for m in markets if f"'{m}'" in str(exc)]
+                if not named:
+                    raise
+                print_(f"refit on {fit_date.date()}: {named[0]} left out ({exc})")
+                markets = tuple(m for m in markets if m != named[0])
+        if result is None:
             bar.update(1)
             continue
-        train = train[train["market"].isin(markets)]
-        first = previous is None or markets != previous_markets
-        cfg = config if first else config.replace(training={"epochs": plan.refit_epochs, "restarts": 1})
-        result = fit(train, cfg, initial_params=None if first else previous, stop=stop)
         fitted = result.require_fitted()
         block = _filter_days(result, frame, low, dates, pos, until, names, fit_date, stop)
         previous, previous_markets = fitted.parameters(), markets
@@ -241,7 +259,11 @@ def _filter_days(
             record["fit_date"] = fit_date.strftime("%Y-%m-%d")
             record["observed"] = int(series.observed[-1])
             records.append(record)
-    return pd.DataFrame.from_records(records)
+    columns = ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
+    block = pd.DataFrame.from_records(records, columns=columns)
+    probs = [f"filtered_{n}" for n in names]
+    block[probs] = block[probs].astype(float).round(6)  # as walkforward.csv holds them: a resumed run returns the same
+    return block
 
 
 def _parts_folder(
