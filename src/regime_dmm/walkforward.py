@@ -261,8 +261,9 @@ def _filter_days(
             records.append(record)
     columns = ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
     block = pd.DataFrame.from_records(records, columns=columns)
-    probs = [f"filtered_{n}" for n in names]
-    block[probs] = block[probs].astype(float).round(6)  # as walkforward.csv holds them: a resumed run returns the same
+    prob_columns = [f"filtered_{n}" for n in names]
+    # as walkforward.csv holds them: a resumed run returns the same table
+    block[prob_columns] = block[prob_columns].astype(float).round(6)
     return block
 
 
