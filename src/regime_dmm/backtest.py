@@ -195,7 +195,7 @@ def plot_equity(daily: dict[str, pd.DataFrame], spec: StrategySpec) -> Figure:
             loc="left",
             fontsize=10,
         )
-        ax.set_ylabel("equity (start = 1)")
+        ax.set_ylabel("equity (1 before the first day)")
         ax.grid(alpha=0.25, linewidth=0.5)
         ax.legend(loc="upper left", frameon=False)
     return fig
