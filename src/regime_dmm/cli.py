@@ -12,7 +12,10 @@ import json
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -195,23 +198,46 @@ def _data(args) -> str | list[str] | None:
     return args.data[0] if len(args.data) == 1 else list(args.data)
 
 
-def _config(args) -> FitConfig:
+def _config(args, num_regimes: int | None) -> FitConfig:
+    """``--config`` (or the defaults) with the command's options on top; an option a command lacks is
+    left alone. ``num_regimes``: K from ``--regimes`` (None: as configured; ``select`` compares several)."""
     config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
-    model, training = {}, {}
-    if args.regimes is not None:
-        model["num_regimes"] = args.regimes
-        if config.model.regime_names is not None and len(config.model.regime_names) != args.regimes:
+    model: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    if num_regimes is not None:
+        model["num_regimes"] = num_regimes
+        if config.model.regime_names is not None and len(config.model.regime_names) != num_regimes:
             model["regime_names"] = None
-        if config.model.regime_prior is not None and len(config.model.regime_prior) != args.regimes:
+        if config.model.regime_prior is not None and len(config.model.regime_prior) != num_regimes:
             model["regime_prior"] = None
-    if args.classic:
+    if getattr(args, "classic", False):
         model["classic"] = True
-    if args.emission:
+    if getattr(args, "emission", None):
         model["emission"] = args.emission
     for key in ("seed", "epochs", "restarts", "lr", "guide", "inference", "straight_through", "tau_floor"):
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             training[key] = getattr(args, key)
     return config.replace(model=model, training=training)
+
+
+@contextmanager
+def _stopping_on_signals() -> Iterator[StopControl]:
+    """A :class:`StopControl` whose handler receives SIGINT and SIGTERM inside the block; the previous
+    handlers are put back afterwards."""
+    stop = StopControl()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(stop: StopControl, exc: FitInterrupted) -> int:
+    """Say which signal stopped the run and return its exit code (128 + the signal number)."""
+    signum = stop.signal or signal.SIGINT
+    print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def _print_matrix(names, matrix) -> str:
@@ -232,56 +258,51 @@ def cmd_fit(args) -> int:
         raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
     if args.checkpoint_every < 1:
         raise RegimeDMMError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
-    config = None if args.resume else _config(args)
+    config = None if args.resume else _config(args, args.regimes)
     if args.data is None and not args.resume:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit; true regimes known)")
     log = None if args.quiet else print
-    stop = StopControl()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    kwargs = dict(
-        progress=not args.quiet and sys.stderr.isatty(),
-        log=log,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        stop=stop,
-    )
-    try:
-        if args.resume:
-            result = resume_fit(checkpoint, data=_data(args), **kwargs)
-        else:
-            result = fit(_data(args), config, **kwargs)
-        if args.quiet:  # the training log is off, the warnings are not
-            for line in warning_lines(result):
-                print(line)
-        print()
-        print("Regime usage (smoothed posterior):")
-        print(usage_bars_text(result))
-        for m in result.markets:
-            print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
-            print(_print_matrix(result.regimes, m.transition))
-            few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
-            print(
-                f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
-                f" (p = {m.current_probs.max():.2f}"
-                + ("; too few days for this many regimes: not to be trusted)" if few else ")")
-            )
-            durations = result.summary()["markets"][m.name]["never_left"]
-            if durations:
-                print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")
-        print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
-        stop.phase = "writing the outputs"
-        write_outputs(result, out, overwrite=True, plots=not args.no_plots)
-    except FitInterrupted as exc:
-        signum = stop.signal or signal.SIGINT
-        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}", file=sys.stderr)
-        if checkpoint.is_file():
-            print(f"checkpoint saved in {checkpoint}; resume with: regime-dmm fit --resume {out}", file=sys.stderr)
-        else:
-            print("nothing was written", file=sys.stderr)
-        return 128 + int(signum)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stopping_on_signals() as stop:
+        kwargs = dict(
+            progress=not args.quiet and sys.stderr.isatty(),
+            log=log,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            stop=stop,
+        )
+        try:
+            if args.resume:
+                result = resume_fit(checkpoint, data=_data(args), **kwargs)
+            else:
+                result = fit(_data(args), config, **kwargs)
+            if args.quiet:  # the training log is off, the warnings are not
+                for line in warning_lines(result):
+                    print(line)
+            print()
+            print("Regime usage (smoothed posterior):")
+            print(usage_bars_text(result))
+            for m in result.markets:
+                print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
+                print(_print_matrix(result.regimes, m.transition))
+                few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
+                print(
+                    f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
+                    f" (p = {m.current_probs.max():.2f}"
+                    + ("; too few days for this many regimes: not to be trusted)" if few else ")")
+                )
+                durations = result.summary()["markets"][m.name]["never_left"]
+                if durations:
+                    print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")
+            print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
+            stop.phase = "writing the outputs"
+            write_outputs(result, out, overwrite=True, plots=not args.no_plots)
+        except FitInterrupted as exc:
+            code = _interrupted(stop, exc)
+            if checkpoint.is_file():
+                print(f"checkpoint saved in {checkpoint}; resume with: regime-dmm fit --resume {out}", file=sys.stderr)
+            else:
+                print("nothing was written", file=sys.stderr)
+            return code
     print(
         f"wrote {out}/: regimes.csv summary.json history.csv model.pt posterior.nc"
         + ("" if args.no_plots else " *.png")
@@ -310,39 +331,25 @@ def cmd_walkforward(args) -> int:
     plan = WalkForwardPlan(
         refit_every=args.refit_every, window=window, start=args.start, refit_epochs=args.refit_epochs
     )
-    config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
-    model, training = {}, {}
-    if args.regimes is not None:
-        model["num_regimes"] = args.regimes
-    if args.classic:
-        model["classic"] = True
-    for key in ("seed", "epochs", "restarts"):
-        if getattr(args, key) is not None:
-            training[key] = getattr(args, key)
-    config = config.replace(model=model, training=training)
+    config = _config(args, args.regimes)
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
     out = Path(args.out)
-    stop = StopControl()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        table = walk_forward(
-            _data(args),
-            config,
-            plan=plan,
-            out=out,
-            progress=not args.quiet and sys.stderr.isatty(),
-            log=None if args.quiet else print,
-            stop=stop,
-        )
-    except FitInterrupted as exc:
-        signum = stop.signal or signal.SIGINT
-        print(f"\ninterrupted ({signal.Signals(signum).name}): {exc}", file=sys.stderr)
-        print(f"finished refits are kept in {out}; rerun the same command to resume", file=sys.stderr)
-        return 128 + int(signum)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stopping_on_signals() as stop:
+        try:
+            table = walk_forward(
+                _data(args),
+                config,
+                plan=plan,
+                out=out,
+                progress=not args.quiet and sys.stderr.isatty(),
+                log=None if args.quiet else print,
+                stop=stop,
+            )
+        except FitInterrupted as exc:
+            code = _interrupted(stop, exc)
+            print(f"finished refits are kept in {out}; rerun the same command to resume", file=sys.stderr)
+            return code
     print(f"wrote {out}/{WALKFORWARD_FILE}: {len(table)} rows, {table['fit_date'].nunique()} refits")
     return 0
 
@@ -354,16 +361,15 @@ def cmd_backtest(args) -> int:
     if not table_path.is_file():
         raise RegimeDMMError(f"{table_path} not found: run 'regime-dmm walkforward --out {out}' first")
     walkforward = pd.read_csv(table_path, dtype={"date": str, "fit_date": str, "market": str})
-    if args.data:
-        prices = load_prices(_data(args))
+    # the prices: --data, else the walk-forward's own source (its CSV files, or the embedded simulation)
+    source: dict[str, Any] = {"paths": list(args.data), "simulated": False} if args.data else read_plan(out)["source"]
+    files = [source["paths"]] if isinstance(source["paths"], str) else list(source["paths"] or [])
+    if source["simulated"]:
+        prices = load_prices(simulate_default(seed=int(source["seed"])).frame)
+    elif files:
+        prices = load_prices(files)
     else:
-        source = read_plan(out)["source"]
-        if source["simulated"]:
-            prices = load_prices(simulate_default(seed=int(source["seed"])).frame)
-        elif source["paths"]:
-            prices = load_prices(source["paths"])
-        else:
-            raise RegimeDMMError("the walk-forward ran on a DataFrame: give the prices with --data FILE")
+        raise RegimeDMMError("the walk-forward ran on a DataFrame: give the prices with --data FILE")
     spec = StrategySpec(
         risk_off=tuple(r.strip() for r in args.risk_off.split(",") if r.strip()),
         threshold=args.threshold,
@@ -372,9 +378,6 @@ def cmd_backtest(args) -> int:
     )
     risk_free = None
     if args.risk_free_column:
-        files = list(args.data) if args.data else (read_plan(out)["source"]["paths"] or [])
-        if isinstance(files, str):
-            files = [files]
         if not files:
             raise RegimeDMMError("--risk-free-column needs the data as CSV files (give --data FILE)")
         risk_free = read_risk_free(files, args.risk_free_column)
@@ -437,14 +440,7 @@ def cmd_select(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (not args.overwrite and any(out.iterdir()))):
         raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
-    config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
-    model, training = {}, {}
-    if args.classic:
-        model["classic"] = True
-    for key in ("seed", "epochs", "restarts"):
-        if getattr(args, key) is not None:
-            training[key] = getattr(args, key)
-    config = config.replace(model=model, training=training)
+    config = _config(args, None)  # --regimes is the range of K compared
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
     table = select_regimes(_data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
