@@ -75,18 +75,19 @@ def persistence(regime: Sequence[str], years: float) -> tuple[float, float]:
 
 
 def _metrics(returns: np.ndarray, position: np.ndarray, per_year: float, rf: np.ndarray) -> dict[str, float]:
+    # n >= 2 (backtest refuses fewer days)
     equity = np.cumprod(1.0 + returns)
     n = returns.size
     peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
     excess = returns - rf
-    sd = float(excess.std(ddof=1)) if n > 1 else float("nan")
-    changes = np.abs(np.diff(np.concatenate([[position[0]], position]))) if n else np.zeros(0)
+    sd = float(excess.std(ddof=1))
+    changes = np.abs(np.diff(position, prepend=position[0]))
     return {
-        "annual_return": float(equity[-1] ** (per_year / n) - 1.0) if n else float("nan"),
-        "annual_volatility": float(returns.std(ddof=1)) * np.sqrt(per_year) if n > 1 else float("nan"),
-        "sharpe": float(excess.mean() / sd * np.sqrt(per_year)) if sd and sd > 0 else float("nan"),
-        "max_drawdown": float((1.0 - equity / peak).max()) if n else float("nan"),
-        "turnover_per_year": float(changes.sum() * per_year / n) if n else float("nan"),
+        "annual_return": float(equity[-1] ** (per_year / n) - 1.0),
+        "annual_volatility": float(returns.std(ddof=1)) * np.sqrt(per_year),
+        "sharpe": float(excess.mean() / sd * np.sqrt(per_year)) if sd > 0 else float("nan"),
+        "max_drawdown": float((1.0 - equity / peak).max()),
+        "turnover_per_year": float(changes.sum() * per_year / n),
         "days": n,
     }
 
@@ -113,6 +114,8 @@ def backtest(
         raise DataError("the walk-forward table has no rows: nothing to backtest")
     regimes = [c.removeprefix("filtered_") for c in walkforward.columns if c.startswith("filtered_")]
     spec.check(regimes)
+    if risk_free is not None:
+        risk_free = risk_free.sort_index()
     value = "price" if "price" in prices.columns else "return"
     rows, daily = [], {}
     for market, wf in walkforward.groupby("market", sort=False):
@@ -125,6 +128,8 @@ def backtest(
         else:
             step = pd.Series(source["return"].to_numpy(dtype=float), index=pd.DatetimeIndex(source["date"]))
         dates = pd.DatetimeIndex(pd.to_datetime(wf["date"]))
+        if len(dates) < 2:
+            raise DataError(f"market '{market}': {len(dates)} walk-forward day(s): too few for annual figures")
         simple = np.expm1(step.reindex(dates).to_numpy())
         if np.isnan(simple).any():
             missing = dates[np.isnan(simple)][0].date()
@@ -136,20 +141,17 @@ def backtest(
             decision[t] = decision[t - 1] if t > 0 else 1.0
         lag = spec.delay + 1  # decided at day t's close, first earns day t + 1 + delay
         position = np.concatenate([np.ones(lag), decision])[: len(decision)]
-        cost = spec.cost_bps / 1e4 * np.abs(np.diff(np.concatenate([[1.0], position])))
-        strategy = position * simple - cost  # cash earns the risk-free rate (added below)
-        if len(dates) < 2:
-            raise DataError(f"market '{market}': {len(dates)} walk-forward day(s): too few for annual figures")
+        cost = spec.cost_bps / 1e4 * np.abs(np.diff(position, prepend=1.0))
         years = (dates[-1] - dates[0]).days / 365.25
         per_year = (len(dates) - 1) / years  # days per year from the intervals between them
         rf = np.zeros(len(dates))
         if risk_free is not None:
-            quoted = risk_free.sort_index().reindex(dates, method="ffill").to_numpy(dtype=float)
+            quoted = risk_free.reindex(dates, method="ffill").to_numpy(dtype=float)
             if np.isnan(quoted).any():
                 first = dates[np.isnan(quoted)][0].date()
                 raise DataError(f"market '{market}': no risk-free rate on or before {first}")
             rf = quoted / 100.0 / per_year
-        strategy = strategy + (1.0 - position) * rf
+        strategy = position * simple + (1.0 - position) * rf - cost  # cash earns the risk-free rate
         shifts, duration = persistence(wf["regime"].to_numpy(), years)
         for name, ret, pos in (("long_cash", strategy, position), ("buy_and_hold", simple, np.ones_like(simple))):
             rows.append(

@@ -90,6 +90,11 @@ class WalkForwardPlan:
             raise ConfigError(f"refit_epochs must be >= 1, got {self.refit_epochs}")
 
 
+def _columns(names: tuple[str, ...]) -> list[str]:
+    """The columns of ``walkforward.csv`` for regimes ``names``."""
+    return ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
+
+
 def refit_dates(dates: pd.DatetimeIndex, plan: WalkForwardPlan) -> list[int]:
     """Positions in ``dates`` (the sorted union of the markets' dates) of the refits.
 
@@ -197,7 +202,7 @@ def walk_forward(
         print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {', '.join(markets)}; {len(block)} rows")
         bar.update(1)
     bar.close()
-    columns = ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
+    columns = _columns(names)
     table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
     table = table[columns].reset_index(drop=True)
     if out is not None:
@@ -259,8 +264,7 @@ def _filter_days(
             record["fit_date"] = fit_date.strftime("%Y-%m-%d")
             record["observed"] = int(series.observed[-1])
             records.append(record)
-    columns = ["date", "market", "regime", *[f"filtered_{n}" for n in names], "fit_date", "observed"]
-    block = pd.DataFrame.from_records(records, columns=columns)
+    block = pd.DataFrame.from_records(records, columns=_columns(names))
     prob_columns = [f"filtered_{n}" for n in names]
     # as walkforward.csv holds them: a resumed run returns the same table
     block[prob_columns] = block[prob_columns].astype(float).round(6)
