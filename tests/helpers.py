@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 import regime_dmm as rd
-from regime_dmm.data import FeaturePipeline, ModelData, load_prices
+from regime_dmm.data import FeaturePipeline, MarketSpec, ModelData, load_prices, simulate_markets
 from regime_dmm.models import RegimeModel
 from regime_dmm.training.variants import variant_for
 
@@ -22,6 +22,20 @@ FIT_OUTPUTS = (
     "usage.png",
     "training.png",
 )
+
+
+def two_regime_market(
+    days: int,
+    seed: int,
+    means: tuple[float, float] = (0.0005, -0.001),
+    sds: tuple[float, float] = (0.006, 0.02),
+) -> pd.DataFrame:
+    """A simulated long price frame of one business-day market ``a`` with regimes calm and volatile
+    (usage 0.6 / 0.4, leave rates 0.03 / 0.05) from 2020-01-01."""
+    spec = MarketSpec(
+        name="a", start="2020-01-01", freq="B", usage=(0.6, 0.4), leave_rates=(0.03, 0.05), means=means, sds=sds
+    )
+    return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile")).frame
 
 
 def head(frame: pd.DataFrame, n: int) -> pd.DataFrame:

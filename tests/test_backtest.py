@@ -7,8 +7,9 @@ import pytest
 
 from regime_dmm.backtest import StrategySpec, backtest, persistence
 from regime_dmm.cli import main
-from regime_dmm.data import MarketSpec, simulate_markets
 from regime_dmm.errors import DataError
+
+from helpers import two_regime_market
 
 DATES = pd.bdate_range("2021-01-04", periods=6)
 PRICES = pd.DataFrame({"date": DATES, "market": "m", "price": [100.0, 110.0, 99.0, 99.0, 108.9, 119.79]})
@@ -92,17 +93,8 @@ def test_settings_that_do_not_fit_are_named():
 
 
 def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
-    spec = MarketSpec(
-        name="a",
-        start="2020-01-01",
-        freq="B",
-        usage=(0.6, 0.4),
-        leave_rates=(0.03, 0.05),
-        means=(0.0005, -0.002),
-        sds=(0.006, 0.025),
-    )
     csv = tmp_path / "a.csv"
-    frame = simulate_markets([spec], seed=8, n_days=220, regimes=("calm", "volatile")).frame
+    frame = two_regime_market(220, seed=8, means=(0.0005, -0.002), sds=(0.006, 0.025))
     frame[["date", "market", "price"]].assign(rf=2.5).to_csv(csv, index=False, date_format="%Y-%m-%d")
     out = tmp_path / "wf"
     wf = ["walkforward", "--data", str(csv), "--classic", "--regimes", "2", "--restarts", "1", "--quiet"]

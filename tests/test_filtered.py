@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from regime_dmm import FitConfig, fit
-from regime_dmm.data import MarketSpec, read_prices, simulate_default, simulate_markets
+from regime_dmm.data import read_prices, simulate_default
+
+from helpers import two_regime_market
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,16 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def classic():
     """A classic two-regime fit of one simulated market (homogeneous transition matrix)."""
-    spec = MarketSpec(
-        name="a",
-        start="2020-01-01",
-        freq="B",
-        usage=(0.6, 0.4),
-        leave_rates=(0.03, 0.05),
-        means=(0.0005, -0.001),
-        sds=(0.006, 0.02),
-    )
-    frame = simulate_markets([spec], seed=11, n_days=400, regimes=("calm", "volatile")).frame
+    frame = two_regime_market(400, seed=11)
     config = FitConfig().replace(model={"num_regimes": 2, "classic": True}, training={"restarts": 1})
     return fit(frame, config)
 

@@ -9,11 +9,12 @@ import pytest
 
 import regime_dmm as rd
 from regime_dmm.cli import main
-from regime_dmm.data import MarketSpec, simulate_default, simulate_markets
+from regime_dmm.data import simulate_default
 from regime_dmm.errors import CheckpointError, ConfigError
 from regime_dmm.nowcast import nowcast
 from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, walk_forward
 
+import helpers
 from helpers import write_csv_frame
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,16 +25,7 @@ PLAN = WalkForwardPlan(refit_every=40, start="2020-09-01", refit_epochs=6)
 
 
 def two_regime_market(days: int) -> pd.DataFrame:
-    spec = MarketSpec(
-        name="a",
-        start="2020-01-01",
-        freq="B",
-        usage=(0.6, 0.4),
-        leave_rates=(0.03, 0.05),
-        means=(0.0005, -0.001),
-        sds=(0.006, 0.02),
-    )
-    return simulate_markets([spec], seed=21, n_days=days, regimes=("calm", "volatile")).frame
+    return helpers.two_regime_market(days, seed=21)
 
 
 @pytest.fixture(scope="module")
