@@ -38,6 +38,7 @@ import torch
 
 import regime_dmm as rd
 from regime_dmm.backtest import StrategySpec, backtest
+from regime_dmm.inference import posterior
 
 warnings.filterwarnings("ignore")
 
@@ -114,13 +115,11 @@ def hmm_walk(ret: pd.Series, first: int, last: int, every: int, window: int) -> 
         sd = np.sqrt(model.covars_.reshape(2, -1)[:, 0])
         mean = model.means_[:, 0]
         # forward filter from the window start to the block end: day t sees days <= t only
-        obs = x[lo : end + 1, 0]
-        lik = np.exp(-0.5 * ((obs[:, None] - mean) / sd) ** 2) / sd
-        prob = model.startprob_.copy()
-        filt = np.empty((len(obs), 2))
-        for t in range(len(obs)):
-            joint = (prob if t == 0 else filt[t - 1] @ model.transmat_) * lik[t]
-            filt[t] = joint / joint.sum()
+        obs = torch.as_tensor(x[lo : end + 1, 0], dtype=torch.float64)
+        obs_ll = torch.distributions.Normal(torch.as_tensor(mean), torch.as_tensor(sd)).log_prob(obs[:, None])
+        log_trans = torch.as_tensor(np.log(model.transmat_)).expand(len(obs), 2, 2)
+        log_init = torch.as_tensor(np.log(model.startprob_))
+        filt = posterior(log_init[None], log_trans[None], obs_ll[None]).filtered[0].numpy()  # the package's filter
         hi = int(np.argmax(sd))
         stress.extend(filt[pos + 1 - lo :, hi])
         fit_dates.extend([ret.index[pos]] * (end - pos))
