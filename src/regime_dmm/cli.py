@@ -198,10 +198,11 @@ def _data(args) -> str | list[str] | None:
     return args.data[0] if len(args.data) == 1 else list(args.data)
 
 
-def _config(args, num_regimes: int | None) -> FitConfig:
+def _config(args, *, regimes: bool = True) -> FitConfig:
     """``--config`` (or the defaults) with the command's options on top; an option a command lacks is
-    left alone. ``num_regimes``: K from ``--regimes`` (None: as configured; ``select`` compares several)."""
+    left alone. ``regimes``: whether ``--regimes`` is one K (``select`` compares several)."""
     config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
+    num_regimes = getattr(args, "regimes", None) if regimes else None
     model: dict[str, Any] = {}
     training: dict[str, Any] = {}
     if num_regimes is not None:
@@ -258,7 +259,7 @@ def cmd_fit(args) -> int:
         raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
     if args.checkpoint_every < 1:
         raise RegimeDMMError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
-    config = None if args.resume else _config(args, args.regimes)
+    config = None if args.resume else _config(args)
     if args.data is None and not args.resume:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit; true regimes known)")
     log = None if args.quiet else print
@@ -331,7 +332,7 @@ def cmd_walkforward(args) -> int:
     plan = WalkForwardPlan(
         refit_every=args.refit_every, window=window, start=args.start, refit_epochs=args.refit_epochs
     )
-    config = _config(args, args.regimes)
+    config = _config(args)
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
     out = Path(args.out)
@@ -440,7 +441,7 @@ def cmd_select(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (not args.overwrite and any(out.iterdir()))):
         raise RegimeDMMError(f"output folder {out} exists and is not empty: use --overwrite or another --out")
-    config = _config(args, None)  # --regimes is the range of K compared
+    config = _config(args, regimes=False)  # --regimes is the range of K compared
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
     table = select_regimes(_data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
