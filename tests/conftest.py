@@ -2,7 +2,8 @@
 
 * ``one_thread``: one torch intra-op thread for a module of small fits (on a busy 2-core machine
   two threads on tiny tensors are many times slower); opt in with
-  ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+  ``pytestmark = pytest.mark.usefixtures("one_thread")`` (it sets ``REGIME_DMM_THREADS=1`` too, the
+  count fits use).
 * ``small_fit``: memoised small fits (one per distinct data and configuration in a session), so
   modules that need the same small fit share it.
 
@@ -13,6 +14,7 @@ and ``brute_force.py`` (the reference enumeration of every regime path).
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -23,9 +25,15 @@ import regime_dmm as rd
 @pytest.fixture(scope="module")
 def one_thread():
     threads = torch.get_num_threads()
+    previous = os.environ.get("REGIME_DMM_THREADS")
     torch.set_num_threads(1)
+    os.environ["REGIME_DMM_THREADS"] = "1"  # fits set their own thread count (regime_dmm.threads)
     yield
     torch.set_num_threads(threads)
+    if previous is None:
+        os.environ.pop("REGIME_DMM_THREADS", None)
+    else:
+        os.environ["REGIME_DMM_THREADS"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .fitted import FittedModel
 from .regime_checks import check_regimes, format_regime_warnings
 from .results import RegimeFit, compute_results
+from .threads import using_threads
 from .training.collapse import detect_collapse, format_collapse, posterior_entropy
 from .training.restarts import FitInterrupted, StopControl, run_restarts
 from .training.run_state import DataIdentity, RunCheckpoint, RunState
@@ -64,6 +65,7 @@ def fit(
     stop_requested: Callable[[], bool] | None = None,
     stop: StopControl | None = None,
     initial_params: dict[str, torch.Tensor] | None = None,
+    threads: int | None = None,
     _resume: RunCheckpoint | None = None,
 ) -> RegimeFit:
     """Fit the regime model to ``data`` (a CSV path or long DataFrame; None = embedded default).
@@ -76,11 +78,41 @@ def fit(
     (the command line's): a stop is then honoured at once in every phase. ``initial_params``: the
     parameters of an earlier fit of the same configuration on the same markets
     (:meth:`FittedModel.parameters`): the first restart starts from them (walk-forward refits).
+    ``threads``: torch intra-op threads during the fit (None: the measured default of
+    :mod:`regime_dmm.threads`; sweeps use 1); the caller's count is restored afterwards.
 
     Raises :class:`~regime_dmm.errors.DataError` (bad data, naming market, row and date),
     :class:`~regime_dmm.errors.ConfigError`, :class:`~regime_dmm.errors.TrainingError` (every
     restart failed) and :class:`~regime_dmm.errors.CheckpointError` (a resume on other data).
     """
+    with using_threads(threads):
+        return _fit(
+            data,
+            config,
+            progress=progress,
+            log=log,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            stop_requested=stop_requested,
+            stop=stop,
+            initial_params=initial_params,
+            resume=_resume,
+        )
+
+
+def _fit(
+    data: DataSource,
+    config: FitConfig | None,
+    *,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    checkpoint: str | Path | None,
+    checkpoint_every: int,
+    stop_requested: Callable[[], bool] | None,
+    stop: StopControl | None,
+    initial_params: dict[str, torch.Tensor] | None,
+    resume: RunCheckpoint | None,
+) -> RegimeFit:
     if stop is not None:
         stop.phase = "loading the data"
     config, loaded, pipeline = prepare(data, config or FitConfig())
@@ -100,10 +132,10 @@ def fit(
     model_data = pipeline.model_data(panel, dtype)
     identity = DataIdentity(loaded.path, loaded.simulated, panel.fingerprint())
     state = RunState()
-    if _resume is not None:
-        if _resume.data.fingerprint != identity.fingerprint:
+    if resume is not None:
+        if resume.data.fingerprint != identity.fingerprint:
             raise CheckpointError("the data differ from the data the checkpointed run was fitted on")
-        state = _resume.run
+        state = resume.run
     path = Path(checkpoint) if checkpoint else None
 
     def save() -> None:

@@ -17,6 +17,7 @@ from ..data.features import ModelData
 from ..guides.globals import PointGuide
 from ..inference import HMMPosterior, posterior
 from ..models.classic import ClassicMarkovSwitching
+from ..threads import refresh_threads
 
 __all__ = ["classic_posterior", "em_map", "em_polish"]
 
@@ -95,6 +96,7 @@ def _em_steps(
     root = data.span_root
     previous = -float("inf")
     for _ in range(max_iter):
+        refresh_threads()
         with torch.no_grad():
             post = classic_posterior(model, guide, data)
             current = float(post.log_z.sum())

@@ -35,6 +35,7 @@ from ..guides.globals import PointGuide
 from ..inference import log_normalizer
 from ..models.base import AnnealState, RegimeModel, StepContext
 from ..models.classic import ClassicMarkovSwitching
+from ..threads import refresh_threads
 from .annealing import Schedule
 from .em import em_polish
 
@@ -126,6 +127,7 @@ def train_svi(
     for epoch in range(loop.epoch + 1, tc.epochs + 1):
         if loop.stopped_early:
             break
+        refresh_threads()  # this fit's share of the cores, as other fits start and end
         for schedule in schedules:
             schedule(epoch, tc.epochs, state)
         step_losses: list[float] = []
@@ -283,6 +285,7 @@ def train_lbfgs(
         return loss + model.floor_penalty(pot.emission_scale)  # walls below and above the regime sds
 
     def closure():
+        refresh_threads()
         optimizer.zero_grad()
         loss = objective()
         if loss is None:  # no loss there, no gradient: the line search backs off
