@@ -265,6 +265,16 @@ class FitConfig:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         return cls.from_dict(data, origin=str(path))
 
+    def with_num_regimes(self, num_regimes: int) -> FitConfig:
+        """A copy with ``num_regimes`` regimes; regime names and prior weights of another length are dropped
+        (the defaults for ``num_regimes`` replace them). Raises :class:`ConfigError` for ``num_regimes < 2``."""
+        model: dict[str, Any] = {"num_regimes": num_regimes}
+        if self.model.regime_names is not None and len(self.model.regime_names) != num_regimes:
+            model["regime_names"] = None
+        if self.model.regime_prior is not None and len(self.model.regime_prior) != num_regimes:
+            model["regime_prior"] = None
+        return self.replace(model=model)
+
     def replace(self, **sections: dict[str, Any]) -> FitConfig:
         """A copy with some options changed, e.g. ``cfg.replace(training={"epochs": 50})``."""
         data = self.to_dict()

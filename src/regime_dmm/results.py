@@ -71,6 +71,14 @@ class MarketResult:
             out[f"{regimes[k]}|{regimes[k + 1]}"] = {"bhattacharyya": round(bc, 6), "hellinger": round(h, 6)}
         return out
 
+    def shifts_per_year(self) -> float:
+        """Regime shifts per calendar year: changes of the most probable smoothed regime from one day to the
+        next, divided by the years from the first to the last date (365.25 days each); 0.0 for one day."""
+        labels = self.smoothed.argmax(-1)
+        shifts = int(np.count_nonzero(labels[1:] != labels[:-1]))
+        years = (self.dates[-1] - self.dates[0]).days / 365.25
+        return shifts / years if years > 0 else 0.0
+
     def durations(self) -> list[float | None]:
         """Expected durations (days), None for a regime never left in the sample (beyond ten samples)."""
         limit = NEVER_LEFT_SAMPLES * len(self.dates)
@@ -172,6 +180,7 @@ class RegimeFit:
                 "observed_days": int(np.asarray(m.observed).sum()),
                 "overlap": m.overlap(self.regimes),
                 "never_left": [r for r, d in zip(self.regimes, m.durations()) if d is None],
+                "shifts_per_year": round(m.shifts_per_year(), 6),
             }
         return {
             "regimes": list(self.regimes),

@@ -22,7 +22,6 @@ estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -40,7 +39,7 @@ from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
 from .results import RegimeFit
 
-__all__ = ["COLUMNS", "plot_selection", "score_fit", "select_regimes"]
+__all__ = ["COLUMNS", "plot_selection", "score_fit", "select_regimes", "training_part"]
 
 COLUMNS = [
     "K",
@@ -88,11 +87,11 @@ def select_regimes(
         raise ConfigError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
     print_ = log or (lambda _msg: None)
     full = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed).frame
-    train = _training_part(full, holdout, config.training.min_observations)
+    train = training_part(full, holdout, config.training.min_observations)
 
     rows = []
     for k in ks:
-        cfg = _config_for(config, k)
+        cfg = config.with_num_regimes(k)
         print_(f"[select] K = {k}: fitting on the first {1 - holdout:.0%} of each market's days")
         start = time.perf_counter()
         try:
@@ -245,17 +244,11 @@ def _check_ks(ks: Iterable[int]) -> list[int]:
     return out
 
 
-def _config_for(config: FitConfig, k: int) -> FitConfig:
-    model = dataclasses.replace(config.model, num_regimes=k)
-    if model.regime_names is not None and len(model.regime_names) != k:
-        model = dataclasses.replace(model, regime_names=None)
-    if model.regime_prior is not None and len(model.regime_prior) != k:
-        model = dataclasses.replace(model, regime_prior=None)
-    return dataclasses.replace(config, model=model).validate()
+def training_part(full: pd.DataFrame, holdout: float, min_observations: int) -> pd.DataFrame:
+    """The first ``1 - holdout`` of each market's returns (price input: one more row, the base price).
 
-
-def _training_part(full: pd.DataFrame, holdout: float, min_observations: int) -> pd.DataFrame:
-    """The first ``1 - holdout`` of each market's returns (price input: one more row, the base price)."""
+    ``full``: a :func:`~regime_dmm.data.load_prices` table. Raises :class:`DataError` naming the market
+    when it leaves fewer than ``min_observations`` training days or no held-out day."""
     value_column = full.attrs["value_column"]
     parts = []
     for market, group in full.groupby("market", sort=False):
