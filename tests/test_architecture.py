@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "regime_dmm"
 #: The exact-inference core is pure tensor maths on log-potentials (as dynamax's inference module):
 #: it sits at the bottom so that every model, guide and consumer calls the same recursions.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "atomic", "inference", "inference.exact"},
+    {"_version", "errors", "atomic", "threads", "inference", "inference.exact"},
     {"config", "checkpoints"},
     {"data", "data.loader", "data.observations", "data.features", "data.simulator", "data.sources"},
     {
@@ -44,6 +44,7 @@ LAYERS: list[set[str]] = [
     {"fitting"},
     {"persistence", "selection", "walkforward"},
     {"outputs"},
+    {"sweep"},
     {"cli", ""},  # "" is the package itself (regime_dmm/__init__.py)
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -63,6 +64,7 @@ CONSUMERS = {
     "persistence",
     "outputs",
     "fitting",
+    "sweep",
     "cli",
 }
 

@@ -14,6 +14,7 @@ from .fitted import FittedModel
 from .fitting import FitInterrupted, fit, resume_fit
 from .persistence import load_fit
 from .results import RegimeFit
+from .sweep import sweep
 from .walkforward import WalkForwardPlan, walk_forward
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     "load_prices",
     "resume_fit",
     "simulate_default",
+    "sweep",
     "walk_forward",
 ]

@@ -1,5 +1,5 @@
-"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``forecast``, ``walkforward``, ``backtest``,
-``report``.
+"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``sweep``, ``forecast``, ``walkforward``,
+``backtest``, ``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
 one line ``error: ...`` and exit with code 2; nothing is written in that case.
@@ -33,10 +33,11 @@ from .plots import save_all, usage_bars_text
 from .regime_checks import format_regime_warnings
 from .results import RegimeFit
 from .selection import plot_selection, select_regimes
+from .sweep import SweepInterrupted, sweep
 from .training.collapse import format_collapse
 from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, read_plan, walk_forward
 
-__all__ = ["main", "parse_regimes"]
+__all__ = ["main", "parse_integers", "parse_regimes"]
 
 CHECKPOINT = "checkpoint.pt"
 DATA_HELP = (
@@ -91,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         default=50,
         metavar="N",
         help="write DIR/checkpoint.pt every N epochs (default 50)",
+    )
+    fit.add_argument(
+        "--threads", type=int, help="torch threads (default: 2, or 1 on a one-core machine; see README: Threads)"
     )
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     fit.add_argument("--quiet", action="store_true", help="no per-epoch log and no progress bar")
@@ -180,6 +184,39 @@ def _parser() -> argparse.ArgumentParser:
         help="column of the data file(s) with the annual risk-free rate in percent (default: 0)",
     )
 
+    sw = sub.add_parser(
+        "sweep", help="many fits (markets x K x seeds x configs) as tasks on Dask distributed; resumable"
+    )
+    sw.add_argument("--data", nargs="+", metavar="FILE", help=DATA_HELP + " (default: embedded simulated data)")
+    sw.add_argument(
+        "--config", nargs="+", metavar="YAML", help="configuration files, one variant each (default: the defaults)"
+    )
+    sw.add_argument("--regimes", default="4", help="numbers of regimes: A..B or a comma list (default 4)")
+    sw.add_argument("--seeds", default="0", help="seeds: A..B or a comma list (default 0)")
+    sw.add_argument(
+        "--group",
+        action="append",
+        metavar="NAME=M1,M2",
+        help="fit these markets jointly as one task group (repeatable; default: each market its own fit)",
+    )
+    sw.add_argument("--joint", action="store_true", help="fit all markets jointly (one group)")
+    sw.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of each market's last days held out and scored (default 0.2; 0: fit all days)",
+    )
+    sw.add_argument("--classic", action="store_true", help="classic Markov-switching model")
+    sw.add_argument("--emission", choices=["gaussian", "studentt"], help="emission distribution of the return")
+    sw.add_argument("--epochs", type=int, help="training epochs per restart")
+    sw.add_argument("--restarts", type=int, help="restarts per fit")
+    sw.add_argument("--workers", type=int, help="local worker processes, one thread each (default: the cores)")
+    sw.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
+    sw.add_argument("--out", default="regime_dmm_sweep", help="output folder; rerun into it to resume")
+    sw.add_argument("--no-outputs", action="store_true", help="only sweep.csv and best_k.csv, no fit folders")
+    sw.add_argument("--no-plots", action="store_true", help="fit folders without the PNG plots")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar, no per-task line")
+
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
     rep.add_argument(
@@ -203,14 +240,10 @@ def _config(args, *, regimes: bool = True) -> FitConfig:
     left alone. ``regimes``: whether ``--regimes`` is one K (``select`` compares several)."""
     config = FitConfig.from_yaml(args.config) if args.config else FitConfig()
     num_regimes = getattr(args, "regimes", None) if regimes else None
+    if num_regimes is not None:
+        config = config.with_num_regimes(num_regimes)
     model: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    if num_regimes is not None:
-        model["num_regimes"] = num_regimes
-        if config.model.regime_names is not None and len(config.model.regime_names) != num_regimes:
-            model["regime_names"] = None
-        if config.model.regime_prior is not None and len(config.model.regime_prior) != num_regimes:
-            model["regime_prior"] = None
     if getattr(args, "classic", False):
         model["classic"] = True
     if getattr(args, "emission", None):
@@ -270,6 +303,7 @@ def cmd_fit(args) -> int:
             checkpoint=checkpoint,
             checkpoint_every=args.checkpoint_every,
             stop=stop,
+            threads=args.threads,
         )
         try:
             if args.resume:
@@ -419,6 +453,12 @@ def cmd_simulate(args) -> int:
 
 def parse_regimes(text: str) -> list[int]:
     """``"2..6"`` -> [2, 3, 4, 5, 6]; ``"2,3,5"`` -> [2, 3, 5]; ``"3"`` -> [3]."""
+    return parse_integers(text, "--regimes", "number of regimes", minimum=2)
+
+
+def parse_integers(text: str, option: str, what: str, *, minimum: int) -> list[int]:
+    """``"A..B"`` (A <= B) or a comma list of integers >= ``minimum``, without repeats; :class:`ConfigError`
+    naming ``option`` otherwise."""
     spec = str(text).strip()
     try:
         if ".." in spec:
@@ -429,9 +469,9 @@ def parse_regimes(text: str) -> list[int]:
         else:
             values = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--regimes: expected A..B (A <= B) or a comma list such as 2,3,4, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise ConfigError(f"--regimes: every number of regimes must be >= 2, got {text!r}")
+        raise ConfigError(f"{option}: expected A..B (A <= B) or a comma list such as 2,3,4, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise ConfigError(f"{option}: every {what} must be >= {minimum}, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -465,6 +505,82 @@ def cmd_select(args) -> int:
             fig.clear()
     print(f"wrote {out}/: selection.csv selection.png")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    """``regime-dmm sweep``: the fits of markets x K x seeds x configs on Dask; sweep.csv and best_k.csv."""
+    ks = parse_regimes(args.regimes)
+    seeds = parse_integers(args.seeds, "--seeds", "seed", minimum=0)
+    configs = {}
+    for path in args.config or [None]:
+        ns = argparse.Namespace(**{**vars(args), "config": path, "regimes": None})
+        name = "default" if path is None else Path(path).stem
+        if name in configs:
+            raise ConfigError(f"--config: two configuration files are named {name!r}; rename one")
+        configs[name] = _config(ns)
+    groups: dict[str, list[str]] | str = "joint" if args.joint else "each"
+    if args.group:
+        if args.joint:
+            raise ConfigError("--group and --joint exclude each other")
+        groups = {}
+        for spec in args.group:
+            name, sep, members = spec.partition("=")
+            if not sep or not name.strip() or not members.strip():
+                raise ConfigError(f"--group: expected NAME=MARKET1,MARKET2, got {spec!r}")
+            groups[name.strip()] = [m.strip() for m in members.split(",") if m.strip()]
+    if args.data is None:
+        print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
+    try:
+        table = sweep(
+            _data(args),
+            out=args.out,
+            ks=ks,
+            seeds=seeds,
+            configs=configs,
+            groups=groups,
+            holdout=args.holdout,
+            outputs=not args.no_outputs,
+            plots=not args.no_plots,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            log=None if args.quiet else print,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+    except SweepInterrupted as exc:
+        print(f"\ninterrupted: {exc}", file=sys.stderr)
+        print(f"kept: {args.out}/sweep.csv ({(exc.table['status'] == 'ok').sum()} tasks ok)", file=sys.stderr)
+        return 130 if _SWEEP_SIGNAL["signal"] != signal.SIGTERM else 143
+    shown = table[["task_id", "status", "log_likelihood", "heldout_loglik", "bic", "shifts_per_year", "wall_seconds"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    failed = table[table["status"] != "ok"]
+    for _, row in failed.iterrows():
+        print(f"FAILED {row['task_id']}: {row['error']}")
+    best = table.attrs["best_k"]
+    if not best.empty:
+        print("\nBest K per market group (" + ", ".join(sorted(set(best["criterion"]))) + ", mean over seeds):")
+        print(best[["markets", "config", "best_K", "criterion", "score"]].to_string(index=False))
+    print(f"wrote {args.out}/: sweep.csv best_k.csv tasks/" + ("" if args.no_outputs else " fits/"))
+    return 0 if failed.empty else 1
+
+
+#: The signal that stopped a sweep (SIGINT unless SIGTERM arrived).
+_SWEEP_SIGNAL: dict[str, Any] = {"signal": signal.SIGINT}
+
+
+@contextmanager
+def _sweep_signals() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside a sweep (as Ctrl-C does), remembering which arrived."""
+    _SWEEP_SIGNAL["signal"] = signal.SIGINT
+
+    def on_term(signum, frame):
+        _SWEEP_SIGNAL["signal"] = signal.SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_forecast(args) -> int:
@@ -527,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_walkforward(args)
         if args.command == "backtest":
             return cmd_backtest(args)
+        if args.command == "sweep":
+            with _sweep_signals():
+                return cmd_sweep(args)
         return cmd_simulate(args)
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)
