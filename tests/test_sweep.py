@@ -285,3 +285,47 @@ def test_shifts_per_year_counts_changes_of_the_most_probable_regime():
         log_likelihood_normalised=0.0,
     )
     assert m.shifts_per_year() == pytest.approx(2 / (365 / 365.25))
+
+
+def test_cli_sweep_config_variants_failed_tasks_and_option_errors(tmp_path, capsys):
+    """Two configuration files (identical contents: both tasks must still run), a market that fails (exit 1),
+    and the options that exclude each other."""
+    frame = markets(days=200)
+    csv = tmp_path / "prices.csv"
+    write_csv_frame(frame[frame["market"].isin(["a", "flat"])], csv)
+    for name in ("first", "second"):
+        (tmp_path / f"{name}.yaml").write_text("training:\n  epochs: 3\n  restarts: 1\n")
+    out = tmp_path / "sw"
+    args = ["sweep", "--data", str(csv), "--regimes", "2", "--workers", "1", "--no-outputs", "--quiet"]
+    code = main(args + ["--config", str(tmp_path / "first.yaml"), str(tmp_path / "second.yaml"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1  # a task failed
+    assert "FAILED flat-K2-s0-first" in printed and "constant series" in printed
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table["task_id"]) == ["a-K2-s0-first", "a-K2-s0-second", "flat-K2-s0-first", "flat-K2-s0-second"]
+    assert list(table["status"]) == ["ok", "ok", "failed", "failed"]
+    assert table.loc[0, "log_likelihood"] == pytest.approx(table.loc[1, "log_likelihood"], abs=1e-9)
+    assert not (out / "fits").exists()  # --no-outputs
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "first.yaml").write_text("training:\n  epochs: 3\n")
+    clash = ["--config", str(tmp_path / "first.yaml"), str(tmp_path / "other" / "first.yaml")]
+    assert main(args + clash + ["--out", str(tmp_path / "x")]) == 2
+    assert "two configuration files are named 'first'" in capsys.readouterr().err
+    assert main(args + ["--joint", "--group", "g=a", "--out", str(tmp_path / "x")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_scheduler_with_one_thread_workers_only(tmp_path):
+    frame = markets(days=200)
+    one = frame[frame["market"] == "a"]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as c:
+        with pytest.raises(ConfigError, match="--nthreads 1"):
+            sweep(one, out=tmp_path / "refused", configs={"tiny": CONFIG}, scheduler=c.scheduler_address)
+    assert not (tmp_path / "refused").exists()  # nothing written on a failed start
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        table = sweep(one, out=tmp_path / "remote", ks=[2], configs={"tiny": CONFIG}, scheduler=c.scheduler_address)
+    assert list(table["status"]) == ["ok"] and (tmp_path / "remote" / "fits" / "a-K2-s0-tiny" / "regimes.csv").is_file()
+    with pytest.raises(ConfigError, match="workers"):
+        sweep(one, out=tmp_path / "zero", workers=0)
+    assert not (tmp_path / "zero").exists()

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,7 +24,7 @@ def test_threads_policy_and_fit_threads_are_restored(monkeypatch):
     assert resolve_threads(None) == min(2, len(os.sched_getaffinity(0)))
     monkeypatch.setenv("REGIME_DMM_THREADS", "1")
     assert resolve_threads(None) == 1
-    assert resolve_threads(3) == 3
+    assert resolve_threads(3) == 3 and resolve_threads(np.int64(2)) == 2
     monkeypatch.setenv("REGIME_DMM_THREADS", "many")
     with pytest.raises(ConfigError, match="REGIME_DMM_THREADS"):
         resolve_threads(None)
@@ -48,9 +50,10 @@ def test_threads_policy_and_fit_threads_are_restored(monkeypatch):
 def test_registry_counts_live_fits_only(tmp_path):
     registry = FitRegistry(tmp_path)
     assert registry.count() == 1  # nobody registered: this fit alone
-    assert registry.enter()
+    mine = registry.enter()
+    assert mine is not None
     other = FitRegistry(tmp_path)  # another fit (a lock on another open file counts even in this process)
-    assert other.enter()
+    assert other.enter() is not None
     assert registry.count() == 2
     other.leave()
     assert registry.count() == 1
@@ -60,7 +63,7 @@ def test_registry_counts_live_fits_only(tmp_path):
     assert len(list(tmp_path.glob("*.lock"))) == 2
     assert registry.count() == 1
     assert len(list(tmp_path.glob("*.lock"))) == 1
-    registry.leave()
+    registry.leave(mine)
     assert not list(tmp_path.glob("*.lock"))
 
 
@@ -81,11 +84,22 @@ def test_default_policy_shares_the_cores_among_running_fits(tmp_path, monkeypatc
         assert torch.get_num_threads() == alone
     assert torch.get_num_threads() == before
     assert not list(tmp_path.glob("*.lock"))
-    # a fixed count registers (others count it) but does not move
+    # a fixed count registers (others count it) but does not move, even alone on the machine
     with using_threads(1, registry=registry):
         other = FitRegistry(tmp_path)
-        other.enter()
-        assert other.count() == 2  # the fixed-count fit is counted by the others
-        other.leave()
+        token = other.enter()
+        assert token is not None and other.count() == 2  # the fixed-count fit is counted by the others
+        other.leave(token)
         refresh_threads()
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # the default policy would take min(2, cores) here
+
+
+def test_the_thread_count_does_not_change_the_result():
+    """A default-policy fit may move between 1 and 2 threads as other fits start and end: the regimes it
+    finds must not depend on it (on the embedded default data too: README, Threads)."""
+    frame = two_regime_market(400, seed=5)
+    config = rd.FitConfig().replace(model={"num_regimes": 2}, training={"epochs": 20, "restarts": 1})
+    one = rd.fit(frame, config, threads=1)
+    two = rd.fit(frame, config, threads=2)
+    pd.testing.assert_frame_equal(one.regimes_frame(), two.regimes_frame(), check_exact=True)
+    assert one.log_likelihood == two.log_likelihood

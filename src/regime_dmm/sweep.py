@@ -8,9 +8,10 @@ Dask distributed cluster as one task (:func:`run_task`) and collects one row per
 * **markets**: each market its own fit (default), named groups of markets fitted jointly
   (``groups={"cre": ["traditional_cre", "tokenized_reit"]}``), or all markets jointly;
 * **scheduler**: a ``LocalCluster`` of ``workers`` processes with one thread each (default: one worker
-  per core), or an existing cluster (``scheduler="tcp://host:port"``). The tasks, rows and files are
-  the same either way; with a remote cluster the output folder must be on a file system the workers
-  share (or use ``outputs=False``);
+  per core), or an existing cluster (``scheduler="tcp://host:port"``) whose workers run one thread each
+  (``dask worker --nthreads 1``; others are refused: fits in one process share Pyro's parameter store).
+  The tasks, rows and files are the same either way; with a remote cluster the output folder must be
+  on a file system the workers share (or use ``outputs=False``);
 * **held-out score**: with ``holdout > 0`` each task fits the first ``1 - holdout`` of each of its
   markets' days and scores the rest by the exact one-step-ahead predictive density, as
   :func:`~regime_dmm.selection.select_regimes` does (so the best K of a market by held-out score is
@@ -18,7 +19,8 @@ Dask distributed cluster as one task (:func:`run_task`) and collects one row per
   ``regime-dmm fit --threads 1`` on its markets;
 * **fault tolerance**: a task that fails (bad data in its market, non-finite training, ...) becomes a
   row with ``status = failed`` and its error, and the other tasks go on; a task whose worker process
-  is lost is retried once on another (the local cluster's ``allowed-failures`` is 1);
+  is lost is retried once on another (the local cluster's ``allowed-failures`` is 1; an existing
+  scheduler uses its own ``distributed.scheduler.allowed-failures``);
 * **resume**: every finished task's row is kept in ``DIR/tasks/<task_id>.json`` (atomically, by the
   client); rerunning the same sweep into the same folder skips the tasks recorded ``ok`` with the same
   key (a hash of the task's markets, data, K, seed, configuration and holdout), and reruns the rest;
@@ -40,7 +42,9 @@ import json
 import math
 import re
 import resource
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._version import __version__
 from .atomic import atomic_write_text
 from .config import FitConfig
 from .data.loader import read_prices
@@ -119,8 +124,8 @@ class SweepTask:
     configuration ``config`` (a :meth:`FitConfig.to_dict`, K and seed already set) named ``config_name``.
 
     ``task_id``: readable and unique within the sweep (``<markets>-K<K>-s<seed>-<config>``); ``key``: a
-    hash of everything that decides the result (markets' rows, K, seed, configuration, holdout), with
-    which a rerun recognises a finished task.
+    hash of everything that decides the result (markets' rows, K, seed, configuration, holdout, package
+    version), with which a rerun recognises a finished task.
     """
 
     task_id: str
@@ -167,7 +172,9 @@ def plan_sweep(
                 for name, base in configs.items():
                     config = base.with_num_regimes(k).replace(training={"seed": seed}).to_dict()
                     key = hashlib.sha256(
-                        json.dumps([members, data_hash, config, holdout], sort_keys=True, default=str).encode()
+                        json.dumps(
+                            [members, data_hash, config, holdout, __version__], sort_keys=True, default=str
+                        ).encode()
                     ).hexdigest()[:16]
                     task_id = f"{_safe(label)}-K{k}-s{seed}-{_safe(name)}"
                     task = SweepTask(task_id, key, tuple(members), label, k, seed, name, config)
@@ -233,7 +240,8 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
     except Exception as exc:  # a failed task is a row, never a failed sweep
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     row["wall_seconds"] = round(time.perf_counter() - start, 3)
-    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    row["peak_rss_mb"] = round(peak / (1024.0**2 if sys.platform == "darwin" else 1024.0), 1)
     return row
 
 
@@ -269,14 +277,15 @@ def sweep(
     """
     distributed = _import_distributed()
     print_ = log or (lambda _msg: None)
-    out = Path(out)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    out = Path(out).resolve()  # workers (remote ones too) get absolute paths
     _check_folder(out)
     frame = simulate_default(seed=0).frame if data is None else read_prices(data)
     if data is None:
         frame = read_prices(frame, label="embedded simulated data")
     tasks = plan_sweep(frame, ks=ks, seeds=seeds, configs=configs, groups=groups, holdout=holdout)
-    records = out / TASKS_FOLDER
-    records.mkdir(parents=True, exist_ok=True)
+    records = out / TASKS_FOLDER  # created with the first finished task: a failed start leaves no folder
     done = {t.task_id: row for t in tasks if (row := _finished(records / f"{t.task_id}.json", t.key)) is not None}
     todo = [t for t in tasks if t.task_id not in done]
     if done:
@@ -302,8 +311,9 @@ def sweep(
 
 
 def best_k_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per market group and configuration, the best K: the highest held-out log-likelihood averaged
-    over the seeds that finished (lowest mean BIC when nothing was held out).
+    """Per market group (one market unless grouped) and configuration, the best K: the highest held-out
+    log-likelihood averaged over the seeds that finished ``ok`` (lowest mean BIC when nothing was held
+    out); a K whose seeds partly failed is averaged over the others, see ``seeds``.
 
     Columns: markets, config, best_K, criterion (``heldout_loglik`` or ``bic``), score (its mean at
     best_K), seeds (finished seeds at best_K), and ``score_K<k>`` per K compared. Empty when no task
@@ -314,9 +324,9 @@ def best_k_table(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["markets", "config", "best_K", "criterion", "score", "seeds"])
     rows = []
     for (markets, config), group in ok.groupby(["markets", "config"], sort=False):
-        held = group["heldout_loglik"].notna().all()
+        held = group["heldout_loglik"].notna().any()
         criterion = "heldout_loglik" if held else "bic"
-        means = group.groupby("K")[criterion].mean()
+        means = group.groupby("K")[criterion].mean().dropna()  # over the seeds that finished
         best = int(means.idxmax() if held else means.idxmin())
         row = {
             "markets": markets,
@@ -361,10 +371,19 @@ class _client:
                 self.client = d.Client(self.scheduler, timeout="20s")
             except OSError as exc:
                 raise ConfigError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
+            # Pyro's parameter store is global to a process: two fits in threads of one worker would share it
+            threaded = {a: w.get("nthreads", 1) for a, w in self.client.scheduler_info().get("workers", {}).items()}
+            threaded = {a: n for a, n in threaded.items() if n != 1}
+            if threaded:
+                self.client.close()
+                self.client = None
+                raise ConfigError(
+                    f"the Dask workers at {self.scheduler} must run one task at a time (regime-dmm fits share "
+                    f"Pyro's global parameter store within a process), but {', '.join(threaded)} have "
+                    f"{sorted(set(threaded.values()))} threads: start them with 'dask worker --nthreads 1'"
+                )
             return self.client
         workers = available_cores() if self.workers is None else self.workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         # a task whose worker dies is retried once; the worker processes start with one OpenMP/BLAS thread
         with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
             self.cluster = d.LocalCluster(
@@ -408,12 +427,13 @@ def _run(
     # Each task carries its markets' rows (a few hundred kB): tasks without dependencies are handed to
     # whichever worker is free, where scattered data would tie each task to the worker holding its rows.
     parts = {t.label: frame[frame["market"].isin(t.markets)] for t in todo}
+    run = uuid.uuid4().hex  # Dask keys unique to this run: identical tasks (or another user's) never merge
     futures = {}
-    for t in todo:
+    for i, t in enumerate(todo):
         fit_dir = str(out / FITS_FOLDER / t.task_id) if outputs else None
         # one key prefix for all: Dask then sees one group of root tasks and queues them on the scheduler,
         # handing each to the next free worker (unique prefixes made it assign them all up front, unevenly)
-        future = client.submit(run_task, t, parts[t.label], holdout, fit_dir, plots, key=f"regime_dmm_fit-{t.key}")
+        future = client.submit(run_task, t, parts[t.label], holdout, fit_dir, plots, key=f"regime_dmm_fit-{run}-{i}")
         futures[future] = t
     bar = None
     if progress:
@@ -484,7 +504,8 @@ def _write_tables(out: Path, tasks: list[SweepTask], rows: dict[str, dict[str, A
 def _check_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RegimeDMMError(f"output folder {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / TASKS_FOLDER).is_dir():
+    is_sweep = (out / SWEEP_FILE).is_file() or any((out / TASKS_FOLDER).glob("*.json"))
+    if out.is_dir() and any(out.iterdir()) and not is_sweep:
         raise RegimeDMMError(
             f"output folder {out} exists, is not empty and holds no sweep: use another --out "
             "(rerunning a sweep into its own folder resumes it)"

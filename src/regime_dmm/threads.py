@@ -24,6 +24,7 @@ The policy here (figures in the README, ``python benchmarks/bench_sweep.py --sin
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 import time
@@ -86,9 +87,9 @@ def resolve_threads(threads: int | None) -> int:
             threads = int(text)
         except ValueError:
             raise ConfigError(f"{THREADS_VARIABLE} must be an integer >= 1, got {text!r}") from None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
-    return threads
+    return int(threads)
 
 
 class FitRegistry:
@@ -107,32 +108,35 @@ class FitRegistry:
         self._held: list[tuple[int, Path]] = []
         self._serial = 0
 
-    def enter(self) -> bool:
-        """Register this fit; False when registering is impossible here (the fit then counts alone)."""
+    def enter(self) -> Path | None:
+        """Register this fit: its lock file (the token for :meth:`leave`), or None when registering is
+        impossible here (the fit then counts alone)."""
         if fcntl is None:
-            return False
+            return None
         self._serial += 1
         name = f"{os.getpid()}-{self._serial}-{time.monotonic_ns()}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.folder / f".{name}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError:
-            return False
+            return None
         try:  # locked before it gets the name count() looks for, so no counter takes it for a dead fit's
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.replace(self.folder / f".{name}.new", self.folder / f"{name}.lock")
         except OSError:
             os.close(fd)
             (self.folder / f".{name}.new").unlink(missing_ok=True)
-            return False
+            return None
         self._held.append((fd, self.folder / f"{name}.lock"))
-        return True
+        return self.folder / f"{name}.lock"
 
-    def leave(self) -> None:
-        """Unregister the last fit this object entered (no-op when none)."""
+    def leave(self, token: Path | None = None) -> None:
+        """Unregister the fit whose lock file is ``token`` (:meth:`enter`'s return), else the last one entered;
+        a no-op when there is none."""
         if not self._held:
             return
-        fd, path = self._held.pop()
+        index = next((i for i, (_, p) in enumerate(self._held) if p == token), len(self._held) - 1)
+        fd, path = self._held.pop(index)
         path.unlink(missing_ok=True)
         os.close(fd)  # releases the lock
 
@@ -218,7 +222,7 @@ def using_threads(threads: int | None, registry: FitRegistry | None = None) -> I
     finally:
         if session is not None:
             _SESSION.remove(session)
-        if registered:
-            registry.leave()
+        if registered is not None:
+            registry.leave(registered)
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
