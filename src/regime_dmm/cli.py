@@ -208,11 +208,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--classic", action="store_true", help="classic Markov-switching model")
     sw.add_argument("--emission", choices=["gaussian", "studentt"], help="emission distribution of the return")
-    sw.add_argument("--epochs", type=int, help="training epochs per restart")
-    sw.add_argument("--restarts", type=int, help="restarts per fit")
+    sw.add_argument("--epochs", type=int, help="training epochs per restart (default: the configuration's)")
+    sw.add_argument("--restarts", type=int, help="restarts per fit (default: the configuration's)")
     sw.add_argument("--workers", type=int, help="local worker processes, one thread each (default: the cores)")
     sw.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
-    sw.add_argument("--out", default="regime_dmm_sweep", help="output folder; rerun into it to resume")
+    sw.add_argument(
+        "--out", default="regime_dmm_sweep", help="output folder; rerun into it to resume (default: regime_dmm_sweep)"
+    )
     sw.add_argument("--no-outputs", action="store_true", help="only sweep.csv and best_k.csv, no fit folders")
     sw.add_argument("--no-plots", action="store_true", help="fit folders without the PNG plots")
     sw.add_argument("--quiet", action="store_true", help="no progress bar, no per-task line")
