@@ -85,131 +85,104 @@ def fit(
     :class:`~regime_dmm.errors.ConfigError`, :class:`~regime_dmm.errors.TrainingError` (every
     restart failed) and :class:`~regime_dmm.errors.CheckpointError` (a resume on other data).
     """
-    with using_threads(threads):
-        return _fit(
-            data,
-            config,
-            progress=progress,
-            log=log,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-            stop_requested=stop_requested,
-            stop=stop,
-            initial_params=initial_params,
-            resume=_resume,
+    with using_threads(threads):  # the caller's count is restored afterwards
+        if stop is not None:
+            stop.phase = "loading the data"
+        config, loaded, pipeline = prepare(data, config or FitConfig())
+        variant = variant_for(config)
+        tc = config.training
+        print_ = log or (lambda _msg: None)
+        dtype = getattr(torch, tc.dtype)
+        if not loaded.simulated:
+            for shape in loaded.shapes:
+                print_(f"data: {shape}")
+        panel = pipeline.transform(loaded.frame)
+        for s in panel.series:
+            print_(f"data: {s.name}: {s.calendar} calendar, {s.length} days, {s.num_observed} observed")
+        data_warnings = [entry for s in panel.series for entry in s.report]
+        for line in format_data_warnings(data_warnings):
+            print_(line)
+        model_data = pipeline.model_data(panel, dtype)
+        identity = DataIdentity(loaded.path, loaded.simulated, panel.fingerprint())
+        state = RunState()
+        if _resume is not None:
+            if _resume.data.fingerprint != identity.fingerprint:
+                raise CheckpointError("the data differ from the data the checkpointed run was fitted on")
+            state = _resume.run
+        path = Path(checkpoint) if checkpoint else None
+
+        def save() -> None:
+            if path is not None:
+                RunCheckpoint(config.to_dict(), identity, state).save(path)
+
+        try:
+            run = run_restarts(
+                variant,
+                config,
+                pipeline.spec,
+                panel,
+                model_data,
+                dtype=dtype,
+                state=state,
+                save=save if path is not None else None,
+                checkpoint_every=checkpoint_every,
+                stop_requested=stop_requested,
+                stop=stop,
+                log=log,
+                progress=progress,
+                warm_params=initial_params,
+            )
+        except FitInterrupted as exc:
+            exc.checkpoint = path
+            raise
+        assert run.state.best is not None
+        best = run.state.best
+        if stop is not None:
+            stop.phase = "computing the regimes of the kept restart"
+        fitted = FittedModel(variant, config, pipeline, panel, model_data, run.model, run.guide, best.params)
+        markets = compute_results(fitted, config.model.names())
+        completed = sorted(run.state.completed, key=lambda e: e.restart)
+        histories = [pd.DataFrame(e.history) for e in completed if e.history]
+        history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+        print_(f"best restart: {best.restart} (log-likelihood {sum(m.log_likelihood for m in markets):.3f})")
+        kept = run.state.record(best.restart)
+        usage = np.stack([m.usage for m in markets])
+        reference = usage if kept.reference_usage is None else np.asarray(kept.reference_usage, dtype=float)
+        collapse = detect_collapse(
+            usage,
+            [posterior_entropy(m.smoothed) for m in markets],
+            kept.history,
+            config.model.num_regimes,
+            reference_usage=reference,
+            after_warmup_epoch=int((tc.warmup_fraction + tc.ramp_fraction) * tc.epochs),
+            markets=[m.name for m in markets],
+            num_days=int(model_data.mask.sum()),
         )
-
-
-def _fit(
-    data: DataSource,
-    config: FitConfig | None,
-    *,
-    progress: bool,
-    log: Callable[[str], None] | None,
-    checkpoint: str | Path | None,
-    checkpoint_every: int,
-    stop_requested: Callable[[], bool] | None,
-    stop: StopControl | None,
-    initial_params: dict[str, torch.Tensor] | None,
-    resume: RunCheckpoint | None,
-) -> RegimeFit:
-    if stop is not None:
-        stop.phase = "loading the data"
-    config, loaded, pipeline = prepare(data, config or FitConfig())
-    variant = variant_for(config)
-    tc = config.training
-    print_ = log or (lambda _msg: None)
-    dtype = getattr(torch, tc.dtype)
-    if not loaded.simulated:
-        for shape in loaded.shapes:
-            print_(f"data: {shape}")
-    panel = pipeline.transform(loaded.frame)
-    for s in panel.series:
-        print_(f"data: {s.name}: {s.calendar} calendar, {s.length} days, {s.num_observed} observed")
-    data_warnings = [entry for s in panel.series for entry in s.report]
-    for line in format_data_warnings(data_warnings):
-        print_(line)
-    model_data = pipeline.model_data(panel, dtype)
-    identity = DataIdentity(loaded.path, loaded.simulated, panel.fingerprint())
-    state = RunState()
-    if resume is not None:
-        if resume.data.fingerprint != identity.fingerprint:
-            raise CheckpointError("the data differ from the data the checkpointed run was fitted on")
-        state = resume.run
-    path = Path(checkpoint) if checkpoint else None
-
-    def save() -> None:
-        if path is not None:
-            RunCheckpoint(config.to_dict(), identity, state).save(path)
-
-    try:
-        run = run_restarts(
-            variant,
-            config,
-            pipeline.spec,
-            panel,
-            model_data,
-            dtype=dtype,
-            state=state,
-            save=save if path is not None else None,
-            checkpoint_every=checkpoint_every,
-            stop_requested=stop_requested,
-            stop=stop,
-            log=log,
-            progress=progress,
-            warm_params=initial_params,
+        for line in format_collapse(collapse):
+            print_(line)
+        result = RegimeFit(
+            config=config,
+            regimes=config.model.names(),
+            markets=markets,
+            history=history,
+            restarts=[dict(e.summary, best=e.restart == best.restart) for e in completed],
+            seed=tc.seed,
+            data_source=loaded.label,
+            simulated=loaded.simulated,
+            faults=[f for e in completed for f in e.faults],
+            truth=loaded.truth,
+            data_path=loaded.path,
+            data_fingerprint=identity.fingerprint,
+            num_parameters=fitted.num_parameters(),
+            collapse=collapse,
+            data_warnings=data_warnings,
+            fitted=fitted,
         )
-    except FitInterrupted as exc:
-        exc.checkpoint = path
-        raise
-    assert run.state.best is not None
-    best = run.state.best
-    if stop is not None:
-        stop.phase = "computing the regimes of the kept restart"
-    fitted = FittedModel(variant, config, pipeline, panel, model_data, run.model, run.guide, best.params)
-    markets = compute_results(fitted, config.model.names())
-    completed = sorted(run.state.completed, key=lambda e: e.restart)
-    histories = [pd.DataFrame(e.history) for e in completed if e.history]
-    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    print_(f"best restart: {best.restart} (log-likelihood {sum(m.log_likelihood for m in markets):.3f})")
-    kept = run.state.record(best.restart)
-    usage = np.stack([m.usage for m in markets])
-    reference = usage if kept.reference_usage is None else np.asarray(kept.reference_usage, dtype=float)
-    collapse = detect_collapse(
-        usage,
-        [posterior_entropy(m.smoothed) for m in markets],
-        kept.history,
-        config.model.num_regimes,
-        reference_usage=reference,
-        after_warmup_epoch=int((tc.warmup_fraction + tc.ramp_fraction) * tc.epochs),
-        markets=[m.name for m in markets],
-        num_days=int(model_data.mask.sum()),
-    )
-    for line in format_collapse(collapse):
-        print_(line)
-    result = RegimeFit(
-        config=config,
-        regimes=config.model.names(),
-        markets=markets,
-        history=history,
-        restarts=[dict(e.summary, best=e.restart == best.restart) for e in completed],
-        seed=tc.seed,
-        data_source=loaded.label,
-        simulated=loaded.simulated,
-        faults=[f for e in completed for f in e.faults],
-        truth=loaded.truth,
-        data_path=loaded.path,
-        data_fingerprint=identity.fingerprint,
-        num_parameters=fitted.num_parameters(),
-        collapse=collapse,
-        data_warnings=data_warnings,
-        fitted=fitted,
-    )
-    result.cross_market = cross_market(result, seed=tc.seed)
-    result.regime_warnings = check_regimes(result, fitted.scale_floors())
-    for line in format_regime_warnings(result.regime_warnings):
-        print_(line)
-    return result
+        result.cross_market = cross_market(result, seed=tc.seed)
+        result.regime_warnings = check_regimes(result, fitted.scale_floors())
+        for line in format_regime_warnings(result.regime_warnings):
+            print_(line)
+        return result
 
 
 def format_data_warnings(entries: list[dict[str, Any]]) -> list[str]:
