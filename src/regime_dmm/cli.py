@@ -532,26 +532,29 @@ def cmd_sweep(args) -> int:
             groups[name.strip()] = [m.strip() for m in members.split(",") if m.strip()]
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
-    try:
-        table = sweep(
-            _data(args),
-            out=args.out,
-            ks=ks,
-            seeds=seeds,
-            configs=configs,
-            groups=groups,
-            holdout=args.holdout,
-            outputs=not args.no_outputs,
-            plots=not args.no_plots,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            log=None if args.quiet else print,
-            progress=not args.quiet and sys.stderr.isatty(),
-        )
-    except SweepInterrupted as exc:
-        print(f"\ninterrupted: {exc}", file=sys.stderr)
-        print(f"kept: {args.out}/sweep.csv ({(exc.table['status'] == 'ok').sum()} tasks ok)", file=sys.stderr)
-        return 130 if _SWEEP_SIGNAL["signal"] != signal.SIGTERM else 143
+    with _stopping_on_signals() as stop:
+        try:
+            table = sweep(
+                _data(args),
+                out=args.out,
+                ks=ks,
+                seeds=seeds,
+                configs=configs,
+                groups=groups,
+                holdout=args.holdout,
+                outputs=not args.no_outputs,
+                plots=not args.no_plots,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                log=None if args.quiet else print,
+                progress=not args.quiet and sys.stderr.isatty(),
+            )
+        except SweepInterrupted as exc:
+            print(f"\ninterrupted: {exc}", file=sys.stderr)
+            print(f"kept: {args.out}/sweep.csv ({(exc.table['status'] == 'ok').sum()} tasks ok)", file=sys.stderr)
+            return 128 + int(stop.signal or signal.SIGINT)
+        except FitInterrupted as exc:  # before any task ran (starting the cluster): nothing was written
+            return _interrupted(stop, exc)
     shown = table[["task_id", "status", "log_likelihood", "heldout_loglik", "bic", "shifts_per_year", "wall_seconds"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     failed = table[table["status"] != "ok"]
@@ -563,26 +566,6 @@ def cmd_sweep(args) -> int:
         print(best[["markets", "config", "best_K", "criterion", "score"]].to_string(index=False))
     print(f"wrote {args.out}/: sweep.csv best_k.csv tasks/" + ("" if args.no_outputs else " fits/"))
     return 0 if failed.empty else 1
-
-
-#: The signal that stopped a sweep (SIGINT unless SIGTERM arrived).
-_SWEEP_SIGNAL: dict[str, Any] = {"signal": signal.SIGINT}
-
-
-@contextmanager
-def _sweep_signals() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside a sweep (as Ctrl-C does), remembering which arrived."""
-    _SWEEP_SIGNAL["signal"] = signal.SIGINT
-
-    def on_term(signum, frame):
-        _SWEEP_SIGNAL["signal"] = signal.SIGTERM
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_forecast(args) -> int:
@@ -646,8 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backtest":
             return cmd_backtest(args)
         if args.command == "sweep":
-            with _sweep_signals():
-                return cmd_sweep(args)
+            return cmd_sweep(args)
         return cmd_simulate(args)
     except RegimeDMMError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
 from .results import RegimeFit
 
-__all__ = ["COLUMNS", "plot_selection", "score_fit", "select_regimes", "training_part"]
+__all__ = ["COLUMNS", "bic", "plot_selection", "score_fit", "select_regimes", "training_part"]
 
 COLUMNS = [
     "K",
@@ -148,7 +148,7 @@ def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
         "heldout_loglik": heldout,
         "heldout_per_day": heldout / max(heldout_days, 1),
         "train_loglik": train,
-        "bic": -2.0 * train + n_params * math.log(max(train_days, 1)),
+        "bic": bic(train, n_params, train_days),
         "n_params": n_params,
         "waic": float("nan"),
         "loo": float("nan"),
@@ -157,6 +157,12 @@ def score_fit(fit: RegimeFit, full_data: DataSource) -> dict[str, Any]:
         # per held-out observed day, in the pipeline's units (the Jacobian is the same for every K)
         "heldout_by_day": np.concatenate(days) if days else np.zeros(0),
     }
+
+
+def bic(log_likelihood: float, num_parameters: int, days: int) -> float:
+    """Bayesian information criterion ``-2 log_likelihood + num_parameters * log(days)`` (nats; lower is
+    better; Schwarz 1978, "Estimating the dimension of a model"); ``days`` below 1 count as 1."""
+    return -2.0 * log_likelihood + num_parameters * math.log(max(days, 1))
 
 
 def _one_standard_error(rows: list[dict[str, Any]]) -> None:

@@ -45,7 +45,8 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,9 @@ from .data.loader import read_prices
 from .data.simulator import simulate_default
 from .data.sources import DataSource
 from .errors import ConfigError, DataError, RegimeDMMError
-from .fitting import fit
+from .fitting import FitInterrupted, fit
 from .outputs import write_outputs
-from .selection import score_fit, training_part
+from .selection import bic, score_fit, training_part
 from .threads import WORKER_ENVIRONMENT, available_cores
 
 __all__ = [
@@ -197,15 +198,7 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
     exception's type and message). One torch thread (:mod:`regime_dmm.threads`).
     """
     start = time.perf_counter()
-    row: dict[str, Any] = {
-        "task_id": task.task_id,
-        "markets": ";".join(task.markets),
-        "K": task.num_regimes,
-        "seed": task.seed,
-        "config": task.config_name,
-        "key": task.key,
-        "worker": _worker_name(),
-    }
+    row = dict(_row_head(task), worker=_worker_name())
     try:
         config = FitConfig.from_dict(task.config)
         full = frame.reset_index(drop=True)
@@ -234,7 +227,7 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
                 train_days=score["train_days"],
             )
         else:
-            row.update(bic=-2.0 * result.log_likelihood + result.num_parameters * math.log(max(row["train_days"], 1)))
+            row.update(bic=bic(result.log_likelihood, result.num_parameters, row["train_days"]))
         if fit_dir is not None:
             write_outputs(result, fit_dir, overwrite=True, plots=plots)
     except Exception as exc:  # a failed task is a row, never a failed sweep
@@ -281,9 +274,10 @@ def sweep(
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     out = Path(out).resolve()  # workers (remote ones too) get absolute paths
     _check_folder(out)
-    frame = simulate_default(seed=0).frame if data is None else read_prices(data)
     if data is None:
-        frame = read_prices(frame, label="embedded simulated data")
+        frame = read_prices(simulate_default(seed=0).frame, label="embedded simulated data")
+    else:
+        frame = read_prices(data)
     tasks = plan_sweep(frame, ks=ks, seeds=seeds, configs=configs, groups=groups, holdout=holdout)
     records = out / TASKS_FOLDER  # created with the first finished task: a failed start leaves no folder
     done = {t.task_id: row for t in tasks if (row := _finished(records / f"{t.task_id}.json", t.key)) is not None}
@@ -296,7 +290,7 @@ def sweep(
             print_(f"[sweep] {len(todo)} tasks on {_describe(client)}")
             try:
                 _run(distributed, client, todo, frame, holdout, out, outputs, plots, rows, print_, progress)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, FitInterrupted):  # Ctrl-C; or a signal the CLI's StopControl received
                 for t in todo:
                     if t.task_id not in rows:
                         rows[t.task_id] = _cancelled(t)
@@ -354,54 +348,40 @@ def _import_distributed() -> Any:
     return distributed
 
 
-class _client:
-    """Context manager: a Client of a new LocalCluster (closed afterwards) or of an existing scheduler."""
-
-    def __init__(self, distributed: Any, workers: int | None, scheduler: str | None) -> None:
-        self.distributed, self.workers, self.scheduler = distributed, workers, scheduler
-        self.cluster: Any = None
-        self.client: Any = None
-
-    def __enter__(self) -> Any:
-        import dask
-
-        d = self.distributed
-        if self.scheduler:
-            try:
-                self.client = d.Client(self.scheduler, timeout="20s")
-            except OSError as exc:
-                raise ConfigError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
+@contextmanager
+def _client(distributed: Any, workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A Client of a new LocalCluster (closed afterwards) or of the existing ``scheduler``."""
+    if scheduler:
+        try:
+            client = distributed.Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        with client:
             # Pyro's parameter store is global to a process: two fits in threads of one worker would share it
-            threaded = {a: w.get("nthreads", 1) for a, w in self.client.scheduler_info().get("workers", {}).items()}
-            threaded = {a: n for a, n in threaded.items() if n != 1}
+            threads = {a: w.get("nthreads", 1) for a, w in client.scheduler_info().get("workers", {}).items()}
+            threaded = {a: n for a, n in threads.items() if n != 1}
             if threaded:
-                self.client.close()
-                self.client = None
                 raise ConfigError(
-                    f"the Dask workers at {self.scheduler} must run one task at a time (regime-dmm fits share "
+                    f"the Dask workers at {scheduler} must run one task at a time (regime-dmm fits share "
                     f"Pyro's global parameter store within a process), but {', '.join(threaded)} have "
                     f"{sorted(set(threaded.values()))} threads: start them with 'dask worker --nthreads 1'"
                 )
-            return self.client
-        workers = available_cores() if self.workers is None else self.workers
-        # a task whose worker dies is retried once; the worker processes start with one OpenMP/BLAS thread
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-            self.cluster = d.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                env=dict(WORKER_ENVIRONMENT),
-                silence_logs=50,
-            )
-        self.client = d.Client(self.cluster)
-        return self.client
+            yield client
+        return
+    import dask
 
-    def __exit__(self, *exc: object) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+    # a task whose worker dies is retried once; the worker processes start with one OpenMP/BLAS thread
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = distributed.LocalCluster(
+            n_workers=available_cores() if workers is None else workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=dict(WORKER_ENVIRONMENT),
+            silence_logs=50,
+        )
+    with cluster, distributed.Client(cluster) as client:
+        yield client
 
 
 def _describe(client: Any) -> str:
@@ -455,7 +435,7 @@ def _run(
                 bar.update(1)
             status = row["status"] if row["status"] != "failed" else f"FAILED ({row['error']})"
             print_(f"[sweep] {task.task_id}: {status} in {row.get('wall_seconds', float('nan')):.1f} s")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, FitInterrupted):
         client.cancel([f for f, t in futures.items() if t.task_id not in rows])
         raise
     finally:
@@ -474,17 +454,20 @@ def _finished(path: Path, key: str) -> dict[str, Any] | None:
     return row
 
 
-def _failed(task: SweepTask, error: str) -> dict[str, Any]:
+def _row_head(task: SweepTask) -> dict[str, Any]:
+    """The columns of a task's row that say which task it is."""
     return {
         "task_id": task.task_id,
         "markets": ";".join(task.markets),
         "K": task.num_regimes,
         "seed": task.seed,
         "config": task.config_name,
-        "status": "failed",
-        "error": error,
         "key": task.key,
     }
+
+
+def _failed(task: SweepTask, error: str) -> dict[str, Any]:
+    return dict(_row_head(task), status="failed", error=error)
 
 
 def _cancelled(task: SweepTask) -> dict[str, Any]:
@@ -496,8 +479,9 @@ def _write_tables(out: Path, tasks: list[SweepTask], rows: dict[str, dict[str, A
     table = pd.DataFrame([rows[t.task_id] for t in tasks if t.task_id in rows]).reindex(columns=SWEEP_COLUMNS)
     table["error"] = table["error"].fillna("")
     atomic_write_text(out / SWEEP_FILE, table.to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(out / BEST_K_FILE, best_k_table(table).to_csv(index=False, float_format="%.6f"))
-    table.attrs["best_k"] = best_k_table(table)
+    best = best_k_table(table)
+    atomic_write_text(out / BEST_K_FILE, best.to_csv(index=False, float_format="%.6f"))
+    table.attrs["best_k"] = best
     return table
 
 
