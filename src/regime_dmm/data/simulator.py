@@ -128,7 +128,8 @@ class SimulatedData:
         (the dates of ``frame`` for that market without the first one).
     params:
         Per market, numpy arrays ``initial`` ``(K,)``, ``transition`` ``(K, K)``,
-        ``mean`` ``(K,)`` and ``sd`` ``(K,)`` in daily log-return units.
+        ``mean`` ``(K,)`` and ``sd`` ``(K,)`` in daily log-return units; with Student-t shocks also
+        ``df`` (a 0-d array: the shocks' degrees of freedom).
     traded:
         Per market, ``(n_days - 1,)`` bool: a trade on that return date (False: the price
         repeats the last traded one).
@@ -311,6 +312,8 @@ def simulate_markets(
         )
         true_regimes[spec.name] = z
         params[spec.name] = {"initial": initial, "transition": P, "mean": mean, "sd": sd}
+        if shock_df is not None:
+            params[spec.name]["df"] = np.asarray(shock_df, dtype=np.float64)
         traded_days[spec.name] = traded
 
     frame = pd.concat(frames, ignore_index=True)
