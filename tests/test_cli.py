@@ -169,3 +169,27 @@ def test_third_party_notices_stay_off_the_terminal_and_own_warnings_do_not(small
     for notice in ("Warning:", "ArviZ is undergoing", "deprecated"):
         assert notice not in printed, printed
     assert "WARNING data:" in printed and "stale_span" in printed
+
+
+def test_simulate_shocks_option_writes_heavy_tailed_returns_and_refuses_a_bad_law(tmp_path, capsys):
+    import numpy as np
+    from scipy.stats import kurtosis
+
+    from regime_dmm.data import simulate_default
+
+    path = tmp_path / "t.csv"
+    assert main(["simulate", "--out", str(path), "--seed", "3", "--shocks", "studentt:4"]) == 0
+    frame = pd.read_csv(path)
+    expected = simulate_default(seed=3, shocks="studentt:4").frame
+    np.testing.assert_allclose(frame["price"].to_numpy(), expected["price"].to_numpy(), rtol=1e-12)
+    gaussian = simulate_default(seed=3).frame
+    assert not np.allclose(frame["price"].to_numpy(), gaussian["price"].to_numpy())
+    cre = np.diff(np.log(frame.loc[frame["market"] == "traditional_cre", "price"].to_numpy()))
+    truth = simulate_default(seed=3, shocks="studentt:4").true_regimes["traditional_cre"]
+    calm = cre[truth == 0] / cre[truth == 0].std()
+    assert kurtosis(calm) > 1.0  # a Gaussian's excess kurtosis is 0
+
+    bad = tmp_path / "bad.csv"
+    assert main(["simulate", "--out", str(bad), "--shocks", "studentt:2"]) == 2
+    assert "shocks" in capsys.readouterr().err
+    assert not bad.exists()

@@ -31,7 +31,7 @@ from .outputs import write_outputs
 from .persistence import load_fit
 from .plots import save_all, usage_bars_text
 from .regime_checks import format_regime_warnings
-from .results import RegimeFit
+from .results import RegimeFit, restarts_within
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
 from .training.collapse import format_collapse
@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="write the embedded simulated data set as CSV (input format)")
     sim.add_argument("--out", required=True, help="CSV file to write")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--shocks",
+        default="gaussian",
+        metavar="gaussian|studentt:DF",
+        help="the return shocks: gaussian (default) or Student-t with DF > 2 degrees of freedom, scaled to unit "
+        "variance (heavy tails; each regime keeps its sd)",
+    )
     sim.add_argument("--truth", help="optional CSV of the true regimes (date, market, regime)")
 
     sel = sub.add_parser("select", help="choose the number of regimes by held-out predictive likelihood (and BIC)")
@@ -327,9 +334,12 @@ def cmd_fit(args) -> int:
                     f" (p = {m.current_probs.max():.2f}"
                     + ("; too few days for this many regimes: not to be trusted)" if few else ")")
                 )
+                print(f"regime shifts per year: {m.shifts_per_year():.1f}")
                 durations = result.summary()["markets"][m.name]["never_left"]
                 if durations:
                     print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")
+            for line in pooling_lines(result):
+                print(line)
             print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")
             stop.phase = "writing the outputs"
             write_outputs(result, out, overwrite=True, plots=not args.no_plots)
@@ -431,9 +441,30 @@ def cmd_backtest(args) -> int:
     return 0
 
 
+def pooling_lines(result) -> list[str]:
+    """The printed summary's lines on the shared regime ladder and on the restarts."""
+    out = []
+    pooling = result.pooling
+    if pooling.get("mode", "none") != "none":
+        ladder = pooling["ladder"]["volatility_ratio"]
+        ratios = ", ".join(f"{pair.replace('|', '/')} {r:.2f}" for pair, r in ladder.items())
+        out.append(f"\nshared regime ladder ({pooling['mode']} pooling): volatility ratios {ratios}")
+        if "scale" in pooling:
+            scale = pooling["scale"]
+            out.append(
+                f"pooling scale (learned; 0 = one ladder for all markets): {scale['volatility_ratio']:.3f} for the "
+                f"log volatility ratios, {scale['mean']:.3f} for the mean returns (normalised units)"
+            )
+    within = restarts_within(result.restarts, 1.0)
+    if within is not None:
+        done = sum(1 for r in result.restarts if r.get("status") == "ok")
+        out.append(f"restarts within 1 nat of the kept one: {within} of {done}")
+    return out
+
+
 def cmd_simulate(args) -> int:
     """``regime-dmm simulate``: write the embedded simulated data (and optionally its true regimes) as CSV."""
-    data = simulate_default(seed=args.seed)
+    data = simulate_default(seed=args.seed, shocks=args.shocks)
     write_csv(data, args.out)
     if args.truth:
         rows = []
@@ -449,7 +480,9 @@ def cmd_simulate(args) -> int:
                 )
             )
         pd.concat(rows).to_csv(args.truth, index=False)
-    print(f"wrote {args.out} (simulated, seed {args.seed}; markets: {', '.join(data.true_regimes)})")
+    print(
+        f"wrote {args.out} (simulated, seed {args.seed}, {args.shocks} shocks; markets: {', '.join(data.true_regimes)})"
+    )
     return 0
 
 

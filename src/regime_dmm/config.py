@@ -52,6 +52,15 @@ class ModelConfig:
     # that leaves a regime of a handful of days is redone with a prior on the regime means.
     # 0 turns the guard off (the behaviour of regime-dmm 0.1).
     min_scale: float = 0.25
+    # Separated regimes: the sd of each regime's return is at least min_ratio times the next calmer one's
+    # (a steep prior wall on the ordered log-scale steps; 0 or 1 = no wall). 1.5 is where the overlap check
+    # (regime_checks) calls two regimes of equal mean hard to tell apart: Hellinger distance 0.2.
+    min_ratio: float = 1.5
+    # Shared regime semantics across markets (exact and relaxed modes, two or more markets): each market keeps
+    # its scale, transition matrix and usage; the ladder of volatility ratios between adjacent regimes and the
+    # regimes' mean returns (normalised units) are "none": free per market, "partial": drawn around a shared
+    # ladder with a learned spread (hierarchical prior), or "full": one ladder for every market.
+    pooling: str = "partial"
 
     def names(self) -> tuple[str, ...]:
         """The ``K`` regime names, calmest first (defaults: calm/volatile, calm/volatile/panic,
@@ -193,6 +202,14 @@ class FitConfig:
             (m.history >= 1, f"model.history must be >= 1, got {m.history}"),
             (m.stickiness >= 0, f"model.stickiness must be >= 0, got {m.stickiness}"),
             (0 <= m.min_scale < 1, f"model.min_scale must be in [0, 1), got {m.min_scale}"),
+            (
+                m.min_ratio == 0 or 1 <= m.min_ratio <= 10,
+                f"model.min_ratio must be 0 (off) or in [1, 10], got {m.min_ratio}",
+            ),
+            (
+                m.pooling in ("none", "partial", "full"),
+                f"model.pooling must be none, partial or full, got {m.pooling!r}",
+            ),
             (
                 0 <= p.rarity_threshold < 0.5,
                 f"penalties.rarity_threshold must be in [0, 0.5), got {p.rarity_threshold}",

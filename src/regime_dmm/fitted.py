@@ -12,7 +12,8 @@ never touch Pyro's global parameter store or ``poutine`` themselves:
 * :meth:`potentials` - log-potentials of any data at the point estimate or at given values;
 * :meth:`posterior` - those potentials with their exact posterior (cached for the fitted data);
 * :meth:`smoothed` - the regime marginals the fit reports (the relaxed mode: its inference network's);
-* :meth:`num_parameters` - the number of free parameters (for BIC and the summary).
+* :meth:`num_parameters` - the number of free parameters (for BIC and the summary);
+* :meth:`pooling` - the shared regime ladder and the learned degree of pooling across markets.
 
 Its parameters live in the object: each method swaps them into Pyro's parameter store for the
 duration of the call and restores whatever was there before, so several fits can live side by
@@ -178,6 +179,31 @@ class FittedModel:
             s.name: float(self.pipeline.scale_to_input_units(s.name, "return", f))
             for s, f in zip(self.panel.series, floor)
         }
+
+    def pooling(self, regimes: tuple[str, ...]) -> dict[str, Any]:
+        """How the markets share the meaning of the regimes (``model.pooling``), for ``summary.json``.
+
+        ``mode``: the pooling in effect (``none`` for one market or the classic mode). When pooled:
+        ``ladder`` - the shared volatility ratio of each adjacent pair ``"a|b"`` (``exp`` of the shared
+        log-scale step) and the shared mean return of each regime (normalised units); ``scale`` (partial
+        pooling only) - the learned pooling scales, ``volatility_ratio`` (sd of a market's log-scale steps
+        about the shared ones) and ``mean`` (sd of a market's regime means about the shared ones,
+        normalised units): near 0, the markets share one ladder; large, each has its own.
+        """
+        mode = getattr(self.model, "pooling", "none")
+        out: dict[str, Any] = {"mode": mode}
+        if mode == "none":
+            return out
+        values = self.point_estimate()
+        ratios = values["ladder_steps"].exp().tolist()
+        out["ladder"] = {
+            "volatility_ratio": {f"{a}|{b}": round(r, 6) for a, b, r in zip(regimes, regimes[1:], ratios)},
+            "mean_return_normalised": {r: round(v, 6) for r, v in zip(regimes, values["ladder_loc"].tolist())},
+        }
+        if "pooling_scale" in values:
+            tau = values["pooling_scale"].tolist()
+            out["scale"] = {"volatility_ratio": round(tau[0], 6), "mean": round(tau[1], 6)}
+        return out
 
     def num_parameters(self) -> int:
         """Free parameters of the model (all markets): a simplex of K entries counts K - 1.

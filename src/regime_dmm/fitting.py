@@ -178,6 +178,7 @@ def fit(
             data_warnings=data_warnings,
             fitted=fitted,
         )
+        result.pooling = fitted.pooling(result.regimes)
         result.cross_market = cross_market(result, seed=tc.seed)
         result.regime_warnings = check_regimes(result, fitted.scale_floors())
         for line in format_regime_warnings(result.regime_warnings):

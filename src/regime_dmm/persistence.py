@@ -147,6 +147,7 @@ def load_fit(out_dir: str | Path, data: DataSource = None) -> RegimeFit:
         data_warnings=[entry for s in panel.series for entry in s.report],
         fitted=fitted,
     )
+    result.pooling = fitted.pooling(result.regimes)
     result.cross_market = cross_market(result, seed=config.training.seed)
     result.regime_warnings = check_regimes(result, fitted.scale_floors())
     return result

@@ -110,6 +110,8 @@ class RegimeFit:
     cross_market: list[dict] = field(default_factory=list)
     # Can the data tell the regimes apart (regime_dmm.regime_checks)? Empty when they can.
     regime_warnings: list[dict] = field(default_factory=list)
+    # How the markets share the regime ladder (FittedModel.pooling); {} when not recorded.
+    pooling: dict = field(default_factory=dict)
     # The fitted model, for further inference (nowcasts, held-out scores, draws); not serialised.
     fitted: FittedModel | None = None
 
@@ -198,7 +200,20 @@ class RegimeFit:
             "data_warnings": self.data_warnings,
             "cross_market": self.cross_market,
             "regime_warnings": self.regime_warnings,
+            "pooling": self.pooling,
+            "restarts_within_1_nat": restarts_within(self.restarts, 1.0),
         }
+
+
+def restarts_within(restarts: list[dict], nats: float) -> int | None:
+    """How many finished restarts ended within ``nats`` of the kept one's objective (``final_loss``, the
+    negative log posterior in nats, normalised units; the kept restart counts); None when not recorded.
+    Few of many: the optimum is hard to find, and more restarts may find a better one."""
+    losses = [r["final_loss"] for r in restarts if r.get("status") == "ok" and "final_loss" in r]
+    kept = [r["final_loss"] for r in restarts if r.get("best") and "final_loss" in r]
+    if not kept:
+        return None
+    return sum(1 for loss in losses if loss - kept[0] <= nats)
 
 
 #: An expected duration longer than this many samples is reported as "never left in the sample".

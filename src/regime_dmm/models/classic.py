@@ -38,12 +38,15 @@ class ClassicHyper:
     (None = none). ``scale_ceiling``: per market, the highest standard deviation a regime may have:
     the root of the sum of squared returns, the sd of a regime that holds all of the market's
     variance in one day (a regime no day belongs to otherwise drifts to an infinite scale, where
-    the likelihood is flat; None = none).
+    the likelihood is flat; None = none). ``min_step``: each regime's sd is at least ``exp(min_step)``
+    times the next calmer one's (``ret_scale_steps`` are then the steps above ``min_step``); 0 in classic
+    mode, ``log(model.min_ratio)`` in the exact DMM's warm start.
     """
 
     scale_floor: tuple[float, ...]
     min_scale: tuple[float, ...] | None = None
     scale_ceiling: tuple[float, ...] | None = None
+    min_step: float = 0.0  # log of the smallest sd ratio of adjacent regimes (the DMM's warm start; 0 = none)
 
 
 class ClassicMarkovSwitching(RegimeModel):
@@ -117,7 +120,8 @@ class ClassicMarkovSwitching(RegimeModel):
         zero = torch.zeros_like(g["ret_scale_base"])[..., None]
         floor = torch.tensor(self.hyper.scale_floor, dtype=g["ret_scale_base"].dtype)
         base = floor + g["ret_scale_base"]  # sd of the calm regime
-        scale = base[..., None] * torch.exp(torch.cumsum(torch.cat([zero, g["ret_scale_steps"]], -1), -1))
+        steps = g["ret_scale_steps"] + self.hyper.min_step
+        scale = base[..., None] * torch.exp(torch.cumsum(torch.cat([zero, steps], -1), -1))
         return g["ret_loc"][..., None], scale[..., None]
 
     def log_potentials(self, data: ModelData) -> Potentials:

@@ -13,10 +13,28 @@ with ``x_t = [return, log realised volatility]`` normalised per market and ``h_t
 L previous days. Regimes are summed out exactly (:mod:`regime_dmm.inference`), and are
 ordered by volatility by construction: ``calm`` is always the least volatile regime.
 The default regime prior ``a`` is calm 2, neutral 2, volatile 1, panic 0.5.
+
+Shared regime semantics (``pooling``, two or more markets). The ladder of a market - its log-scale
+steps ``d_m`` and its regime means ``loc_m`` in normalised units - is
+
+* ``none``: ``d_mk ~ Gamma(2, 3)``, ``loc_mk ~ Normal(0, 1)``, free per market;
+* ``partial`` (default): drawn around a shared ladder, ``d_mk ~ LogNormal(log D_k, tau_1)``,
+  ``loc_mk ~ Normal(L_k, tau_2)`` with ``D_k ~ Gamma(2, 3)``, ``L_k ~ Normal(0, 1)`` and the pooling
+  scales ``tau ~ LogNormal(log 0.3, 0.5)`` learned with the rest: a market with few panic days borrows
+  the meaning of ``panic`` from the others (partial pooling: Gelman et al., "Bayesian Data Analysis",
+  3rd ed., ch. 5). The log-normal prior on ``tau`` keeps the MAP estimate away from ``tau = 0``, where a
+  hierarchical density is unbounded (Chung et al. 2013, "A nondegenerate penalized likelihood
+  estimator for variance parameters in multilevel models");
+* ``full``: ``d_m = D``, ``loc_m = L`` for every market.
+
+Separated regimes (``min_step = log(min_ratio)`` > 0): every step ``d_mk`` gets a steep wall below
+``min_step``, ``-((min_step - d)_+ / 0.05)^2 / 2`` nats, so adjacent regimes differ by at least about
+that volatility ratio (see ``model.min_ratio``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
@@ -28,7 +46,18 @@ from .base import ModelDims, Potentials, RegimeModel
 from .networks import EmissionNet, TransitionNet
 from .penalties import scale_floor_penalty
 
-__all__ = ["ExactDMMHyper", "ExactRegimeDMM", "ordered_levels"]
+__all__ = ["POOLING_SCALE_PRIOR", "ExactDMMHyper", "ExactRegimeDMM", "ordered_levels", "separation_wall"]
+
+#: Median and log-sd of the LogNormal prior on the pooling scales ``tau`` (scale steps, means).
+POOLING_SCALE_PRIOR = (0.3, 0.5)
+#: Width (in log-ratio units) of the wall below the smallest allowed step between adjacent regimes' log sds.
+SEPARATION_WIDTH = 0.05
+
+
+def separation_wall(steps: torch.Tensor, min_step: float) -> torch.Tensor:
+    """``steps (..., K-1)`` log-scale steps -> scalar nats: ``sum ((min_step - steps)_+ / 0.05)^2 / 2``."""
+    below = torch.relu(min_step - steps)
+    return (below / SEPARATION_WIDTH).pow(2).sum() / 2.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +69,9 @@ class ExactDMMHyper:
     width; ``covariate_transitions`` / ``emission_network``: whether each network is used;
     ``network_prior_scale``: sd of the Gaussian prior on the networks' weights (0 = none);
     ``scale_floor``: per market, the lowest sd the calmest regime's return may have (a steep prior
-    wall, :func:`~regime_dmm.models.penalties.scale_floor_penalty`; None = none).
+    wall, :func:`~regime_dmm.models.penalties.scale_floor_penalty`; None = none). ``pooling``: ``none``,
+    ``partial`` or ``full`` (see the module docstring; one market is always ``none``). ``min_step``: the
+    log of the smallest volatility ratio of adjacent regimes (0 = no wall).
     """
 
     regime_prior: tuple[float, ...]
@@ -51,6 +82,8 @@ class ExactDMMHyper:
     emission_network: bool = True
     network_prior_scale: float = 0.1
     scale_floor: tuple[float, ...] | None = None  # per market, the lowest sd of the return (normalised units)
+    pooling: str = "none"
+    min_step: float = 0.0
 
 
 def ordered_levels(base: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -91,12 +124,8 @@ class ExactRegimeDMM(RegimeModel):
         g = {
             "initial": pyro.sample("initial", dist.Dirichlet(init_conc).to_event(1)),
             "transition": pyro.sample("transition", dist.Dirichlet(trans_conc).to_event(2)),
-            "ret_loc": pyro.sample("ret_loc", dist.Normal(0 * one, one).expand([m, k]).to_event(2)),
-            "ret_scale_base": pyro.sample("ret_scale_base", dist.LogNormal(-0.5 * one, one).expand([m]).to_event(1)),
-            "ret_scale_steps": pyro.sample(
-                "ret_scale_steps", dist.Gamma(2.0 * one, 3.0 * one).expand([m, k - 1]).to_event(2)
-            ),
         }
+        g.update(self.sample_return_emission(dtype))
         if self.num_features > 1:
             g["vol_loc_base"] = pyro.sample("vol_loc_base", dist.Normal(-1.0 * one, one).expand([m]).to_event(1))
             g["vol_loc_steps"] = pyro.sample(
@@ -106,6 +135,68 @@ class ExactRegimeDMM(RegimeModel):
         if self.student_t:
             g["df"] = pyro.sample("df", dist.Gamma(2.0 * one, 0.1 * one).expand([m]).to_event(1))
         return g
+
+    @property
+    def pooling(self) -> str:
+        """The pooling in effect: ``hyper.pooling``, or ``none`` for one market."""
+        return self.hyper.pooling if self.num_markets > 1 else "none"
+
+    def sample_return_emission(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The return's emission parameters of every market: ``ret_loc (M, K)``, ``ret_scale_base (M,)`` and
+        ``ret_scale_steps (M, K-1)`` (normalised units), with the shared ladder ``ladder_loc (K,)``,
+        ``ladder_steps (K-1,)`` and the pooling scales ``pooling_scale (2,)`` as sample sites when pooled
+        (see the module docstring). Unpooled, the sites come in the order of regime-dmm 0.1 (a normal
+        guide's draws depend on it)."""
+        k, m = self.num_regimes, self.num_markets
+        one = torch.ones((), dtype=dtype)
+        step_prior = dist.Gamma(2.0 * one, 3.0 * one)
+
+        def scale_base() -> torch.Tensor:
+            return pyro.sample("ret_scale_base", dist.LogNormal(-0.5 * one, one).expand([m]).to_event(1))
+
+        if self.pooling == "none":
+            return {
+                "ret_loc": pyro.sample("ret_loc", dist.Normal(0 * one, one).expand([m, k]).to_event(2)),
+                "ret_scale_base": scale_base(),
+                "ret_scale_steps": pyro.sample("ret_scale_steps", step_prior.expand([m, k - 1]).to_event(2)),
+            }
+        g = {
+            "ladder_loc": pyro.sample("ladder_loc", dist.Normal(0 * one, one).expand([k]).to_event(1)),
+            "ladder_steps": pyro.sample("ladder_steps", step_prior.expand([k - 1]).to_event(1)),
+        }
+        if self.pooling == "full":
+            g["ret_loc"] = g["ladder_loc"].expand(m, k)
+            g["ret_scale_steps"] = g["ladder_steps"].expand(m, k - 1)
+        else:
+            median, spread = POOLING_SCALE_PRIOR
+            tau = pyro.sample(
+                "pooling_scale", dist.LogNormal(math.log(median) * one, spread * one).expand([2]).to_event(1)
+            )
+            g["pooling_scale"] = tau
+            g["ret_loc"] = pyro.sample("ret_loc", dist.Normal(g["ladder_loc"], tau[1]).expand([m, k]).to_event(2))
+            g["ret_scale_steps"] = pyro.sample(
+                "ret_scale_steps", dist.LogNormal(g["ladder_steps"].log(), tau[0]).expand([m, k - 1]).to_event(2)
+            )
+        g["ret_scale_base"] = scale_base()
+        return g
+
+    def ladder_starting_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``values`` (per-market starting values) with the shared ladder's sites added when pooled: the
+        geometric mean of the markets' steps, the mean of their regime means and pooling scales at the
+        prior's median."""
+        if self.pooling == "none" or "ret_scale_steps" not in values:
+            return values
+        out = dict(values)
+        out["ladder_steps"] = values["ret_scale_steps"].log().mean(0).exp()
+        out["ladder_loc"] = values["ret_loc"].mean(0)
+        if self.pooling == "partial":
+            out["pooling_scale"] = torch.full((2,), POOLING_SCALE_PRIOR[0], dtype=values["ret_loc"].dtype)
+        return out
+
+    def separation_prior(self, g: dict[str, torch.Tensor]) -> None:
+        """The wall below ``min_step`` on every market's log-scale steps, as a factor (no site without one)."""
+        if self.hyper.min_step > 0:
+            pyro.factor("separation_prior", -separation_wall(g["ret_scale_steps"], self.hyper.min_step))
 
     def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Base emission locations and scales ``(M, K, F)`` in normalised units."""
@@ -163,6 +254,7 @@ class ExactRegimeDMM(RegimeModel):
         g = self.sample_globals(data.x.dtype)
         loc, scale = self.emission_base(g)
         self.floor_prior(scale)
+        self.separation_prior(g)
         log_a = g["transition"].clamp(min=1e-30).log()  # (M, K, K)
         steps = data.x.shape[-2]
         log_a = log_a[..., None, :, :].expand(-1, steps, -1, -1)

@@ -364,6 +364,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
         g = self.sample_globals(dtype)
         trans, first, loc_w, scale_w, loc, scale = self.window_potentials(g, w)
         self.floor_prior(scale)
+        self.separation_prior(g)
         prior = RelaxedRegimeChain(state.tau, first, trans, w.mask, self.hyper.straight_through)
         with poutine.scale(scale=batch.scale), pyro.plate("windows", len(w.market), dim=-1):
             with kl_weight(state.beta):

@@ -79,6 +79,25 @@ def em_map(
     _em_steps(model, guide, data, max_iter=max_iter, tol=tol, mean_prior_days=mean_prior_days)
 
 
+def separated(log_sd: torch.Tensor, weight: torch.Tensor, min_step: float, passes: int = 3) -> torch.Tensor:
+    """``log_sd (M, K)`` increasing, ``weight (M, K)`` expected days -> log sds whose adjacent steps are at
+    least ``min_step``: each pair too close is moved apart about its weighted mean, the better-supported
+    regime moving less (an approximate M-step under the separation constraint; exact for one pair)."""
+    if min_step <= 0:
+        return log_sd
+    out = log_sd.clone()
+    w = weight.clamp(min=1e-9)
+    for _ in range(passes):
+        for k in range(1, out.shape[-1]):
+            lo, hi = out[..., k - 1], out[..., k]
+            short = (hi - lo) < min_step
+            centre = (w[..., k - 1] * lo + w[..., k] * hi) / (w[..., k - 1] + w[..., k])
+            share = w[..., k] / (w[..., k - 1] + w[..., k])
+            out[..., k - 1] = torch.where(short, centre - min_step * share, lo)
+            out[..., k] = torch.where(short, centre + min_step * (1 - share), hi)
+    return out
+
+
 def _em_steps(
     model: ClassicMarkovSwitching,
     guide: PointGuide,
@@ -129,8 +148,10 @@ def _em_steps(
                 -1, order[..., None, :].expand_as(trans)
             )
             initial = post.smoothed[:, 0].gather(-1, order)
-            log_sd = sd.log()
-            steps = (log_sd[..., 1:] - log_sd[..., :-1]).clamp(min=1e-12)
+            log_sd = separated(sd.log(), weight.gather(-1, order), model.hyper.min_step)
+            log_sd = log_sd + torch.relu(lowest.log() - log_sd[..., :1])  # the ladder moved apart stays above the floor
+            steps = (log_sd[..., 1:] - log_sd[..., :-1] - model.hyper.min_step).clamp(min=1e-12)
+            sd = log_sd.exp()
             guide.set_values(
                 {
                     "initial": initial.clamp(min=1e-300) / initial.clamp(min=1e-300).sum(-1, keepdim=True),

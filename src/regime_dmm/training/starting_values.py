@@ -12,6 +12,7 @@ compare the DMM with. Both come back together in one :class:`WarmStart`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,29 +143,33 @@ def warm_start(
 ) -> WarmStart:
     """Starting values from a maximum-likelihood Gaussian HMM of the (normalised) returns.
 
-    The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`; its parameters
+    The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`, with adjacent regimes'
+    sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint); its parameters
     start the DMM's globals, and its posterior weights the moments of the volatility feature. When
     that maximum-likelihood fit leaves a regime used on a handful of days (typically one extreme
     day, modelled by a regime whose mean is that day's return), it is redone by EM with a prior on
     the regime means (:func:`~regime_dmm.training.em.em_map`), so the DMM does not start from a
     degenerate regime. Uses Pyro's global param store (the classic parameters are left in it).
     """
+    min_step = math.log(model.min_ratio) if model.min_ratio > 1 else 0.0
     values = initial_values(panel, model, rng, dtype)
     floor = scale_floor(panel)
     dims = ModelDims(panel.num_markets, model.num_regimes, 1, data.history.shape[-1])
     classic = ClassicMarkovSwitching(
-        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel))
+        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step)
     )
-    guide = PointGuide(classic, values)
+    guide = PointGuide(classic, _above_min_step(values, min_step))
     returns_only = data.returns_only()
     train_lbfgs(classic, guide, returns_only, max_iter=200)
     g, gamma, reference = _fitted_state(classic, guide, returns_only)
     if model.min_scale > 0 and _has_rare_regime(reference, data):
         # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
-        guide.set_values({k: v for k, v in initial_values(panel, model, rng, dtype).items() if k in g})
+        again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
+        guide.set_values({k: v for k, v in again.items() if k in g})
         em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
         g, gamma, reference = _fitted_state(classic, guide, returns_only)
     values.update(g)
+    values["ret_scale_steps"] = g["ret_scale_steps"] + min_step  # the classic model's steps are above min_step
     values["ret_scale_base"] = g["ret_scale_base"] + torch.tensor(floor, dtype=dtype)  # the DMM has no floor
     if panel.num_features > 1:
         vol = panel.x[..., 1].to(dtype)
@@ -178,6 +183,13 @@ def warm_start(
     values["initial"] = (values["initial"] + 0.05) / (1 + 0.05 * model.num_regimes)
     values["transition"] = (values["transition"] + 0.01) / (1 + 0.01 * model.num_regimes)
     return WarmStart(_inside_supports(values, panel), reference)
+
+
+def _above_min_step(values: Values, min_step: float) -> Values:
+    """Starting values in the classic model's convention: log-scale steps counted above ``min_step``."""
+    if min_step <= 0:
+        return values
+    return dict(values, ret_scale_steps=(values["ret_scale_steps"] - min_step).clamp(min=0.05))
 
 
 def redo_rare_regimes(classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData, start: Values) -> bool:

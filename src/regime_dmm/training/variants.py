@@ -16,6 +16,7 @@ package asks the variant (or the model and guide it built) instead of testing th
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -159,6 +160,8 @@ class ExactVariant(Variant):
             mc.emission_network,
             mc.network_prior_scale,
             robust_floor(panel, mc.min_scale),
+            mc.pooling,
+            math.log(mc.min_ratio) if mc.min_ratio > 1 else 0.0,
         )
 
     def build_model(self, config: FitConfig, spec: FeatureSpec, panel: Panel, dtype: torch.dtype) -> RegimeModel:
@@ -169,7 +172,8 @@ class ExactVariant(Variant):
         self, model: RegimeModel, config: FitConfig, values: dict[str, torch.Tensor], dtype: torch.dtype
     ) -> RegimeGuide:
         """The ``training.guide`` guide of the globals (map or normal)."""
-        return GlobalsGuide(model, config.training.guide, values)
+        assert isinstance(model, ExactRegimeDMM)
+        return GlobalsGuide(model, config.training.guide, model.ladder_starting_values(values))
 
 
 class RelaxedVariant(ExactVariant):
@@ -191,6 +195,7 @@ class RelaxedVariant(ExactVariant):
     ) -> RegimeGuide:
         """MAP globals and the inference network (``training.guide`` does not apply)."""
         assert isinstance(model, RelaxedRegimeDMM)
+        values = model.ladder_starting_values(values)
         return RelaxedGuide(model, values, hidden_size=config.model.hidden_size, dtype=dtype)
 
     def elbo(self) -> Trace_ELBO:

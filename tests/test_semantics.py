@@ -1,0 +1,137 @@
+"""Regimes that mean the same thing on every data set (issue #9): shared regime ladder across markets
+(partial pooling), separated regimes (a prior wall on the volatility ratio of adjacent regimes), the
+overlap warning, and the restarts report."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pyro import poutine
+
+import regime_dmm as rd
+from regime_dmm.models import ExactDMMHyper, ExactRegimeDMM, ModelDims
+from regime_dmm.models.exact_dmm import separation_wall
+from regime_dmm.regime_checks import check_regimes, format_regime_warnings
+from regime_dmm.results import restarts_within
+from regime_dmm.training.em import separated
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CASES = Path(__file__).resolve().parent / "data" / "cases"
+QUICK = rd.FitConfig().replace(training={"epochs": 30, "restarts": 1})
+
+
+def ladder_log_density(pooling: str, steps: torch.Tensor) -> float:
+    """The model's log density of the ladder sites at ``steps (M, K-1)`` (shared ladder at their mean)."""
+    m, k = steps.shape[0], steps.shape[1] + 1
+    model = ExactRegimeDMM(ModelDims(m, k, 1, 10), ExactDMMHyper((1.0,) * k, pooling=pooling)).double()
+    values = {
+        "ret_scale_steps": steps,
+        "ret_loc": torch.zeros(m, k, dtype=torch.float64),
+        "ret_scale_base": torch.ones(m, dtype=torch.float64),
+    }
+    values = model.ladder_starting_values(values)
+    trace = poutine.trace(poutine.condition(model.sample_return_emission, data=values)).get_trace(torch.float64)
+    return float(trace.log_prob_sum())
+
+
+def test_partial_pooling_prefers_markets_that_share_a_ladder():
+    alike = torch.tensor([[0.7, 0.7, 0.7], [0.7, 0.7, 0.7]], dtype=torch.float64)
+    apart = torch.tensor([[0.7, 0.7, 0.7], [0.1, 0.7, 1.4]], dtype=torch.float64)
+    # partial pooling: a market whose ladder departs from the shared one costs prior mass ...
+    assert ladder_log_density("partial", alike) - ladder_log_density("partial", apart) > 5.0
+    # ... far more than each market's own prior alone charges for it
+    none_gap = ladder_log_density("none", alike) - ladder_log_density("none", apart)
+    assert ladder_log_density("partial", alike) - ladder_log_density("partial", apart) > none_gap + 5.0
+
+
+def test_one_market_is_never_pooled():
+    model = ExactRegimeDMM(ModelDims(1, 4, 1, 10), ExactDMMHyper((1.0,) * 4, pooling="partial"))
+    assert model.pooling == "none"
+
+
+@pytest.mark.slow
+def test_pooling_ties_the_markets_ladders_and_is_reported():
+    data = rd.simulate_default(2, n_days=500).frame
+
+    def spread(fit: rd.RegimeFit) -> float:
+        ratios = np.log([np.diff(np.log(m.emission["return_sd"])) for m in fit.markets])
+        return float(np.abs(ratios[0] - ratios[1]).max())
+
+    full = rd.fit(data, QUICK.replace(model={"pooling": "full"}))
+    partial = rd.fit(data, QUICK)
+    none = rd.fit(data, QUICK.replace(model={"pooling": "none"}))
+    assert spread(full) < 1e-6  # one ladder for every market
+    assert spread(partial) < spread(none)  # drawn towards the shared ladder
+    summary = partial.summary()
+    assert summary["pooling"]["mode"] == "partial" and summary["settings"]["model"]["pooling"] == "partial"
+    scale = summary["pooling"]["scale"]
+    assert scale["volatility_ratio"] > 0 and scale["mean"] > 0
+    ratios = summary["pooling"]["ladder"]["volatility_ratio"]
+    assert list(ratios) == ["calm|neutral", "neutral|volatile", "volatile|panic"] and min(ratios.values()) > 1
+    assert none.summary()["pooling"] == {"mode": "none"}
+
+
+def test_separation_wall_and_the_em_projection():
+    step = math.log(1.5)
+    assert float(separation_wall(torch.tensor([[0.5, 0.9]]), step)) == 0.0
+    assert float(separation_wall(torch.tensor([[0.2, 0.9]]), step)) > 5.0
+    log_sd = torch.tensor([[0.0, 0.1, 1.0]], dtype=torch.float64)
+    weight = torch.tensor([[900.0, 100.0, 50.0]], dtype=torch.float64)
+    out = separated(log_sd, weight, step)
+    assert (out.diff(dim=-1) >= step - 1e-9).all()
+    assert abs(float(out[0, 0])) < abs(float(out[0, 1] - 0.1))  # the well-supported regime moves less
+
+
+@pytest.mark.slow
+def test_separation_prior_keeps_adjacent_regimes_apart():
+    """One true regime, K = 3 asked: without the wall two regimes sit close together; with it every
+    adjacent pair's sd ratio is at least about ``model.min_ratio``."""
+    cfg = QUICK.with_num_regimes(3)
+    walled = rd.fit(CASES / "one_true_regime.csv", cfg)
+    free = rd.fit(CASES / "one_true_regime.csv", cfg.replace(model={"min_ratio": 0}))
+
+    def ratios(fit: rd.RegimeFit) -> np.ndarray:
+        sd = np.asarray(fit.markets[0].emission["return_sd"])
+        return sd[1:] / sd[:-1]
+
+    assert ratios(walled).min() > 1.4, ratios(walled)
+    assert ratios(free).min() < 1.3, ratios(free)
+
+
+def test_overlap_warning_names_the_pair_and_suggests_fewer_regimes():
+    fit = rd.fit(rd.simulate_default(1, n_days=300).frame, QUICK.replace(training={"epochs": 5}))
+    m = fit.markets[0]
+    sd, mean = list(m.emission["return_sd"]), list(m.emission["return_mean"])
+    sd[2], mean[2] = sd[1] * 1.1, mean[1]  # neutral and volatile: almost the same distribution
+    alike = dataclasses.replace(m, emission={**m.emission, "return_sd": sd, "return_mean": mean})
+    found = check_regimes(dataclasses.replace(fit, markets=[alike, *fit.markets[1:]]))
+    pairs = [w for w in found if w["kind"] == "indistinguishable" and w["market"] == m.name]
+    assert [w["regimes"] for w in pairs] == [["neutral", "volatile"]]
+    assert "--regimes 3" in pairs[0]["advice"]
+    lines = format_regime_warnings(pairs)
+    assert any("neutral and volatile" in line and m.name in line for line in lines), lines
+    assert not [w for w in check_regimes(fit) if w["kind"] == "indistinguishable" and w["market"] == m.name]
+
+
+def test_restarts_within_one_nat_counts_the_kept_restart_and_its_near_ties():
+    restarts = [
+        {"restart": 0, "status": "ok", "final_loss": -100.0, "best": False},
+        {"restart": 1, "status": "ok", "final_loss": -100.6, "best": True},
+        {"restart": 2, "status": "ok", "final_loss": -90.0, "best": False},
+        {"restart": 3, "status": "failed", "reason": "x", "best": False},
+    ]
+    assert restarts_within(restarts, 1.0) == 2
+    assert restarts_within([{"restart": 0, "status": "failed", "best": False}], 1.0) is None
+
+
+def test_bad_pooling_and_min_ratio_are_refused():
+    with pytest.raises(rd.ConfigError, match="model.pooling"):
+        rd.FitConfig().replace(model={"pooling": "some"})
+    with pytest.raises(rd.ConfigError, match="model.min_ratio"):
+        rd.FitConfig().replace(model={"min_ratio": 0.5})
