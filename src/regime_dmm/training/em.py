@@ -6,6 +6,10 @@ small positive value (seen on the S&P 500 at K = 3 and 4, 0.02-0.05 nats short o
 hmmlearn's best). EM has no such trap: from a matrix mixed with a little of the uniform
 one, its closed-form updates move every entry to where the expected counts put it and
 never decrease the likelihood (Rabiner 1989, "A tutorial on hidden Markov models", eq. 40a-c).
+With Student-t emissions of fixed degrees of freedom (the warm start of a Student-t DMM) the location
+and scale updates are the ECM steps of a t mixture: each day weighted by ``(df + 1) / (df + z^2)``, ``z``
+its standardised residual under the regime (Peel and McLachlan 2000, "Robust mixture modelling using the
+t distribution", Statistics and Computing 10).
 """
 
 from __future__ import annotations
@@ -126,19 +130,25 @@ def _em_steps(
                 break
             previous = current
             gamma = post.smoothed * mask[..., None]  # (M, T, K)
+            prev_loc, prev_scale = model.emission_base(guide.point_estimate())
+            moment = gamma  # the weights of the location and scale updates
+            if model.hyper.shock_df is not None:  # Student-t: ECM, each day down-weighted by its outlyingness
+                df = model.hyper.shock_df
+                centre = prev_loc[..., 0][:, None, :] * (1.0 if root is None else root[..., None])
+                z2 = ((x[..., None] - centre) / prev_scale[..., 0][:, None, :]) ** 2
+                moment = gamma * (df + 1.0) / (df + z2)
             pair = post.log_pairwise[:, 1:].exp() * data.mask.to(x.dtype)[:, 1:, None, None]
             counts = pair.sum(1)  # (M, K, K)
             trans = counts / counts.sum(-1, keepdim=True).clamp(min=1e-300)
             weight = gamma.sum(1).clamp(min=1e-300)  # (M, K)
             if root is None:
-                loc = (gamma * x[..., None]).sum(1) / (weight + mean_prior_days)
-                var = (gamma * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
+                loc = (moment * x[..., None]).sum(1) / (moment.sum(1).clamp(min=1e-300) + mean_prior_days)
+                var = (moment * (x[..., None] - loc[:, None, :]) ** 2).sum(1) / weight
             else:  # a return over n days has location sqrt(n) * loc in normalised units (data.features)
-                days = (gamma * (root**2)[..., None]).sum(1).clamp(min=1e-300)
-                loc = (gamma * (x * root)[..., None]).sum(1) / (days + mean_prior_days)
-                var = (gamma * (x[..., None] - root[..., None] * loc[:, None, :]) ** 2).sum(1) / weight
+                days = (moment * (root**2)[..., None]).sum(1).clamp(min=1e-300)
+                loc = (moment * (x * root)[..., None]).sum(1) / (days + mean_prior_days)
+                var = (moment * (x[..., None] - root[..., None] * loc[:, None, :]) ** 2).sum(1) / weight
             # A regime no day belongs to (possible on a few hundred days) keeps its values: 0 / 0 is no update.
-            prev_loc, prev_scale = model.emission_base(guide.point_estimate())
             empty = weight < _EMPTY_REGIME_DAYS
             loc = torch.where(empty, prev_loc[..., 0], loc)
             sd = torch.where(empty, prev_scale[..., 0], var.sqrt()).minimum(highest)

@@ -41,6 +41,10 @@ __all__ = [
 
 Values = dict[str, torch.Tensor]
 
+#: Degrees of freedom of the warm start's Student-t HMM when ``model.emission`` is ``studentt``: heavy tails
+#: (daily returns' conditional tails are typically t with 4 to 8 degrees of freedom), so that single large
+#: days do not start regime visits; the DMM then learns each market's own.
+WARM_START_DF = 5.0
 #: A warm-start regime used on fewer than max(this share, 5 / days) of the days is rare ...
 RARE_SHARE = 0.01
 #: ... and the warm start is redone by EM with a prior on the regime means worth this many days.
@@ -50,10 +54,12 @@ MEAN_PRIOR_DAYS = 20.0
 @dataclass
 class WarmStart:
     """Starting values of a restart (name -> constrained value, every global site) and, after a
-    warm start, the usage ``(M, K)`` of the maximum-likelihood HMM it came from (else None)."""
+    warm start, the usage ``(M, K)`` and the log-likelihood ``(M,)`` (nats, normalised units) of the
+    maximum-likelihood HMM it came from (else None)."""
 
     values: Values
     reference_usage: np.ndarray | None = None
+    log_likelihood: np.ndarray | None = None
 
 
 def scale_floor(panel: Panel) -> tuple[float, ...]:
@@ -144,7 +150,8 @@ def warm_start(
     """Starting values from a maximum-likelihood Gaussian HMM of the (normalised) returns.
 
     The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`, with adjacent regimes'
-    sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint); its parameters
+    sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint) and Student-t
+    emissions of :data:`WARM_START_DF` degrees of freedom when the DMM's are Student-t; its parameters
     start the DMM's globals, and its posterior weights the moments of the volatility feature. When
     that maximum-likelihood fit leaves a regime used on a handful of days (typically one extreme
     day, modelled by a regime whose mean is that day's return), it is redone by EM with a prior on
@@ -155,21 +162,24 @@ def warm_start(
     values = initial_values(panel, model, rng, dtype)
     floor = scale_floor(panel)
     dims = ModelDims(panel.num_markets, model.num_regimes, 1, data.history.shape[-1])
+    shock_df = WARM_START_DF if model.emission == "studentt" else None
     classic = ClassicMarkovSwitching(
-        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step)
+        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step, shock_df)
     )
     guide = PointGuide(classic, _above_min_step(values, min_step))
     returns_only = data.returns_only()
     train_lbfgs(classic, guide, returns_only, max_iter=200)
-    g, gamma, reference = _fitted_state(classic, guide, returns_only)
+    g, gamma, reference, loglik = _fitted_state(classic, guide, returns_only)
     if model.min_scale > 0 and _has_rare_regime(reference, data):
         # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
         again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
         guide.set_values({k: v for k, v in again.items() if k in g})
         em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
-        g, gamma, reference = _fitted_state(classic, guide, returns_only)
+        g, gamma, reference, loglik = _fitted_state(classic, guide, returns_only)
     values.update(g)
     values["ret_scale_steps"] = g["ret_scale_steps"] + min_step  # the classic model's steps are above min_step
+    if shock_df is not None:  # the DMM's degrees of freedom are 2 + df
+        values["df"] = torch.full((panel.num_markets,), shock_df - 2.0, dtype=dtype)
     values["ret_scale_base"] = g["ret_scale_base"] + torch.tensor(floor, dtype=dtype)  # the DMM has no floor
     if panel.num_features > 1:
         vol = panel.x[..., 1].to(dtype)
@@ -182,7 +192,7 @@ def warm_start(
         values["vol_scale"] = spread.clamp(min=0.1)
     values["initial"] = (values["initial"] + 0.05) / (1 + 0.05 * model.num_regimes)
     values["transition"] = (values["transition"] + 0.01) / (1 + 0.01 * model.num_regimes)
-    return WarmStart(_inside_supports(values, panel), reference)
+    return WarmStart(_inside_supports(values, panel), reference, loglik)
 
 
 def _above_min_step(values: Values, min_step: float) -> Values:
@@ -201,7 +211,7 @@ def redo_rare_regimes(classic: ClassicMarkovSwitching, guide: PointGuide, data: 
     :data:`MEAN_PRIOR_DAYS` days (:func:`~regime_dmm.training.em.em_map`), in place. Returns True
     when it refitted.
     """
-    _, _, usage = _fitted_state(classic, guide, data)
+    _, _, usage, _ = _fitted_state(classic, guide, data)
     if not _has_rare_regime(usage, data):
         return False
     guide.set_values(start)
@@ -216,14 +226,16 @@ def _has_rare_regime(usage: np.ndarray, data: ModelData) -> bool:
 
 def _fitted_state(
     classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData
-) -> tuple[Values, torch.Tensor, np.ndarray]:
-    """The classic fit's values, its smoothed marginals ``(M, T, K)`` and its usage ``(M, K)``."""
+) -> tuple[Values, torch.Tensor, np.ndarray, np.ndarray]:
+    """The classic fit's values, its smoothed marginals ``(M, T, K)``, its usage ``(M, K)`` and its
+    log-likelihood ``(M,)``."""
     with torch.no_grad():
         g = {k: v.clone() for k, v in guide.point_estimate().items()}
         pot = poutine.condition(classic.log_potentials, data=g)(data)
-        gamma = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach()).smoothed
-    mask = data.mask.to(gamma.dtype)[..., None]
-    return g, gamma, ((gamma * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        post = posterior(pot.log_init.detach(), pot.log_trans.detach(), pot.obs_ll.detach())
+    mask = data.mask.to(post.smoothed.dtype)[..., None]
+    usage = (post.smoothed * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return g, post.smoothed, usage.numpy(), post.log_z.numpy()
 
 
 def _inside_supports(values: Values, panel: Panel) -> Values:
