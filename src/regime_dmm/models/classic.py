@@ -40,16 +40,16 @@ class ClassicHyper:
     variance in one day (a regime no day belongs to otherwise drifts to an infinite scale, where
     the likelihood is flat; None = none). ``min_step``: each regime's sd is at least ``exp(min_step)``
     times the next calmer one's (``ret_scale_steps`` are then the steps above ``min_step``); 0 in classic
-    mode, ``log(model.min_ratio)`` in the exact DMM's warm start. ``shock_df``: Student-t emissions with
-    these fixed degrees of freedom and the regime's sd as their scale (the warm start of a Student-t DMM),
-    else Gaussian (classic mode).
+    mode, ``log(model.min_ratio)`` in the exact DMM's warm start. ``shock_df``: per market, Student-t emissions
+    with these fixed degrees of freedom and the regime's sd as their scale (the warm start of a Student-t
+    DMM), else Gaussian (classic mode).
     """
 
     scale_floor: tuple[float, ...]
     min_scale: tuple[float, ...] | None = None
     scale_ceiling: tuple[float, ...] | None = None
     min_step: float = 0.0  # log of the smallest sd ratio of adjacent regimes (the DMM's warm start; 0 = none)
-    shock_df: float | None = None  # Student-t emissions of this many degrees of freedom (None = Gaussian)
+    shock_df: tuple[float, ...] | None = None  # per market, Student-t degrees of freedom (None = Gaussian)
 
 
 class ClassicMarkovSwitching(RegimeModel):
@@ -138,7 +138,7 @@ class ClassicMarkovSwitching(RegimeModel):
         if self.hyper.shock_df is None:
             obs_ll = torch.distributions.Normal(ret_loc, scale[..., None, :, 0]).log_prob(data.x[..., :1])
         else:
-            df = torch.tensor(self.hyper.shock_df, dtype=scale.dtype)
+            df = torch.tensor(self.hyper.shock_df, dtype=scale.dtype)[:, None, None]
             obs_ll = torch.distributions.StudentT(df, ret_loc, scale[..., None, :, 0]).log_prob(data.x[..., :1])
         obs_ll = obs_ll * data.emitting[..., None].to(obs_ll.dtype)  # masked and padded days emit nothing
         return Potentials(g["initial"].clamp(min=1e-300).log(), log_a, obs_ll, loc, scale, g)

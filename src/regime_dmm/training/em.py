@@ -133,7 +133,7 @@ def _em_steps(
             prev_loc, prev_scale = model.emission_base(guide.point_estimate())
             moment = gamma  # the weights of the location and scale updates
             if model.hyper.shock_df is not None:  # Student-t: ECM, each day down-weighted by its outlyingness
-                df = model.hyper.shock_df
+                df = torch.tensor(model.hyper.shock_df, dtype=x.dtype)[:, None, None]
                 centre = prev_loc[..., 0][:, None, :] * (1.0 if root is None else root[..., None])
                 z2 = ((x[..., None] - centre) / prev_scale[..., 0][:, None, :]) ** 2
                 moment = gamma * (df + 1.0) / (df + z2)

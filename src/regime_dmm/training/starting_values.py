@@ -12,6 +12,7 @@ compare the DMM with. Both come back together in one :class:`WarmStart`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from ..guides.globals import PointGuide
 from ..inference import posterior
 from ..models.base import ModelDims, rarity_threshold
 from ..models.classic import ClassicHyper, ClassicMarkovSwitching
-from .em import em_map
+from .em import em_map, em_polish
 from .svi import train_lbfgs
 
 __all__ = [
@@ -45,6 +46,9 @@ Values = dict[str, torch.Tensor]
 #: (daily returns' conditional tails are typically t with 4 to 8 degrees of freedom), so that single large
 #: days do not start regime visits; the DMM then learns each market's own.
 WARM_START_DF = 5.0
+#: ... after which each market's degrees of freedom are chosen on this grid by the HMM's log-likelihood (100:
+#: all but Gaussian), so that Gaussian data start near-Gaussian and heavy-tailed data heavy-tailed.
+DF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 40.0, 100.0)
 #: A warm-start regime used on fewer than max(this share, 5 / days) of the days is rare ...
 RARE_SHARE = 0.01
 #: ... and the warm start is redone by EM with a prior on the regime means worth this many days.
@@ -150,8 +154,9 @@ def warm_start(
     """Starting values from a maximum-likelihood Gaussian HMM of the (normalised) returns.
 
     The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`, with adjacent regimes'
-    sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint) and Student-t
-    emissions of :data:`WARM_START_DF` degrees of freedom when the DMM's are Student-t; its parameters
+    sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint) and, when the
+    DMM's emissions are Student-t, Student-t emissions of :data:`WARM_START_DF` degrees of freedom, then of
+    each market's best on :data:`DF_GRID` (polished by EM again); its parameters
     start the DMM's globals, and its posterior weights the moments of the volatility feature. When
     that maximum-likelihood fit leaves a regime used on a handful of days (typically one extreme
     day, modelled by a regime whose mean is that day's return), it is redone by EM with a prior on
@@ -162,24 +167,48 @@ def warm_start(
     values = initial_values(panel, model, rng, dtype)
     floor = scale_floor(panel)
     dims = ModelDims(panel.num_markets, model.num_regimes, 1, data.history.shape[-1])
-    shock_df = WARM_START_DF if model.emission == "studentt" else None
-    classic = ClassicMarkovSwitching(
-        dims, ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step, shock_df)
-    )
-    guide = PointGuide(classic, _above_min_step(values, min_step))
+    hyper = ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step)
     returns_only = data.returns_only()
-    train_lbfgs(classic, guide, returns_only, max_iter=200)
-    g, gamma, reference, loglik = _fitted_state(classic, guide, returns_only)
-    if model.min_scale > 0 and _has_rare_regime(reference, data):
-        # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
-        again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
-        guide.set_values({k: v for k, v in again.items() if k in g})
-        em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
-        g, gamma, reference, loglik = _fitted_state(classic, guide, returns_only)
+
+    def fitted(shock_df: tuple[float, ...] | None) -> tuple[ClassicMarkovSwitching, _Fitted]:
+        classic = ClassicMarkovSwitching(dims, dataclasses.replace(hyper, shock_df=shock_df))
+        start = _above_min_step(values, min_step)
+        guide = PointGuide(classic, start)
+        guide.parameters()  # created (constrained) if absent; then set: an earlier fit's values may be there
+        guide.set_values({k: v for k, v in start.items() if k in guide.constraints})
+        train_lbfgs(classic, guide, returns_only, max_iter=200)
+        state = _fitted_state(classic, guide, returns_only)
+        if model.min_scale > 0 and _has_rare_regime(state[2], data):
+            # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
+            again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
+            guide.set_values({k: v for k, v in again.items() if k in state[0]})
+            em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
+            state = _fitted_state(classic, guide, returns_only)
+        if model.emission == "studentt":  # each market's own tails: the best df on a grid, then EM at it
+            classic = _with_best_df(classic, guide, returns_only)
+            em_polish(classic, guide, returns_only)
+            state = _fitted_state(classic, guide, returns_only)
+        return classic, state
+
+    shock_df = None
+    classic, (g, gamma, reference, loglik) = fitted(None)
+    if model.emission == "studentt":
+        # two ladders per market - from a Gaussian HMM (which needs a regime for every cluster of extreme
+        # days, so it finds a rare panic regime) and from a Student-t(5) HMM (which does not split calm
+        # days around outliers) - each then fitted with its best tails; each market keeps the likelier
+        first, (g, gamma, reference, loglik) = classic, (g, gamma, reference, loglik)
+        second, (g2, gamma2, reference2, loglik2) = fitted((WARM_START_DF,) * panel.num_markets)
+        take = torch.as_tensor(loglik2 > loglik)
+        g = {k: torch.where(take.reshape(-1, *[1] * (v.dim() - 1)), g2[k], v) for k, v in g.items()}
+        gamma = torch.where(take[:, None, None], gamma2, gamma)
+        reference = np.where(take.numpy()[:, None], reference2, reference)
+        loglik = np.where(take.numpy(), loglik2, loglik)
+        assert first.hyper.shock_df is not None and second.hyper.shock_df is not None
+        shock_df = tuple(b if t else a for a, b, t in zip(first.hyper.shock_df, second.hyper.shock_df, take.tolist()))
     values.update(g)
     values["ret_scale_steps"] = g["ret_scale_steps"] + min_step  # the classic model's steps are above min_step
     if shock_df is not None:  # the DMM's degrees of freedom are 2 + df
-        values["df"] = torch.full((panel.num_markets,), shock_df - 2.0, dtype=dtype)
+        values["df"] = torch.tensor(shock_df, dtype=dtype) - 2.0
     values["ret_scale_base"] = g["ret_scale_base"] + torch.tensor(floor, dtype=dtype)  # the DMM has no floor
     if panel.num_features > 1:
         vol = panel.x[..., 1].to(dtype)
@@ -193,6 +222,20 @@ def warm_start(
     values["initial"] = (values["initial"] + 0.05) / (1 + 0.05 * model.num_regimes)
     values["transition"] = (values["transition"] + 0.01) / (1 + 0.01 * model.num_regimes)
     return WarmStart(_inside_supports(values, panel), reference, loglik)
+
+
+def _with_best_df(classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> ClassicMarkovSwitching:
+    """The classic model with, per market, the degrees of freedom of :data:`DF_GRID` that give the highest
+    log-likelihood at the guide's current parameters (a profile of the tails; the grid's top is about Gaussian)."""
+    scores = []
+    for df in DF_GRID:
+        trial = ClassicMarkovSwitching(
+            classic.dims, dataclasses.replace(classic.hyper, shock_df=(df,) * classic.num_markets)
+        )
+        scores.append(_fitted_state(trial, guide, data)[3])
+    best = np.asarray(scores).argmax(0)
+    chosen = tuple(float(DF_GRID[i]) for i in best)
+    return ClassicMarkovSwitching(classic.dims, dataclasses.replace(classic.hyper, shock_df=chosen))
 
 
 def _above_min_step(values: Values, min_step: float) -> Values:
@@ -222,6 +265,9 @@ def redo_rare_regimes(classic: ClassicMarkovSwitching, guide: PointGuide, data: 
 def _has_rare_regime(usage: np.ndarray, data: ModelData) -> bool:
     threshold = rarity_threshold(data.mask.sum(-1).to(torch.float64), RARE_SHARE).numpy()[:, None]
     return bool((usage < threshold).any())
+
+
+_Fitted = tuple[Values, torch.Tensor, np.ndarray, np.ndarray]
 
 
 def _fitted_state(
