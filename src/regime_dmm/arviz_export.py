@@ -12,8 +12,9 @@ Groups (``chain`` is always a single chain):
   time-varying matrices, as in :class:`~regime_dmm.results.MarketResult`),
   ``base_transition_matrix`` (before covariate adjustments), ``initial_distribution``
   (market, regime), ``return_mean`` and ``return_sd`` (market, regime; input units, base
-  emission before the emission network's daily shifts), ``return_df`` (market; Student-t
-  emissions only) and ``smoothed_probs`` (market, date, regime). ``date`` is the union of the
+  emission before the emission network's daily shifts; a Student-t's standard deviation, not its
+  scale), ``return_df`` (market; Student-t emissions only) and ``smoothed_probs`` (market, date,
+  regime). ``date`` is the union of the
   markets' dates; a market has NaN on dates where it has no data.
   With the ``map`` guide, in relaxed mode or in classic mode there is one draw (a point
   estimate, see ``posterior.attrs["note"]``); with the ``normal`` guide, ``num_samples`` draws
@@ -280,10 +281,13 @@ def _posterior_group(
             out["base"][0, d, m] = g["transition"][m].double().numpy()
             out["initial"][0, d, m] = g["initial"][m].double().numpy()
             out["return_mean"][0, d, m] = pipe.to_input_units(series.name, 0, loc[m, :, 0])
-            out["return_sd"][0, d, m] = pipe.scale_to_input_units(series.name, 0, scale[m, :, 0])
+            sd = pipe.scale_to_input_units(series.name, 0, scale[m, :, 0])
             out["smoothed"][0, d, m, positions[m]] = smoothed[m, :steps]
-            if has_df:
-                out["df"][0, d, m] = 2.0 + float(g["df"][m])
+            if has_df:  # the Student-t's sd: its scale x sqrt(df / (df - 2))
+                df = 2.0 + float(g["df"][m])
+                out["df"][0, d, m] = df
+                sd = sd * np.sqrt(df / (df - 2.0))
+            out["return_sd"][0, d, m] = sd
     return out
 
 

@@ -452,10 +452,10 @@ def pooling_lines(result) -> list[str]:
         if "scale" in pooling:
             scale = pooling["scale"]
             out.append(
-                f"pooling scale (learned; 0 = one ladder for all markets): {scale['volatility_ratio']:.3f} for the "
-                f"log volatility ratios, {scale['mean']:.3f} for the mean returns (normalised units)"
+                f"pooling scales (learned; 0 = one ladder for all markets): sd {scale['log_step_sd']:.3f} of the "
+                f"log of each log volatility step, sd {scale['mean_sd']:.3f} of the regime means (normalised units)"
             )
-    within = restarts_within(result.restarts, 1.0)
+    within = restarts_within(result.restarts, 1.0) if result.objective_is_exact() else None
     if within is not None:
         done = sum(1 for r in result.restarts if r.get("status") == "ok")
         out.append(f"restarts within 1 nat of the kept one: {within} of {done}")

@@ -213,6 +213,15 @@ class FitConfig:
                 f"model.pooling must be none, partial or full, got {m.pooling!r}",
             ),
             (
+                m.pooling == "none" or m.normalise,
+                "model.pooling ties regime means in normalised units: it needs model.normalise: true "
+                "(or set model.pooling: none)",
+            ),
+            (
+                not (m.pooling == "full" and t.inference == "relaxed"),
+                "model.pooling: full is not available with training.inference: relaxed (use partial or none)",
+            ),
+            (
                 0 <= p.rarity_threshold < 0.5,
                 f"penalties.rarity_threshold must be in [0, 0.5), got {p.rarity_threshold}",
             ),

@@ -186,9 +186,10 @@ class FittedModel:
         ``mode``: the pooling in effect (``none`` for one market or the classic mode). When pooled:
         ``ladder`` - the shared volatility ratio of each adjacent pair ``"a|b"`` (``exp`` of the shared
         log-scale step) and the shared mean return of each regime (normalised units); ``scale`` (partial
-        pooling only) - the learned pooling scales, ``volatility_ratio`` (sd of a market's log-scale steps
-        about the shared ones) and ``mean`` (sd of a market's regime means about the shared ones,
-        normalised units): near 0, the markets share one ladder; large, each has its own.
+        pooling only) - the learned pooling scales: ``log_step_sd``, the sd of the log of a market's
+        log-scale step about the shared step's log (0.3: a market's step is the shared one times or divided
+        by about 1.35), and ``mean_sd``, the sd of a market's regime means about the shared ones (normalised
+        units). Near 0 the markets share one ladder; large, each has its own.
         """
         mode = getattr(self.model, "pooling", "none")
         out: dict[str, Any] = {"mode": mode}
@@ -202,7 +203,7 @@ class FittedModel:
         }
         if "pooling_scale" in values:
             tau = values["pooling_scale"].tolist()
-            out["scale"] = {"volatility_ratio": round(tau[0], 6), "mean": round(tau[1], 6)}
+            out["scale"] = {"log_step_sd": round(tau[0], 6), "mean_sd": round(tau[1], 6)}
         return out
 
     def num_parameters(self) -> int:

@@ -76,13 +76,14 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                 }
             )
         floor = (floors or {}).get(m.name)
-        if floor is not None and m.emission["return_sd"][0] <= 1.01 * floor:
+        calm_scale = m.emission.get("return_scale", m.emission["return_sd"])[0]  # the floor bounds the scale
+        if floor is not None and calm_scale <= 1.01 * floor:
             out.append(
                 {
                     "market": m.name,
                     "kind": "floor",
                     "regimes": [regimes[0]],
-                    "detail": f"regime {regimes[0]}'s sd ({m.emission['return_sd'][0]:.3g}) is at the floor "
+                    "detail": f"regime {regimes[0]}'s scale ({calm_scale:.3g}) is at the floor "
                     "(model.min_scale of the market's typical daily sd): it would shrink onto quiet days",
                     "advice": f"the data may support fewer regimes: {fewer}",
                 }

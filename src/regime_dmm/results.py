@@ -158,6 +158,12 @@ class RegimeFit:
         probs = forecast_probs(m.current_probs, m.transition, horizon)
         return pd.DataFrame(probs, columns=list(self.regimes), index=pd.RangeIndex(1, horizon + 1, name="horizon"))
 
+    def objective_is_exact(self) -> bool:
+        """True when the restarts' final objectives are exact and comparable to the nat (exact inference
+        with the MAP guide, or the classic mode); a relaxed ELBO or a normal guide's is a noisy estimate."""
+        cfg = self.config
+        return cfg.model.classic or (cfg.training.inference == "exact" and cfg.training.guide == "map")
+
     def summary(self) -> dict[str, Any]:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
@@ -201,14 +207,15 @@ class RegimeFit:
             "cross_market": self.cross_market,
             "regime_warnings": self.regime_warnings,
             "pooling": self.pooling,
-            "restarts_within_1_nat": restarts_within(self.restarts, 1.0),
+            "restarts_within_1_nat": restarts_within(self.restarts, 1.0) if self.objective_is_exact() else None,
         }
 
 
 def restarts_within(restarts: list[dict], nats: float) -> int | None:
     """How many finished restarts ended within ``nats`` of the kept one's objective (``final_loss``, the
     negative log posterior in nats, normalised units; the kept restart counts); None when not recorded.
-    Few of many: the optimum is hard to find, and more restarts may find a better one."""
+    Few of many: the optimum is hard to find, and more restarts may find a better one. Meaningful for
+    deterministic objectives only (see :meth:`RegimeFit.objective_is_exact`)."""
     losses = [r["final_loss"] for r in restarts if r.get("status") == "ok" and "final_loss" in r]
     kept = [r["final_loss"] for r in restarts if r.get("best") and "final_loss" in r]
     if not kept:
@@ -288,7 +295,8 @@ def emission_input_units(
     fitted: FittedModel, m: int, loc: np.ndarray, scale: np.ndarray, g: dict[str, Any]
 ) -> dict[str, list[float]]:
     """Market ``m``'s base emissions in input units: return mean and sd per regime, the typical
-    realised volatility when it is emitted, the Student-t degrees of freedom when used.
+    realised volatility when it is emitted, and with Student-t emissions their degrees of freedom and
+    scale (``return_sd`` is then the t's standard deviation, ``scale * sqrt(df / (df - 2))``).
 
     ``loc, scale (K, F)`` in normalised units; ``g`` the global values (for ``df``).
     """
@@ -300,6 +308,9 @@ def emission_input_units(
     }
     if loc.shape[1] > 1:
         em["typical_realised_vol"] = np.exp(pipe.to_input_units(name, 1, loc[:, 1])).tolist()
-    if "df" in g:
-        em["return_df"] = [float(2.0 + g["df"][m])] * loc.shape[0]
+    if "df" in g:  # Student-t: return_sd is the sd, scale x sqrt(df / (df - 2)); return_scale the t scale
+        df = float(2.0 + g["df"][m])
+        em["return_df"] = [df] * loc.shape[0]
+        em["return_scale"] = em["return_sd"]
+        em["return_sd"] = (np.asarray(em["return_scale"]) * math.sqrt(df / (df - 2.0))).tolist()
     return em

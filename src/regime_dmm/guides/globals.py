@@ -106,7 +106,8 @@ class PointGuide:
 
     def __init__(self, model: ClassicMarkovSwitching, starting_values: Values):
         self.constraints = model.global_constraints()
-        self.starting_values = {name: starting_values[name] for name in self.constraints}
+        # copies: Pyro keeps a real-valued parameter's tensor itself, and the optimiser moves it in place
+        self.starting_values = {name: starting_values[name].detach().clone() for name in self.constraints}
 
     def parameters(self) -> Values:
         """The current values (constrained), creating the parameters from the starting values."""
@@ -126,7 +127,7 @@ class PointGuide:
         store = pyro.get_param_store()
         with torch.no_grad():
             for name, value in values.items():
-                store[self._name(name)] = value
+                store[self._name(name)] = value.detach().clone()  # never the caller's tensor (moved in place)
 
     @staticmethod
     def _name(name: str) -> str:

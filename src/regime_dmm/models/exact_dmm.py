@@ -195,8 +195,9 @@ class ExactRegimeDMM(RegimeModel):
 
     def separation_prior(self, g: dict[str, torch.Tensor]) -> None:
         """The wall below ``min_step`` on every market's log-scale steps, as a factor (no site without one)."""
-        if self.hyper.min_step > 0:
-            pyro.factor("separation_prior", -separation_wall(g["ret_scale_steps"], self.hyper.min_step))
+        if self.hyper.min_step > 0:  # one ladder under full pooling: its wall counts once
+            steps = g["ladder_steps"] if self.pooling == "full" else g["ret_scale_steps"]
+            pyro.factor("separation_prior", -separation_wall(steps, self.hyper.min_step))
 
     def emission_base(self, g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Base emission locations and scales ``(M, K, F)`` in normalised units."""

@@ -158,10 +158,12 @@ def _em_steps(
                 -1, order[..., None, :].expand_as(trans)
             )
             initial = post.smoothed[:, 0].gather(-1, order)
-            log_sd = separated(sd.log(), weight.gather(-1, order), model.hyper.min_step)
-            log_sd = log_sd + torch.relu(lowest.log() - log_sd[..., :1])  # the ladder moved apart stays above the floor
+            log_sd = sd.log()
+            if model.hyper.min_step > 0:  # the warm start's separation constraint (none in classic mode)
+                log_sd = separated(log_sd, weight.gather(-1, order), model.hyper.min_step)
+                log_sd = log_sd + torch.relu(lowest.log() - log_sd[..., :1])  # moved apart, still above the floor
+                sd = log_sd.exp()
             steps = (log_sd[..., 1:] - log_sd[..., :-1] - model.hyper.min_step).clamp(min=1e-12)
-            sd = log_sd.exp()
             guide.set_values(
                 {
                     "initial": initial.clamp(min=1e-300) / initial.clamp(min=1e-300).sum(-1, keepdim=True),

@@ -178,7 +178,8 @@ def warm_start(
         guide.set_values({k: v for k, v in start.items() if k in guide.constraints})
         train_lbfgs(classic, guide, returns_only, max_iter=200)
         state = _fitted_state(classic, guide, returns_only)
-        if model.min_scale > 0 and _has_rare_regime(state[2], data):
+        guarded = model.min_scale > 0 and _has_rare_regime(state[2], data)
+        if guarded:
             # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
             again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
             guide.set_values({k: v for k, v in again.items() if k in state[0]})
@@ -186,7 +187,10 @@ def warm_start(
             state = _fitted_state(classic, guide, returns_only)
         if model.emission == "studentt":  # each market's own tails: the best df on a grid, then EM at it
             classic = _with_best_df(classic, guide, returns_only)
-            em_polish(classic, guide, returns_only)
+            if guarded:  # keep the prior on the means: plain EM would pull them back onto the extreme days
+                em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
+            else:
+                em_polish(classic, guide, returns_only)
             state = _fitted_state(classic, guide, returns_only)
         return classic, state
 
@@ -198,7 +202,9 @@ def warm_start(
         # days around outliers) - each then fitted with its best tails; each market keeps the likelier
         first, (g, gamma, reference, loglik) = classic, (g, gamma, reference, loglik)
         second, (g2, gamma2, reference2, loglik2) = fitted((WARM_START_DF,) * panel.num_markets)
-        take = torch.as_tensor(loglik2 > loglik)
+        # a ladder with a regime of a handful of days loses to one without (the guard's purpose)
+        rare, rare2 = _rare_per_market(reference, data), _rare_per_market(reference2, data)
+        take = torch.as_tensor(np.where(rare == rare2, loglik2 > loglik, rare & ~rare2))
         g = {k: torch.where(take.reshape(-1, *[1] * (v.dim() - 1)), g2[k], v) for k, v in g.items()}
         gamma = torch.where(take[:, None, None], gamma2, gamma)
         reference = np.where(take.numpy()[:, None], reference2, reference)
@@ -226,16 +232,32 @@ def warm_start(
 
 def _with_best_df(classic: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> ClassicMarkovSwitching:
     """The classic model with, per market, the degrees of freedom of :data:`DF_GRID` that give the highest
-    log-likelihood at the guide's current parameters (a profile of the tails; the grid's top is about Gaussian)."""
+    log-likelihood, each scored with the regimes' sds kept (a t of ``df`` has scale ``sd * sqrt((df - 2) /
+    df)``) and the other parameters at the guide's values; the guide is left at the chosen scales. A cheap
+    profile of the tails (the EM that follows refits everything at the chosen df)."""
+
+    def with_df(df: tuple[float, ...]) -> ClassicMarkovSwitching:
+        return ClassicMarkovSwitching(classic.dims, dataclasses.replace(classic.hyper, shock_df=df))
+
+    def sd_factor(df: np.ndarray) -> np.ndarray:  # scale / sd of a t (1 for a Gaussian, df = inf)
+        return np.where(np.isinf(df), 1.0, np.sqrt((df - 2.0) / np.where(np.isinf(df), 1.0, df)))
+
+    m = classic.num_markets
+    base = guide.point_estimate()["ret_scale_base"].clone()
+    floor = torch.tensor(classic.hyper.scale_floor, dtype=base.dtype)
+    current = np.full(m, np.inf) if classic.hyper.shock_df is None else np.asarray(classic.hyper.shock_df)
+
+    def rescaled(df: np.ndarray) -> Values:  # every regime's scale times the same factor: steps unchanged
+        factor = torch.as_tensor(sd_factor(df) / sd_factor(current), dtype=base.dtype)
+        return {"ret_scale_base": ((floor + base) * factor - floor).clamp(min=1e-12 * floor)}
+
     scores = []
     for df in DF_GRID:
-        trial = ClassicMarkovSwitching(
-            classic.dims, dataclasses.replace(classic.hyper, shock_df=(df,) * classic.num_markets)
-        )
-        scores.append(_fitted_state(trial, guide, data)[3])
-    best = np.asarray(scores).argmax(0)
-    chosen = tuple(float(DF_GRID[i]) for i in best)
-    return ClassicMarkovSwitching(classic.dims, dataclasses.replace(classic.hyper, shock_df=chosen))
+        guide.set_values(rescaled(np.full(m, df)))
+        scores.append(_fitted_state(with_df((df,) * m), guide, data)[3])
+    chosen = np.asarray(DF_GRID)[np.asarray(scores).argmax(0)]
+    guide.set_values(rescaled(chosen))
+    return with_df(tuple(float(d) for d in chosen))
 
 
 def _above_min_step(values: Values, min_step: float) -> Values:
@@ -262,9 +284,14 @@ def redo_rare_regimes(classic: ClassicMarkovSwitching, guide: PointGuide, data: 
     return True
 
 
-def _has_rare_regime(usage: np.ndarray, data: ModelData) -> bool:
+def _rare_per_market(usage: np.ndarray, data: ModelData) -> np.ndarray:
+    """``(M,)`` bool: the market has a regime on fewer than max(1 %, 5 / days) of its days."""
     threshold = rarity_threshold(data.mask.sum(-1).to(torch.float64), RARE_SHARE).numpy()[:, None]
-    return bool((usage < threshold).any())
+    return np.asarray((usage < threshold).any(-1))
+
+
+def _has_rare_regime(usage: np.ndarray, data: ModelData) -> bool:
+    return bool(_rare_per_market(usage, data).any())
 
 
 _Fitted = tuple[Values, torch.Tensor, np.ndarray, np.ndarray]

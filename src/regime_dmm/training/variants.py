@@ -233,6 +233,8 @@ class ClassicVariant(Variant):
             covariate_transitions=False,
             emission_network=False,
             emission="gaussian",
+            pooling="none",  # maximum likelihood per market: no shared ladder, no separation prior
+            min_ratio=0.0,
         )
         return dataclasses.replace(config, model=model).validate()
 
