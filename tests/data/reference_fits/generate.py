@@ -6,6 +6,8 @@ added later, written the same way by that commit's code (checked out in a worktr
 its src/). The redesign promised the
 same bytes for the same data, configuration and seed; the test keeps it to that promise.
 Regenerate them only for a deliberate change of behaviour, and say so in the commit.
+``exact_normal_studentt_vol`` was regenerated so in 0.3.0 (issue #9: the Student-t warm start and
+``return_sd`` changed), by ``run_case`` for that case alone.
 
     python tests/data/reference_fits/generate.py
 """
