@@ -9,11 +9,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyro import poutine
 
 import regime_dmm as rd
+from regime_dmm.cli import pooling_lines
 from regime_dmm.models import ExactDMMHyper, ExactRegimeDMM, ModelDims
 from regime_dmm.models.exact_dmm import separation_wall
 from regime_dmm.regime_checks import check_regimes, format_regime_warnings
@@ -71,10 +73,13 @@ def test_pooling_ties_the_markets_ladders_and_is_reported():
     summary = partial.summary()
     assert summary["pooling"]["mode"] == "partial" and summary["settings"]["model"]["pooling"] == "partial"
     scale = summary["pooling"]["scale"]
-    assert scale["volatility_ratio"] > 0 and scale["mean"] > 0
+    assert scale["log_step_sd"] > 0 and scale["mean_sd"] > 0
     ratios = summary["pooling"]["ladder"]["volatility_ratio"]
     assert list(ratios) == ["calm|neutral", "neutral|volatile", "volatile|panic"] and min(ratios.values()) > 1
     assert none.summary()["pooling"] == {"mode": "none"}
+    lines = "\n".join(pooling_lines(partial))
+    assert "shared regime ladder (partial pooling)" in lines and "calm/neutral" in lines, lines
+    assert "restarts within 1 nat of the kept one: 1 of 1" in lines
 
 
 def test_separation_wall_and_the_em_projection():
@@ -116,7 +121,6 @@ def test_overlap_warning_names_the_pair_and_suggests_fewer_regimes():
     assert "--regimes 3" in pairs[0]["advice"]
     lines = format_regime_warnings(pairs)
     assert any("neutral and volatile" in line and m.name in line for line in lines), lines
-    assert not [w for w in check_regimes(fit) if w["kind"] == "indistinguishable" and w["market"] == m.name]
 
 
 def test_restarts_within_one_nat_counts_the_kept_restart_and_its_near_ties():
@@ -133,5 +137,39 @@ def test_restarts_within_one_nat_counts_the_kept_restart_and_its_near_ties():
 def test_bad_pooling_and_min_ratio_are_refused():
     with pytest.raises(rd.ConfigError, match="model.pooling"):
         rd.FitConfig().replace(model={"pooling": "some"})
+    with pytest.raises(rd.ConfigError, match="normalise"):
+        rd.FitConfig().replace(model={"normalise": False})
+    with pytest.raises(rd.ConfigError, match="relaxed"):
+        rd.FitConfig().replace(model={"pooling": "full"}, training={"inference": "relaxed"})
+    rd.FitConfig().replace(model={"normalise": False, "pooling": "none"})  # allowed together
     with pytest.raises(rd.ConfigError, match="model.min_ratio"):
         rd.FitConfig().replace(model={"min_ratio": 0.5})
+
+
+def test_student_t_warm_start_gives_each_market_its_own_tails():
+    """Two markets in one fit, one Gaussian and one with Student-t(3) shocks: the warm start picks heavy tails
+    for the second only (degrees of freedom on a grid, per market), and its ladders keep min_ratio."""
+    from regime_dmm.data import MarketSpec, simulate_markets
+    from regime_dmm.fitting import prepare
+    from regime_dmm.training.starting_values import warm_start
+
+    spec = dict(start="2015-01-02", freq="B", usage=(0.7, 0.3), leave_rates=(0.02, 0.05), means=(0.0, 0.0))
+    light = simulate_markets(
+        [MarketSpec(name="light", sds=(0.01, 0.03), **spec)], seed=1, n_days=1500, regimes=("calm", "volatile")
+    )
+    heavy = simulate_markets(
+        [MarketSpec(name="heavy", sds=(0.01, 0.03), **spec)],
+        seed=2,
+        n_days=1500,
+        regimes=("calm", "volatile"),
+        shocks="studentt:3",
+    )
+    frame = pd.concat([light.frame, heavy.frame], ignore_index=True)
+    config, loaded, pipeline = prepare(frame, rd.FitConfig().with_num_regimes(2))
+    panel = pipeline.transform(loaded.frame)
+    data = pipeline.model_data(panel, torch.float64)
+    start = warm_start(panel, data, config.model, np.random.default_rng(0), torch.float64)
+    df = dict(zip([s.name for s in panel.series], (2.0 + start.values["df"]).tolist()))
+    assert df["light"] >= 20 and df["heavy"] <= 6, df
+    assert (start.values["ret_scale_steps"] >= math.log(1.5) - 1e-9).all()
+    assert start.log_likelihood is not None and np.isfinite(start.log_likelihood).all()

@@ -35,7 +35,8 @@ class ModelConfig:
     regime_names: tuple[str, ...] | None = None  # default: calm/neutral/volatile/panic for K=4
     classic: bool = False  # plain Gaussian Markov-switching model of the return (MLE)
     # "studentt" (default: heavy tails, so that one large day is not a regime visit; chosen by held-out
-    # likelihood, see the README) or "gaussian". The warm start's HMM then has Student-t(5) emissions.
+    # likelihood, see the README) or "gaussian". The warm start then fits Student-t HMMs too (see
+    # training.starting_values.warm_start).
     emission: str = "studentt"
     # Emitted features. The networks always see the lagged return and realised volatility;
     # emitting "vol" too is an option (it lowers accuracy on the embedded data: see README).

@@ -3,7 +3,7 @@
 Three kinds, each an entry ``{market, kind, detail, advice}``:
 
 * ``dominant_regime``: one regime takes more than 80 % of a market's days while the data
-  do not justify it: the reference, a plain maximum-likelihood Gaussian HMM of the returns
+  do not justify it: the reference, the warm start's maximum-likelihood HMM of the returns
   (the warm start's, :class:`~regime_dmm.training.starting_values.WarmStart`), has no regime
   above 80 %. Without a reference it fires on the 80 % rule alone (and says so).
 * ``uniform_posterior``: a market's mean posterior entropy is above 0.9 log K and the
@@ -48,7 +48,7 @@ def detect_collapse(
     ``usage (M, K)`` and ``entropy (M,)`` (mean posterior entropy, nats) describe the final
     posterior; ``history`` is the training history of the fit (DataFrame or list of rows;
     columns ``epoch``, ``kl`` and, in relaxed mode, ``grad_norm_inference``);
-    ``reference_usage (M, K)`` the usage of a plain maximum-likelihood HMM of the returns;
+    ``reference_usage (M, K)`` the usage of the warm start's maximum-likelihood HMM of the returns;
     ``after_warmup_epoch`` the last epoch of the warm-up (later rows are judged);
     ``num_days`` the number of days in all markets (scales "KL about zero", default 1 nat).
     """
@@ -72,7 +72,7 @@ def detect_collapse(
             else:
                 ref_top = float(reference[m].max())
                 justified = ref_top > DOMINANT_SHARE
-                why = f"a plain maximum-likelihood HMM of the returns puts at most {ref_top:.0%} in one regime"
+                why = f"the warm start's maximum-likelihood HMM of the returns puts at most {ref_top:.0%} in one regime"
             if not justified:
                 out.append(
                     {

@@ -5,9 +5,11 @@ K groups at the cumulative shares of the regime prior (jittered per restart); ea
 moments give a regime's starting emission parameters. The ordering constraint then starts
 where the data puts it, which is what makes restarts converge fast and to persistent regimes.
 
-:func:`warm_start`: a maximum-likelihood Gaussian HMM of the (normalised) returns, fitted from
-those values, starts the DMM's globals; it also gives the reference usage the collapse checks
-compare the DMM with. Both come back together in one :class:`WarmStart`.
+:func:`warm_start`: a maximum-likelihood HMM of the (normalised) returns - Gaussian, or with
+Student-t emissions the likelier per market of a Gaussian-started and a Student-t-started ladder -
+under the separation constraint, fitted from those values, starts the DMM's globals; it also gives
+the reference usage the collapse checks compare the DMM with. Both come back together in one
+:class:`WarmStart`.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def initial_values(panel: Panel, model: ModelConfig, rng: np.random.Generator, d
 def warm_start(
     panel: Panel, data: ModelData, model: ModelConfig, rng: np.random.Generator, dtype: torch.dtype
 ) -> WarmStart:
-    """Starting values from a maximum-likelihood Gaussian HMM of the (normalised) returns.
+    """Starting values from a maximum-likelihood HMM of the (normalised) returns (constrained as below).
 
     The classic model is fitted by L-BFGS (then EM) from :func:`initial_values`, with adjacent regimes'
     sds at least ``model.min_ratio`` apart (the DMM's separation prior, as a constraint) and, when the
@@ -161,7 +163,11 @@ def warm_start(
     that maximum-likelihood fit leaves a regime used on a handful of days (typically one extreme
     day, modelled by a regime whose mean is that day's return), it is redone by EM with a prior on
     the regime means (:func:`~regime_dmm.training.em.em_map`), so the DMM does not start from a
-    degenerate regime. Uses Pyro's global param store (the classic parameters are left in it).
+    degenerate regime. With Student-t emissions two ladders are fitted per market - from a Gaussian HMM
+    (which needs a regime for every cluster of extreme days, so it finds a rare panic regime) and from a
+    Student-t(5) HMM (which does not split calm days around outliers) - each then at its market's best
+    degrees of freedom, and each market keeps the likelier ladder without a rare regime. Uses Pyro's
+    global param store (the last classic fit's parameters are left in it; restarts clear it).
     """
     min_step = math.log(model.min_ratio) if model.min_ratio > 1 else 0.0
     values = initial_values(panel, model, rng, dtype)
