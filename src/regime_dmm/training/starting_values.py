@@ -48,6 +48,10 @@ Values = dict[str, torch.Tensor]
 #: (daily returns' conditional tails are typically t with 4 to 8 degrees of freedom), so that single large
 #: days do not start regime visits; the DMM then learns each market's own.
 WARM_START_DF = 5.0
+#: The Student-t warm start's EM stops after this many iterations or a gain below this many nats: a start,
+#: not an answer (classic mode's EM runs to 300 iterations or 1e-9 nats).
+WARM_EM_ITERATIONS = 100
+WARM_EM_TOLERANCE = 1e-3
 #: ... after which each market's degrees of freedom are chosen on this grid by the HMM's log-likelihood (100:
 #: all but Gaussian), so that Gaussian data start near-Gaussian and heavy-tailed data heavy-tailed.
 DF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 40.0, 100.0)
@@ -182,7 +186,8 @@ def warm_start(
         guide = PointGuide(classic, start)
         guide.parameters()  # created (constrained) if absent; then set: an earlier fit's values may be there
         guide.set_values({k: v for k, v in start.items() if k in guide.constraints})
-        train_lbfgs(classic, guide, returns_only, max_iter=200)
+        studentt = model.emission == "studentt"
+        train_lbfgs(classic, guide, returns_only, max_iter=200, polish=not studentt)  # polished below then
         state = _fitted_state(classic, guide, returns_only)
         guarded = model.min_scale > 0 and _has_rare_regime(state[2], data)
         if guarded:
@@ -191,12 +196,12 @@ def warm_start(
             guide.set_values({k: v for k, v in again.items() if k in state[0]})
             em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
             state = _fitted_state(classic, guide, returns_only)
-        if model.emission == "studentt":  # each market's own tails: the best df on a grid, then EM at it
+        if studentt:  # each market's own tails: the best df on a grid, then EM at it
             classic = _with_best_df(classic, guide, returns_only)
             if guarded:  # keep the prior on the means: plain EM would pull them back onto the extreme days
-                em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS)
+                em_map(classic, guide, returns_only, mean_prior_days=MEAN_PRIOR_DAYS, max_iter=WARM_EM_ITERATIONS)
             else:
-                em_polish(classic, guide, returns_only)
+                em_polish(classic, guide, returns_only, max_iter=WARM_EM_ITERATIONS, tol=WARM_EM_TOLERANCE)
             state = _fitted_state(classic, guide, returns_only)
         return classic, state
 

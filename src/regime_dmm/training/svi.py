@@ -254,11 +254,13 @@ def train_lbfgs(
     max_iter: int = 500,
     restart: int = 0,
     after: Callable[[], Any] | None = None,
+    polish: bool = True,
 ) -> TrainOutcome:
     """Maximum likelihood for the classic model: L-BFGS on the guide's parameters, then an EM polish.
 
     ``guide`` is the model's :class:`~regime_dmm.guides.globals.PointGuide`; ``after()`` runs once
-    the polish is done and may change the guide's values (the degenerate-regime guard). Raises
+    the polish is done and may change the guide's values (the degenerate-regime guard); ``polish=False``
+    leaves the EM polish to the caller (the Student-t warm start polishes once, after choosing the tails). Raises
     :class:`TrainingError` when the log-likelihood ends non-finite.
     """
     params = guide.unconstrained()
@@ -302,7 +304,8 @@ def train_lbfgs(
         if final is None or not torch.isfinite(final):
             for p, value in zip(params, best["values"]):
                 p.copy_(value)
-    em_polish(model, guide, data)  # EM frees transition probabilities L-BFGS left stuck at zero
+    if polish:  # EM frees transition probabilities L-BFGS left stuck at zero
+        em_polish(model, guide, data)
     if after is not None:
         after()
     _, _, diag = poutine.condition(model.evaluate, data=guide.point_estimate())(data, AnnealState())
