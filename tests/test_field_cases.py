@@ -138,9 +138,12 @@ def test_thin_token_spends_no_regime_on_zero_days_and_finds_the_volatile_spell()
     # the spell's traded days move 2.8 x as much as the others (robust sd); the regimes see it
     top = m.smoothed[:, -2:].sum(-1)  # volatile + panic
     assert top[spell].mean() > 0.7 and top[spell].mean() > 1.5 * top[outside].mean()
-    assert m.smoothed[spell, -1].mean() > 4 * m.smoothed[outside, -1].mean()  # panic
-    expected_sd = m.smoothed @ np.asarray(m.emission["return_sd"])
-    assert expected_sd[spell].mean() > 1.8 * expected_sd[outside].mean()
+    # (0.2.0, Gaussian emissions: panic on the spell's days at 4 x its share elsewhere. The data are two
+    # fat-tailed regimes: Student-t emissions hold the spell's big days in a heavy-tailed volatile regime.)
+    # the regimes' typical move: the Student-t scale (robust, as the 2.8 x above), else the Gaussian sd;
+    # measured: above 1.8 x with 0.2.0's Gaussian emissions, 1.75 x with 0.3.0's Student-t ones
+    expected_sd = m.smoothed @ np.asarray(m.emission.get("return_scale", m.emission["return_sd"]))
+    assert expected_sd[spell].mean() > 1.5 * expected_sd[outside].mean()
     # no regime is spent on the no-trade days (0.1: calm, sd 0.0018, on 49 % of the days): they are
     # masked, so calm is made of traded days
     assert m.usage[0] > 0.05
@@ -223,7 +226,11 @@ def test_outage_gap_is_reported_and_spanned_by_one_multi_day_return(classic):
     assert m.span[after] == 61 and m.observed[after]
     assert not m.observed[after - 60 : after].any()
     assert m.returns[after] < -0.15  # the fall during the outage is one multi-day return
-    assert m.usage.min() > 0.01
+    # no regime of a handful of days; one just under 1 % of the days (Student-t: the outage's fall and the
+    # few other extreme days) is reported as rare
+    assert m.usage.min() > 0.005
+    rare = {r for w in fit.regime_warnings if w["kind"] == "rare" for r in w["regimes"]}
+    assert {fit.regimes[k] for k in np.flatnonzero(m.usage <= 0.01)} <= rare, (m.usage, fit.regime_warnings)
     # 0.1 (classic): calm on 0.1 % of the days with sd 0.0003; now any regime at the floor is said so
     assert_every_regime_real(fit, or_reported=True)
 
