@@ -44,9 +44,9 @@ __all__ = [
 
 Values = dict[str, torch.Tensor]
 
-#: Degrees of freedom of the warm start's Student-t HMM when ``model.emission`` is ``studentt``: heavy tails
+#: Degrees of freedom of the warm start's second HMM when ``model.emission`` is ``studentt``: heavy tails
 #: (daily returns' conditional tails are typically t with 4 to 8 degrees of freedom), so that single large
-#: days do not start regime visits; the DMM then learns each market's own.
+#: days do not start regime visits ...
 WARM_START_DF = 5.0
 #: The Student-t warm start's EM stops after this many iterations or a gain below this many nats: a start,
 #: not an answer (classic mode's EM runs to 300 iterations or 1e-9 nats).
@@ -211,7 +211,7 @@ def warm_start(
         # two ladders per market - from a Gaussian HMM (which needs a regime for every cluster of extreme
         # days, so it finds a rare panic regime) and from a Student-t(5) HMM (which does not split calm
         # days around outliers) - each then fitted with its best tails; each market keeps the likelier
-        first, (g, gamma, reference, loglik) = classic, (g, gamma, reference, loglik)
+        first = classic
         second, (g2, gamma2, reference2, loglik2) = fitted((WARM_START_DF,) * panel.num_markets)
         # a ladder with a regime of a handful of days loses to one without (the guard's purpose)
         rare, rare2 = _rare_per_market(reference, data), _rare_per_market(reference2, data)
