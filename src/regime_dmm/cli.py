@@ -31,7 +31,7 @@ from .outputs import write_outputs
 from .persistence import load_fit
 from .plots import save_all, usage_bars_text
 from .regime_checks import format_regime_warnings
-from .results import RegimeFit, restarts_within
+from .results import RegimeFit
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
 from .training.collapse import format_collapse
@@ -455,7 +455,7 @@ def pooling_lines(result) -> list[str]:
                 f"pooling scales (learned; 0 = one ladder for all markets): sd {scale['log_step_sd']:.3f} of the "
                 f"log of each log volatility step, sd {scale['mean_sd']:.3f} of the regime means (normalised units)"
             )
-    within = restarts_within(result.restarts, 1.0) if result.objective_is_exact() else None
+    within = result.restarts_within_1_nat()
     if within is not None:
         done = sum(1 for r in result.restarts if r.get("status") == "ok")
         out.append(f"restarts within 1 nat of the kept one: {within} of {done}")

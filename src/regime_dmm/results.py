@@ -164,6 +164,11 @@ class RegimeFit:
         cfg = self.config
         return cfg.model.classic or (cfg.training.inference == "exact" and cfg.training.guide == "map")
 
+    def restarts_within_1_nat(self) -> int | None:
+        """Restarts that ended within 1 nat of the kept one (:func:`restarts_within`); None when the objective
+        is not exact (:meth:`objective_is_exact`) or nothing was recorded."""
+        return restarts_within(self.restarts, 1.0) if self.objective_is_exact() else None
+
     def summary(self) -> dict[str, Any]:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
@@ -207,7 +212,7 @@ class RegimeFit:
             "cross_market": self.cross_market,
             "regime_warnings": self.regime_warnings,
             "pooling": self.pooling,
-            "restarts_within_1_nat": restarts_within(self.restarts, 1.0) if self.objective_is_exact() else None,
+            "restarts_within_1_nat": self.restarts_within_1_nat(),
         }
 
 
