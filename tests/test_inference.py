@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from regime_dmm.inference import forecast, log_normalizer, posterior, stationary_distribution, viterbi
+import pyro.distributions as dist
+
+from regime_dmm.inference import (
+    expected_statistics,
+    forecast,
+    log_normalizer,
+    posterior,
+    stationary_distribution,
+    viterbi,
+)
 
 from brute_force import brute_force
 
@@ -28,6 +37,36 @@ def test_log_z_marginals_and_viterbi_match_enumeration(seed, steps, k):
         assert log_z_hmm[b].item() == pytest.approx(ref_z, abs=1e-7)
         np.testing.assert_allclose(post.smoothed[b].numpy(), ref_smoothed, atol=1e-10)
         np.testing.assert_array_equal(viterbi(log_init[b].numpy(), log_trans[b].numpy(), obs_ll[b].numpy()), ref_path)
+
+
+@pytest.mark.parametrize("seed,steps,k", [(0, 1, 2), (1, 5, 2), (2, 6, 3), (3, 4, 4), (4, 7, 3)])
+def test_expected_statistics_match_enumeration_and_the_scans(seed, steps, k):
+    """The E-step as the gradient of log Z: log Z and smoothed marginals by enumeration of all K^T paths,
+    pairwise marginals against the prefix/suffix scans of ``posterior``."""
+    log_init, log_trans, obs_ll = random_potentials(seed, steps=steps, k=k)
+    stats = expected_statistics(log_init, log_trans, obs_ll)
+    post = posterior(log_init, log_trans, obs_ll)
+    for b in range(log_init.shape[0]):
+        ref_z, ref_smoothed, _ = brute_force(log_init[b].numpy(), log_trans[b].numpy(), obs_ll[b].numpy())
+        assert stats.log_z[b].item() == pytest.approx(ref_z, abs=1e-10)
+        np.testing.assert_allclose(stats.smoothed[b].numpy(), ref_smoothed, atol=1e-10)
+    np.testing.assert_allclose(stats.pairwise[:, 1:].numpy(), post.log_pairwise[:, 1:].exp().numpy(), atol=1e-10)
+    assert (stats.pairwise[:, 0] == 0).all()
+    assert not stats.smoothed.requires_grad
+
+
+def test_log_normalizer_equals_pyro_discrete_hmm():
+    """The tree of log-matrix products is DiscreteHMM's computation (p(z_0) put into step 0's rows)."""
+    log_init, log_trans, obs_ll = random_potentials(9, batch=3, steps=257, k=4)
+    first = log_init[:, None, None, :].expand(-1, 1, 4, -1)
+    hmm = dist.DiscreteHMM(
+        torch.zeros(3, 4, dtype=torch.float64),
+        torch.cat([first, log_trans[:, 1:]], dim=1),
+        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll),
+        duration=257,
+    )
+    expected = hmm.log_prob(torch.zeros(3, 257, dtype=torch.float64))
+    np.testing.assert_allclose(log_normalizer(log_init, log_trans, obs_ll).numpy(), expected.numpy(), atol=1e-9)
 
 
 def test_filtered_last_step_is_enumeration_of_prefix():

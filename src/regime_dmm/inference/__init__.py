@@ -6,6 +6,8 @@ calls it rather than re-implementing the recursions.
 """
 
 from .exact import (
+    ExpectedStatistics,
+    expected_statistics,
     HMMPosterior,
     forecast,
     last_filtered,
@@ -16,6 +18,8 @@ from .exact import (
 )
 
 __all__ = [
+    "ExpectedStatistics",
+    "expected_statistics",
     "HMMPosterior",
     "forecast",
     "last_filtered",

@@ -13,10 +13,11 @@ pairwise marginals, the Viterbi path and forecasts. Ragged batches are padded at
 end with ``obs_ll = 0`` (and row-normalised transitions): padded steps add nothing to
 ``log Z`` and leave the marginals of the real steps unchanged.
 
-``log Z`` goes through :class:`pyro.distributions.DiscreteHMM` (a parallel scan of depth
-O(log T)); the marginals come from a Hillis-Steele prefix/suffix scan in log space, also
-O(log T) deep, and are differentiable, so penalties on regime usage and entropy can be
-trained through them.
+``log Z`` is a balanced tree of log-matrix products (the computation of
+:class:`pyro.distributions.DiscreteHMM`, depth O(log T)); the E-step's smoothed and pairwise marginals
+are its gradient (:func:`expected_statistics`); the filtered marginals come from a Hillis-Steele
+prefix/suffix scan in log space, also O(log T) deep (:func:`posterior`). All are differentiable, so
+penalties on regime usage and entropy can be trained through them.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from __future__ import annotations
 from typing import NamedTuple, overload
 
 import numpy as np
-import pyro.distributions as dist
 import torch
 
 __all__ = [
+    "ExpectedStatistics",
     "HMMPosterior",
+    "expected_statistics",
     "last_filtered",
     "log_normalizer",
     "posterior",
@@ -47,23 +49,19 @@ def _logmatmulexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return prod.clamp(min=finfo.tiny).log() + x_shift + y_shift
 
 
-def _first_step_logits(log_init: torch.Tensor, log_trans: torch.Tensor) -> torch.Tensor:
-    """DiscreteHMM applies one transition before y_1: put p(z_0) into every row of step 0."""
-    first = log_init[..., None, None, :].expand(log_trans[..., :1, :, :].shape)
-    return torch.cat([first, log_trans[..., 1:, :, :]], dim=-3)
-
-
 def log_normalizer(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> torch.Tensor:
-    """log p(x_{1:T}) ``(B,)``: the regimes summed out exactly with ``DiscreteHMM``."""
-    batch, steps, k = obs_ll.shape
-    hmm = dist.DiscreteHMM(
-        torch.zeros(batch, k, dtype=obs_ll.dtype),
-        _first_step_logits(log_init, log_trans),
-        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll, validate_args=False),
-        duration=steps,
-        validate_args=False,  # non-finite values must reach the training loop, which handles them
-    )
-    return hmm.log_prob(torch.zeros(batch, steps, dtype=obs_ll.dtype))
+    """log p(x_{1:T}) ``(B,)`` in nats: the regimes summed out exactly, differentiable (twice) in all inputs.
+
+    ``logsumexp(alpha_0 + log prod_t M_t)`` with ``alpha_0 = log_init + obs_0`` and the step matrices
+    ``M_t = log_trans[t] + obs_t`` multiplied in a balanced tree (:func:`_tree_product`: O(T K^3) work,
+    depth O(log T)), the computation of :class:`pyro.distributions.DiscreteHMM` without its distribution
+    objects (equal to it to round-off, tested). Non-finite values pass through (the training loop handles them).
+    """
+    alpha0 = log_init + obs_ll[..., 0, :]
+    if obs_ll.shape[-2] == 1:
+        return torch.logsumexp(alpha0, dim=-1)
+    total = _tree_product(log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :])
+    return torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
 
 
 class HMMPosterior(NamedTuple):
@@ -114,13 +112,57 @@ def last_filtered(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch
     """
     alpha = log_init + obs_ll[..., 0, :]
     mats = log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :]
+    if mats.shape[-3] > 0:
+        alpha = torch.logsumexp(alpha[..., :, None] + _tree_product(mats), dim=-2)
+    return alpha - torch.logsumexp(alpha, dim=-1, keepdim=True)
+
+
+def _tree_product(mats: torch.Tensor) -> torch.Tensor:
+    """``(B, N, K, K)`` log-matrices -> ``(B, K, K)`` their log-product ``m[0] (x) ... (x) m[N-1]``, by pairs
+    in a balanced tree (O(N K^3) work, depth log N)."""
     while mats.shape[-3] > 1:
         n = mats.shape[-3]
         paired = _logmatmulexp(mats[..., 0 : n - 1 : 2, :, :], mats[..., 1:n:2, :, :])
         mats = torch.cat([paired, mats[..., n - 1 :, :, :]], dim=-3) if n % 2 else paired
-    if mats.shape[-3] == 1:
-        alpha = torch.logsumexp(alpha[..., :, None] + mats[..., 0, :, :], dim=-2)
-    return alpha - torch.logsumexp(alpha, dim=-1, keepdim=True)
+    return mats[..., 0, :, :]
+
+
+class ExpectedStatistics(NamedTuple):
+    """What an EM step needs of the posterior (B series, T steps, K regimes), in probabilities.
+
+    ``log_z (B,)`` log p(x_{1:T}) in nats; ``smoothed (B, T, K)`` p(z_t | x_{1:T});
+    ``pairwise (B, T, K, K)`` p(z_{t-1} = i, z_t = j | x_{1:T}) (``t = 0`` is zero).
+    """
+
+    log_z: torch.Tensor
+    smoothed: torch.Tensor
+    pairwise: torch.Tensor
+
+
+def expected_statistics(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> ExpectedStatistics:
+    """The E-step of Baum-Welch: ``log Z``, smoothed and pairwise marginals, without a gradient to the inputs.
+
+    The forward-backward pass as the gradient of ``log Z`` (Eisner 2016, "Inside-outside and
+    forward-backward algorithms are just backprop"): ``log Z = logsumexp(alpha_0 + log prod_t M_t)`` with
+    the step matrices ``M_t[i, j] = log A_t[i, j] + obs_t[j]`` multiplied in a balanced tree, and
+    ``d log Z / d M_t[i, j] = p(z_{t-1} = i, z_t = j | x)``, ``d log Z / d alpha_0 = p(z_0 | x)``. O(T K^3)
+    work and O(log T) depth, against O(T log T K^3) for :func:`posterior`'s prefix scans, which also give
+    the filtered marginals. Shapes as :func:`posterior`; equal to it to round-off (tested).
+    """
+    with torch.enable_grad():
+        alpha0 = (log_init.detach() + obs_ll.detach()[..., 0, :]).requires_grad_()
+        mats = (log_trans.detach()[..., 1:, :, :] + obs_ll.detach()[..., 1:, None, :]).requires_grad_()
+        if mats.shape[-3] == 0:
+            log_z = torch.logsumexp(alpha0, dim=-1)
+            (g0,) = torch.autograd.grad(log_z.sum(), alpha0)
+            pair = torch.zeros(log_trans.shape, dtype=obs_ll.dtype)
+            return ExpectedStatistics(log_z.detach(), g0[..., None, :], pair)
+        total = _tree_product(mats)
+        log_z = torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
+        g0, pair_rest = torch.autograd.grad(log_z.sum(), (alpha0, mats))
+    smoothed = torch.cat([g0[..., None, :], pair_rest.sum(-2)], dim=-2)
+    pairwise = torch.cat([torch.zeros_like(pair_rest[..., :1, :, :]), pair_rest], dim=-3)
+    return ExpectedStatistics(log_z.detach(), smoothed, pairwise)
 
 
 def posterior(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> HMMPosterior:

@@ -19,7 +19,7 @@ from pyro import poutine
 
 from ..data.features import ModelData
 from ..guides.globals import PointGuide
-from ..inference import HMMPosterior, posterior
+from ..inference import ExpectedStatistics, expected_statistics
 from ..models.classic import ClassicMarkovSwitching
 from ..threads import refresh_threads
 
@@ -28,11 +28,11 @@ __all__ = ["classic_posterior", "em_map", "em_polish"]
 _EMPTY_REGIME_DAYS = 1e-6  # expected days below which a regime gets no M-step update
 
 
-def classic_posterior(model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> HMMPosterior:
-    """Exact posterior of the regimes at the guide's current parameters (no gradient)."""
+def classic_posterior(model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> ExpectedStatistics:
+    """The E-step at the guide's current parameters: log-likelihood, smoothed and pairwise marginals."""
     with torch.no_grad():
         pot = poutine.condition(model.log_potentials, data=guide.point_estimate())(data)
-        return posterior(pot.log_init, pot.log_trans, pot.obs_ll)
+    return expected_statistics(pot.log_init, pot.log_trans, pot.obs_ll)
 
 
 def em_polish(
@@ -137,7 +137,7 @@ def _em_steps(
                 centre = prev_loc[..., 0][:, None, :] * (1.0 if root is None else root[..., None])
                 z2 = ((x[..., None] - centre) / prev_scale[..., 0][:, None, :]) ** 2
                 moment = gamma * (df + 1.0) / (df + z2)
-            pair = post.log_pairwise[:, 1:].exp() * data.mask.to(x.dtype)[:, 1:, None, None]
+            pair = post.pairwise[:, 1:] * data.mask.to(x.dtype)[:, 1:, None, None]
             counts = pair.sum(1)  # (M, K, K)
             trans = counts / counts.sum(-1, keepdim=True).clamp(min=1e-300)
             weight = gamma.sum(1).clamp(min=1e-300)  # (M, K)
