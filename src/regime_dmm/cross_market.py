@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .plots import regime_colours
 from .results import MarketResult, RegimeFit
@@ -32,6 +33,10 @@ __all__ = ["STRESS_REGIMES", "cross_market", "plot_cross_market"]
 #: Regimes whose probabilities make the stress probability (those of the fit that exist).
 STRESS_REGIMES = ("volatile", "panic")
 
+#: Bootstrap resamples are correlated in chunks of about this many values (resamples x days): a chunk's arrays stay
+#: in cache, and memory is bounded whatever ``n_boot``.
+_BOOT_CHUNK = 1 << 16
+
 
 def _stress(m: MarketResult, regimes: Sequence[str], stress: Sequence[str]) -> np.ndarray:
     index = [regimes.index(r) for r in stress if r in regimes] or [len(regimes) - 1]  # default: the top regime
@@ -39,14 +44,126 @@ def _stress(m: MarketResult, regimes: Sequence[str], stress: Sequence[str]) -> n
 
 
 def _xcorr(a: np.ndarray, b: np.ndarray, lags: np.ndarray) -> np.ndarray:
-    """``corr(a_t, b_{t+lag})`` for each lag (NaN where a series is constant)."""
-    out = np.full(len(lags), np.nan)
-    n = len(a)
-    for i, lag in enumerate(lags):
-        x, y = (a[: n - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[: n + lag])
-        if len(x) > 2 and x.std() > 0 and y.std() > 0:
-            out[i] = float(np.corrcoef(x, y)[0, 1])
+    """``corr(a_t, b_{t+lag})`` for each lag: the Pearson correlation on the overlapping part of the two series
+    (``a[:n - lag]`` with ``b[lag:]`` for ``lag >= 0``, ``a[-lag:]`` with ``b[:n + lag]`` otherwise), NaN where
+    that part is shorter than 3 days or one side of it is constant (all its values equal).
+
+    ``a, b``: ``(..., n)``, any leading (batch) shape, a series along the last axis (the bootstrap passes its
+    ``(n_boot, n)`` resamples at once); ``lags``: integers, ``|lag| < n``. Returns ``(..., len(lags))``.
+
+    Vectorised, no loop over the lags. Every window holds the series' *core*, all but its first and last
+    ``E = max |lag|`` days; a window's sum (and sum of squares) is the core's plus those of the edge days it
+    keeps, cumulative sums over the edges from the core outwards. Each series is first centred on its core's
+    mean, so a window's centred sum is that of a few edge days and its variance no cancellation of large sums
+    (with ``n >= 4 E``, at least a third of its centred sum of squares). The cross products at every lag are one
+    ``np.correlate`` per series against the other zero-padded. A series shorter than ``4 E`` days, whose
+    windows share too little, goes window by window (:func:`_xcorr_windows`). The result equals
+    ``np.corrcoef`` of each window to rounding (~1e-15), clipped to ``[-1, 1]`` like it.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    lags = np.asarray(lags, dtype=np.int64)
+    n, batch = a.shape[-1], a.shape[:-1]
+    if lags.size == 0:
+        return np.zeros(batch + (0,))
+    # a's window leaves out `drop_a` days at its start and `drop_b` at its end; b's the other way round
+    drop_a, drop_b = np.maximum(-lags, 0), np.maximum(lags, 0)
+    length = n - np.abs(lags)
+    edge = int(np.abs(lags).max())
+    if edge == 0 or n < 4 * edge:
+        return _xcorr_windows(a, b, lags)
+
+    def window_sums(
+        x: np.ndarray, start: np.ndarray, end: np.ndarray, square: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per lag, the sum of ``x`` (``(..., n)``; of its squares if ``square``; ``(..., n - 1)`` booleans: the
+        count of True) less its first ``start`` and last ``end`` values, ``(..., lags)``; and the core's."""
+        core = x[..., edge : x.shape[-1] - edge]
+        if x.dtype == bool:
+            total = np.count_nonzero(core, axis=-1)[..., None]
+        elif square:
+            total = np.einsum("...t,...t->...", core, core)[..., None]
+        else:
+            total = core.sum(-1, keepdims=True)
+        ends = np.stack([x[..., edge - 1 :: -1], x[..., x.shape[-1] - edge :]])  # outwards from the core
+        ends = ends * ends if square else ends
+        outward = np.zeros(ends.shape[:-1] + (edge + 1,), dtype=total.dtype)
+        np.cumsum(ends, axis=-1, out=outward[..., 1:])
+        return total + outward[0][..., edge - start] + outward[1][..., edge - end], total
+
+    core = slice(edge, n - edge)
+    mean_a, mean_b = a[..., core].mean(-1, keepdims=True), b[..., core].mean(-1, keepdims=True)
+    ac, bc = a - mean_a, b - mean_b
+    sum_a, sum_b = window_sums(ac, drop_a, drop_b)[0], window_sums(bc, drop_b, drop_a)[0]
+    square_a, core_a = window_sums(ac, drop_a, drop_b, square=True)
+    square_b, core_b = window_sums(bc, drop_b, drop_a, square=True)
+    var_a, var_b = square_a - sum_a * sum_a / length, square_b - sum_b * sum_b / length
+    # cross products: padded[..., j] = bc[..., j + low] (0 outside the series), so that
+    # np.correlate(padded, ac, "valid")[k] = sum_t ac[t] * bc[t + low + k], the window's at lag low + k
+    low, width = int(lags.min()), int(lags.max() - lags.min()) + 1
+    padded = np.zeros(batch + (n + width - 1,))
+    first, stop = max(-low, 0), min(n - low, n + width - 1)
+    padded[..., first:stop] = bc[..., first + low : stop + low]
+    rows_a, rows_b = ac.reshape(-1, n), padded.reshape(-1, n + width - 1)
+    every = np.stack([np.correlate(pb, pa, "valid") for pa, pb in zip(rows_a, rows_b)]).reshape(batch + (width,))
+    cov = every[..., lags - low] - sum_a * sum_b / length
+    # Constant windows give NaN, and so, like np.std, does a variance that rounds to 0 (squares that underflow).
+    # A constant window has a constant core, whose centred values are then 0 to rounding; only when a core
+    # comes that close are the changes between consecutive values inside each window counted.
+    varies = (length > 2) & (var_a > 0) & (var_b > 0)
+    flat_a, flat_b = core_a <= (n - 2 * edge) * (1e-9 * mean_a) ** 2, core_b <= (n - 2 * edge) * (1e-9 * mean_b) ** 2
+    if flat_a.any() or flat_b.any():
+        changes_a, changes_b = a[..., 1:] != a[..., :-1], b[..., 1:] != b[..., :-1]
+        varies &= (window_sums(changes_a, drop_a, drop_b)[0] > 0) & (window_sums(changes_b, drop_b, drop_a)[0] > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = cov / np.sqrt(var_a * var_b)
+    return np.where(varies, np.clip(r, -1.0, 1.0), np.nan)
+
+
+def _xcorr_windows(a: np.ndarray, b: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """:func:`_xcorr` window by window (vectorised over the leading axes): each window centred on its own mean."""
+    n = a.shape[-1]
+    out = np.full(a.shape[:-1] + (len(lags),), np.nan)
+    for i, lag in enumerate(lags.tolist()):
+        x, y = (a[..., : n - lag], b[..., lag:]) if lag >= 0 else (a[..., -lag:], b[..., : n + lag])
+        if x.shape[-1] <= 2:
+            continue
+        xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+        var_x, var_y = np.einsum("...t,...t->...", xc, xc), np.einsum("...t,...t->...", yc, yc)
+        varies = (x.max(-1) > x.min(-1)) & (y.max(-1) > y.min(-1)) & (var_x > 0) & (var_y > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.einsum("...t,...t->...", xc, yc) / np.sqrt(var_x * var_y)
+        out[..., i] = np.where(varies, np.clip(r, -1.0, 1.0), np.nan)
     return out
+
+
+def _block_bootstrap_lags(
+    a: np.ndarray, b: np.ndarray, lags: np.ndarray, block: int, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The best lag (``argmax`` of :func:`_xcorr`) of each of ``n_boot`` moving-block bootstrap resamples of the
+    paired series ``a, b`` (``(n,)`` each; Kunsch 1989): each resample is ``ceil(n / block)`` blocks of
+    ``block`` consecutive days, their starts uniform on ``0 .. n - block``, laid end to end and cut to ``n``
+    days, the same days for both series. Resamples whose correlations are all NaN are left out.
+
+    The starts are drawn one resample at a time (``rng.integers`` once per resample, in order: seeded runs
+    reproduce), then all resamples are correlated at once, in chunks of a bounded size.
+    """
+    n = len(a)
+    high, blocks = n - block + 1, int(np.ceil(n / block))
+    if n_boot <= 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.stack([rng.integers(0, high, size=blocks) for _ in range(n_boot)])
+    windows_a, windows_b = sliding_window_view(a, block), sliding_window_view(b, block)  # [s]: the block at s
+    chunk = max(1, _BOOT_CHUNK // n)
+    best = []
+    for first in range(0, n_boot, chunk):
+        rows = starts[first : first + chunk]
+        resampled_a = windows_a[rows].reshape(len(rows), blocks * block)[:, :n]
+        resampled_b = windows_b[rows].reshape(len(rows), blocks * block)[:, :n]
+        c = _xcorr(resampled_a, resampled_b, lags)
+        finite = np.isfinite(c)
+        keep = finite.any(-1)
+        best.append(lags[np.argmax(np.where(finite, c, -np.inf)[keep], axis=-1)])  # nanargmax: first of ties
+    return np.concatenate(best)
 
 
 def _entries(flag: np.ndarray) -> np.ndarray:
@@ -108,14 +225,8 @@ def _pair(
         correlation_at_0=None if not np.isfinite(corr[max_lag]) else round(float(corr[max_lag]), 6),
     )
     block = min(2 * max_lag, n // 4)
-    boot = []
-    for _ in range(n_boot):
-        starts = rng.integers(0, n - block + 1, size=int(np.ceil(n / block)))
-        idx = np.concatenate([np.arange(s, s + block) for s in starts])[:n]
-        c = _xcorr(sa[idx], sb[idx], lags)
-        if np.isfinite(c).any():
-            boot.append(int(lags[int(np.nanargmax(c))]))
-    if boot:
+    boot = _block_bootstrap_lags(sa, sb, lags, block, n_boot, rng)
+    if boot.size:
         lo, hi = np.percentile(boot, [5, 95])
         lead["interval90"] = [int(np.floor(lo)), int(np.ceil(hi))]
     ea, eb = _entries(sa > 0.5), _entries(sb > 0.5)
