@@ -1,34 +1,265 @@
-"""Speed benchmark of regime_dmm.
+"""Speed of regime_dmm, beside a pinned earlier commit and hmmlearn, in one process on one machine.
 
-(a) Wall time and log-likelihood of ``rd.fit()`` with the default configuration
-    (embedded simulated data, 2 markets x 2,500 days, K=4, all restarts included).
-(b) Forward+backward time of ``regime_dmm.inference.log_normalizer`` (log Z through
-    pyro's DiscreteHMM) for several series lengths, float64 and float32, and the time
-    of ``regime_dmm.inference.posterior`` (smoothed/filtered/pairwise marginals).
+(a) The default fit (``rd.fit()``: embedded simulated data, 2 markets x 2,500 days, K = 4): wall time and
+    log-likelihood of this checkout; of ``--baseline`` (a commit, checked out in a temporary ``git worktree``
+    and run in a subprocess with the same interpreter); and of hmmlearn's ``GaussianHMM`` (K = 4, diagonal,
+    best of 10 seeds, 500 iterations, tol 1e-6) on each market's observed returns. Prints the ratio of this
+    checkout's wall time to hmmlearn's.
+(b) This checkout's default fit by phase: warm start (its L-BFGS, the df grid, EM), training (Adam epochs
+    and L-BFGS iterations), results, and the outputs a CLI run adds (plots, ArviZ export, netCDF).
+(c) A warm walk-forward refit: one market of 5,000 days fitted, then refitted on the same days and 20 more
+    from the first fit's parameters as ``regime-dmm walkforward`` does (one restart, ``refit_epochs`` 100).
+(d) ``select`` over K = 2..6 on the embedded default (``--select``).
+(e) Scale (``--scale``): 32 markets x 2,500 days in one model and 1 market x 20,000 days, one restart each,
+    wall time and peak memory, each in its own process.
+(f) The inference kernels: ``log_normalizer`` forward+backward, ``expected_statistics`` (the EM E-step) and
+    ``posterior`` at several lengths.
 
-Timings are medians over ``--repeats`` runs after one warm-up run. Run one benchmark at
-a time on an otherwise idle machine; ``torch.get_num_threads()`` is printed because the
-numbers depend on it.
+Run one benchmark at a time on an otherwise idle machine (absolute times move by a quarter between runs:
+compare within one run). ``torch.get_num_threads()`` is printed because the numbers depend on it.
 
-    python benchmarks/bench_speed.py                 # everything
-    python benchmarks/bench_speed.py --skip-fit      # kernels only
-    python benchmarks/bench_speed.py --lengths 1000 10000 --repeats 5
+    python benchmarks/bench_speed.py                       # (a), (b), (c), (f)
+    python benchmarks/bench_speed.py --select --scale      # and (d), (e)
+    python benchmarks/bench_speed.py --baseline none       # without the earlier commit
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import torch
 
 import regime_dmm as rd
-from regime_dmm.inference import log_normalizer, posterior
+from regime_dmm.inference import expected_statistics, log_normalizer, posterior
+
+ROOT = Path(__file__).resolve().parents[1]
+#: regime-dmm 0.3.0 as it stood before the fast-fit work (issue #18).
+BASELINE = "03e3997"
 
 
+def time_call(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- (a) the default fit, beside the baseline and hmmlearn ------------------------------------------------
+_FIT_SNIPPET = """
+import json, time, regime_dmm as rd
+start = time.perf_counter()
+fit = rd.fit()
+print(json.dumps({"wall": time.perf_counter() - start, "loglik": fit.log_likelihood, "version": rd.__version__}))
+"""
+
+
+@contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """A temporary detached ``git worktree`` of ``commit``, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="regime-dmm-baseline-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True, capture_output=True
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False, capture_output=True
+            )
+
+
+def run_fit_in(src: Path) -> dict:
+    """The default fit of the package under ``src`` in a subprocess of this interpreter (wall, loglik)."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", _FIT_SNIPPET], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def hmmlearn_fit(frame) -> tuple[float, float]:
+    """hmmlearn GaussianHMM, K = 4, best of 10 seeds per market on its observed returns: (wall s, log-lik)."""
+    from hmmlearn.hmm import GaussianHMM
+
+    start, total = time.perf_counter(), 0.0
+    for _, rows in frame.groupby("market", sort=False):
+        price = rows["price"].to_numpy(dtype=float)
+        returns = np.diff(np.log(price))
+        x = returns[np.isfinite(returns) & (returns != 0)][:, None]
+        best = -np.inf
+        for seed in range(10):
+            model = GaussianHMM(n_components=4, covariance_type="diag", n_iter=500, tol=1e-6, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    model.fit(x)
+                    best = max(best, model.score(x))
+                except ValueError:
+                    continue
+        total += best
+    return time.perf_counter() - start, total
+
+
+def bench_default_fit(baseline: str) -> None:
+    print("== (a) the default fit (embedded data, 2 markets x 2,500 days, K = 4) ==")
+    cfg = rd.FitConfig()
+    tc = cfg.training
+    print(
+        f"config: optimizer={tc.optimizer}, epochs={tc.epochs}, anneal_epochs={tc.anneal_epochs}, "
+        f"restarts={tc.restarts}, emission={cfg.model.emission}, pooling={cfg.model.pooling}"
+    )
+    rows = []
+    new = run_fit_in(ROOT / "src")
+    rows.append((f"regime-dmm {new['version']} (this checkout)", new["wall"], new["loglik"]))
+    if baseline != "none":
+        with worktree(baseline) as tree:
+            old = run_fit_in(tree / "src")
+        rows.append((f"regime-dmm {old['version']} ({baseline})", old["wall"], old["loglik"]))
+    wall_h, ll_h = hmmlearn_fit(rd.simulate_default(0).frame)
+    rows.append(("hmmlearn GaussianHMM, best of 10 seeds per market", wall_h, ll_h))
+    print("| fit | wall s | log-likelihood (nats) |\n|---|---|---|")
+    for name, wall, ll in rows:
+        print(f"| {name} | {wall:.1f} | {ll:.3f} |")
+    print(f"this checkout / hmmlearn wall time: {new['wall'] / wall_h:.2f}")
+    if baseline != "none":
+        print(f"this checkout / {baseline} wall time: {new['wall'] / rows[1][1]:.2f}")
+    print("(hmmlearn's log-likelihood is of the returns alone, Gaussian, without the masked days: not comparable)")
+    print()
+
+
+# ---- (b) phases ---------------------------------------------------------------------------------------------
+def bench_phases() -> None:
+    """The default fit with its phases timed by wrapping the functions that make them."""
+    from regime_dmm import fitting, outputs
+    from regime_dmm.training import starting_values, svi, variants
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    calls: dict[str, int] = collections.defaultdict(int)
+    originals = []
+
+    def wrap(owner, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+        originals.append((owner, name, fn))
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - start
+                calls[label] += 1
+
+        setattr(owner, name, timed)
+
+    wrap(variants.Variant, "starting_values", "warm start")
+    wrap(starting_values, "train_lbfgs", "  its L-BFGS (classic HMMs)")
+    wrap(starting_values, "_with_best_df", "  its df grid")
+    wrap(starting_values, "em_polish", "  its EM")
+    wrap(starting_values, "em_map", "  its MAP EM (rare-regime guard)")
+    wrap(variants.Variant, "train", "training")
+    wrap(svi, "_lbfgs_iteration", "  its L-BFGS iterations")
+    wrap(fitting, "compute_results", "results (posterior, summaries)")
+    wrap(fitting, "cross_market", "cross-market report")
+    wrap(outputs, "write_outputs", "outputs (CSV, JSON, plots, ArviZ, netCDF)")
+    try:
+        start = time.perf_counter()
+        fit = rd.fit()
+        fitted_at = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            outputs.write_outputs(fit, Path(tmp) / "out")
+        total = time.perf_counter() - start
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    print("== (b) the default fit by phase (this checkout) ==")
+    print(f"rd.fit(): {fitted_at - start:.2f} s; with the CLI's outputs: {total:.2f} s")
+    print("| phase | seconds | share of the fit and outputs | calls |\n|---|---|---|---|")
+    for label, seconds in spent.items():
+        print(f"| {label} | {seconds:.2f} | {seconds / total:.0%} | {calls[label]} |")
+    epochs = fit.history.groupby("restart")["optimizer"].value_counts().unstack(fill_value=0)
+    print(f"epochs per restart by optimizer:\n{epochs.to_string()}")
+    print()
+
+
+# ---- (c) a warm walk-forward refit -------------------------------------------------------------------------
+def bench_refit() -> None:
+    frame = rd.simulate_default(0, n_days=5021).frame
+    first = frame[frame["market"] == "traditional_cre"]
+    dates = sorted(first["date"].unique())
+    config = rd.FitConfig().replace(training={"restarts": 1})
+    start = time.perf_counter()
+    fit = rd.fit(first[first["date"] <= dates[-21]], config)
+    full = time.perf_counter() - start
+    refit_cfg = config.replace(training={"epochs": 100, "restarts": 1, "anneal_epochs": 0})
+    start = time.perf_counter()
+    refit = rd.fit(first, refit_cfg, initial_params=fit.fitted.parameters())
+    warm = time.perf_counter() - start
+    print("== (c) walk-forward refit, 1 market x 5,000 days ==")
+    print(
+        f"first fit: {full:.2f} s; warm refit with 20 more days: {warm:.2f} s "
+        f"({int(refit.history['epoch'].max())} epochs)"
+    )
+    print()
+
+
+# ---- (d) select ---------------------------------------------------------------------------------------------
+def bench_select() -> None:
+    from regime_dmm.selection import select_regimes
+
+    start = time.perf_counter()
+    table = select_regimes(None, ks=range(2, 7))
+    print("== (d) select K = 2..6 on the embedded default ==")
+    print(f"wall: {time.perf_counter() - start:.1f} s; best K by held-out log-likelihood: {int(table.iloc[0]['K'])}")
+    print()
+
+
+# ---- (e) scale ----------------------------------------------------------------------------------------------
+_SCALE_SNIPPET = """
+import json, resource, sys, time
+import regime_dmm as rd
+from regime_dmm.data import DEFAULT_SPECS, simulate_markets
+markets, days = int(sys.argv[1]), int(sys.argv[2])
+specs = [{**DEFAULT_SPECS[i % 2].__dict__, "name": f"m{i:02d}"} for i in range(markets)]
+frame = simulate_markets(specs, seed=0, n_days=days + 1).frame
+start = time.perf_counter()
+fit = rd.fit(frame, rd.FitConfig().replace(training={"restarts": 1}))
+wall = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall": wall, "peak_mib": peak, "epochs": int(fit.history["epoch"].max())}))
+"""
+
+
+def bench_scale() -> None:
+    print("== (e) scale: one restart, each in its own process ==")
+    print("| markets x days | wall s | peak memory MiB | epochs |\n|---|---|---|---|")
+    for markets, days in ((2, 2500), (8, 2500), (32, 2500), (1, 5000), (1, 20000)):
+        out = subprocess.run(
+            [sys.executable, "-c", _SCALE_SNIPPET, str(markets), str(days)], check=True, capture_output=True, text=True
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {markets} x {days} | {r['wall']:.1f} | {r['peak_mib']:.0f} | {r['epochs']} |", flush=True)
+    print()
+
+
+# ---- (f) kernels --------------------------------------------------------------------------------------------
 def make_potentials(batch: int, steps: int, k: int, dtype: torch.dtype, seed: int = 0):
     """Random, properly normalised, time-varying log-potentials (leaf tensors with grad)."""
     gen = torch.Generator().manual_seed(seed)
@@ -39,236 +270,54 @@ def make_potentials(batch: int, steps: int, k: int, dtype: torch.dtype, seed: in
     return tuple(t.detach().requires_grad_(True) for t in (log_init, log_trans, obs_ll))
 
 
-def _zero_grads(tensors) -> None:
-    for t in tensors:
-        t.grad = None
+def bench_kernels(lengths: list[int], k: int, batch: int, repeats: int) -> None:
+    print(f"== (f) inference kernels, batch {batch}, K = {k}, float64, median ms ==")
+    print("| T | log_normalizer f+b | expected_statistics (E-step) | posterior (filtered too) |\n|---|---|---|---|")
+    for steps in lengths:
+        inputs = make_potentials(batch, steps, k, torch.float64)
 
+        def fb(inputs=inputs):
+            for t in inputs:
+                t.grad = None
+            log_normalizer(*inputs).sum().backward()
 
-def time_call(fn, repeats: int) -> tuple[float, float, float]:
-    """(median, min, max) seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
-def bench_log_normalizer(batch: int, steps: int, k: int, dtype: torch.dtype, repeats: int):
-    inputs = make_potentials(batch, steps, k, dtype)
-
-    def forward():
+        n = repeats if steps < 100_000 else 3
+        cells = [time_call(fb, n), time_call(lambda inputs=inputs: expected_statistics(*inputs), n)]
         with torch.no_grad():
-            log_normalizer(*inputs)
-
-    def forward_backward():
-        _zero_grads(inputs)
-        log_normalizer(*inputs).sum().backward()
-
-    fwd = time_call(forward, repeats)
-    fb = time_call(forward_backward, repeats)
-    return fwd, fb
-
-
-def bench_posterior(batch: int, steps: int, k: int, dtype: torch.dtype, repeats: int):
-    inputs = make_potentials(batch, steps, k, dtype)
-
-    def forward():
-        with torch.no_grad():
-            posterior(*inputs)
-
-    def forward_backward():  # e.g. a penalty on regime usage trained through the marginals
-        _zero_grads(inputs)
-        post = posterior(*inputs)
-        (post.log_z.sum() + post.smoothed.mean(1).pow(2).sum()).backward()
-
-    fwd = time_call(forward, repeats)
-    fb = time_call(forward_backward, repeats)
-    return fwd, fb
-
-
-def bench_default_fit() -> None:
-    print("== (a) rd.fit() with the default FitConfig (embedded data) ==")
-    cfg = rd.FitConfig()
-    tc, mc = cfg.training, cfg.model
-    print(
-        f"config: K={mc.num_regimes}, inference={tc.inference}, guide={tc.guide}, epochs={tc.epochs}, "
-        f"restarts={tc.restarts}, dtype={tc.dtype}, seed={tc.seed}"
-    )
-    monitor = OthersMonitor()
-    start, cpu0 = time.perf_counter(), time.process_time()
-    fit = rd.fit(config=cfg)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    print(f"wall time: {wall:.1f} s (CPU time of this process: {cpu:.1f} s)")
-    print(monitor.report("the fit"))
-    print(f"log-likelihood (sum over markets, input units): {fit.log_likelihood:.3f}")
-    for m in fit.markets:
-        print(
-            f"  {m.name:>16s}: T={len(m.dates)}, log-likelihood {m.log_likelihood:.3f}, "
-            f"usage {[round(float(u), 3) for u in m.usage]}"
-        )
-    for r in fit.restarts:
-        print(f"  restart {r}")
-    if fit.truth is not None:
-        acc = []
-        for m, truth in zip(fit.markets, _truth_paths(fit)):
-            if truth is not None and len(truth) == len(m.smoothed):
-                acc.append(float((m.smoothed.argmax(-1) == truth).mean()))
-        if acc:
-            print(
-                f"  accuracy of the most probable smoothed regime vs. the true regimes: "
-                f"{', '.join(f'{a:.3f}' for a in acc)}"
-            )
+            cells.append(time_call(lambda inputs=inputs: posterior(*inputs), n))
+        print(f"| {steps} | " + " | ".join(f"{1000 * c:.1f}" for c in cells) + " |", flush=True)
     print()
-
-
-def _truth_paths(fit):
-    """True regime paths of the embedded simulation (dict market -> (n_days-1,) int), aligned to the fitted days."""
-    truth = getattr(fit.truth, "true_regimes", None) or {}
-    out = []
-    for m in fit.markets:
-        path = truth.get(m.name)
-        out.append(None if path is None else path[-len(m.dates) :])
-    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-fit", action="store_true", help="skip (a), the default fit")
-    parser.add_argument("--skip-kernels", action="store_true", help="skip (b), the inference kernels")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 5000, 10000, 100000])
+    parser.add_argument("--baseline", default=BASELINE, help=f"commit to compare with (default {BASELINE}; none)")
+    parser.add_argument("--skip-fit", action="store_true", help="skip (a) and (b)")
+    parser.add_argument("--skip-refit", action="store_true", help="skip (c)")
+    parser.add_argument("--select", action="store_true", help="run (d)")
+    parser.add_argument("--scale", action="store_true", help="run (e)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[500, 2500, 10000, 100000])
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (3 for T >= 100000)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default, one per core)"
-    )
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     print(
-        f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
+        f"regime-dmm {rd.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
-    _print_load("at start")
     print()
     if not args.skip_fit:
-        bench_default_fit()
-    if args.skip_kernels:
-        return
-
-    monitor = OthersMonitor()
-    print(f"== (b) log_normalizer (B={args.batch}, K={args.k}); median [min-max] of repeats after a warm-up ==")
-    header = (
-        f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s} {'f+b us/step':>12s}"
-    )
-    print(header)
-    print("-" * len(header))
-    for steps in args.lengths:
-        for dtype in (torch.float64, torch.float32):
-            reps = args.repeats if steps < 100000 else min(args.repeats, 3)
-            fwd, fb = bench_log_normalizer(args.batch, steps, args.k, dtype, reps)
-            print(
-                f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {reps:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s} "
-                f"{1e6 * fb[0] / steps:>12.2f}"
-            )
-    print()
-
-    steps = 5000
-    print(f"== posterior() marginals (B={args.batch}, T={steps}, K={args.k}) ==")
-    header = f"{'T':>7s} {'dtype':>8s} {'reps':>4s} {'forward ms':>22s} {'forward+backward ms':>22s}"
-    print(header)
-    print("-" * len(header))
-    for dtype in (torch.float64, torch.float32):
-        fwd, fb = bench_posterior(args.batch, steps, args.k, dtype, args.repeats)
-        print(f"{steps:>7d} {str(dtype).replace('torch.', ''):>8s} {args.repeats:>4d} {_fmt(fwd):>22s} {_fmt(fb):>22s}")
-
-    # Consistency: the two routes to log Z agree.
-    inputs = make_potentials(args.batch, steps, args.k, torch.float64)
-    with torch.no_grad():
-        diff = (log_normalizer(*inputs) - posterior(*inputs).log_z).abs().max().item()
-    print(f"max |log_normalizer - posterior.log_z| (float64, T={steps}): {diff:.3e}")
-    print(monitor.report("the kernel timings"))
-    _print_load("at end")
-
-
-def _print_load(when: str) -> None:
-    """Other processes on the machine distort the timings (torch threads oversubscribe the cores).
-
-    Prints the load average and, on Linux, the share of CPU time used over the next second
-    (by anything: this process is idle meanwhile, so it measures the others).
-    """
-    try:
-        load = os.getloadavg()
-    except OSError:
-        return
-    busy = _cpu_busy_share()
-    busy_s = "" if busy is None else f"; CPUs busy over 1 s: {100 * busy:.0f}%"
-    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{busy_s}")
-    if busy is not None and busy > 0.2:
-        print("WARNING: other processes are using the CPUs; timings will be inflated (use an idle machine)")
-
-
-class OthersMonitor:
-    """Share of the machine's CPU time used by *other* processes between start() and share().
-
-    Linux only (``/proc/stat``); ``share()`` is None elsewhere. A share above a few percent
-    means the section's timings are inflated.
-    """
-
-    def __init__(self) -> None:
-        self.start()
-
-    @staticmethod
-    def _stat():
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]  # guest time is already in user
-        return sum(values), sum(values) - values[3] - values[4]
-
-    def start(self) -> None:
-        try:
-            self._t0 = self._stat()
-        except (OSError, ValueError, IndexError):
-            self._t0 = None
-        self._own0 = time.process_time()
-
-    def share(self) -> float | None:
-        if self._t0 is None:
-            return None
-        total1, busy1 = self._stat()
-        hz = os.sysconf("SC_CLK_TCK")
-        total = (total1 - self._t0[0]) / hz
-        others = (busy1 - self._t0[1]) / hz - (time.process_time() - self._own0)
-        return max(others, 0.0) / max(total, 1e-9)
-
-    def report(self, section: str) -> str:
-        share = self.share()
-        if share is None:
-            return ""
-        warn = "  WARNING: timings inflated" if share > 0.05 else ""
-        return f"[other processes used {100 * share:.0f}% of the CPUs during {section}]{warn}"
-
-
-def _cpu_busy_share(interval: float = 1.0) -> float | None:
-    def sample():
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]  # guest time is already in user
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(interval)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def _fmt(stats: tuple[float, float, float]) -> str:
-    med, lo, hi = (1e3 * s for s in stats)
-    return f"{med:.2f} [{lo:.2f}-{hi:.2f}]"
+        bench_default_fit(args.baseline)
+        bench_phases()
+    if not args.skip_refit:
+        bench_refit()
+    if args.select:
+        bench_select()
+    if args.scale:
+        bench_scale()
+    bench_kernels(args.lengths, args.k, args.batch, args.repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of this process: {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

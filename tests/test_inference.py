@@ -1,10 +1,9 @@
 """The exact-inference core against brute-force enumeration of all K^T paths."""
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
-
-import pyro.distributions as dist
 
 from regime_dmm.inference import (
     expected_statistics,

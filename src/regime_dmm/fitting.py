@@ -154,7 +154,7 @@ def fit(
             kept.history,
             config.model.num_regimes,
             reference_usage=reference,
-            after_warmup_epoch=int((tc.warmup_fraction + tc.ramp_fraction) * tc.epochs),
+            after_warmup_epoch=config.annealing_epochs(variant.refines(config)),
             markets=[m.name for m in markets],
             num_days=int(model_data.mask.sum()),
         )

@@ -7,8 +7,8 @@ calls it rather than re-implementing the recursions.
 
 from .exact import (
     ExpectedStatistics,
-    expected_statistics,
     HMMPosterior,
+    expected_statistics,
     forecast,
     last_filtered,
     log_normalizer,

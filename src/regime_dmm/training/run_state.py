@@ -22,7 +22,7 @@ from .svi import LoopState
 
 __all__ = ["BestRestart", "DataIdentity", "InProgress", "RESUME_FORMAT", "RestartRecord", "RunCheckpoint", "RunState"]
 
-RESUME_FORMAT = "regime-dmm-resume/2"
+RESUME_FORMAT = "regime-dmm-resume/3"  # 3: the loop state holds the L-BFGS refinement's state
 
 
 @dataclass

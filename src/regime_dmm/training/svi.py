@@ -66,6 +66,7 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     faults: list[dict] = field(default_factory=list)
     optimizer: dict | None = None  # ClippedAdam state_dict
+    lbfgs: dict | None = None  # the L-BFGS refinement's state_dict, once it has started
 
     def to_dict(self) -> dict:
         """Plain data for a checkpoint (tensors and builtins only)."""
@@ -100,6 +101,7 @@ def train_svi(
     schedules: list[Schedule],
     markets: Sequence[str],
     *,
+    schedule_epochs: int | None = None,
     elbo: Trace_ELBO,
     batches: Callable[[int], list[Any]] | None = None,
     restart: int = 0,
@@ -108,33 +110,62 @@ def train_svi(
     max_faults: int = 5,
     loop: LoopState | None = None,
     on_epoch: Callable[[LoopState], None] | None = None,
+    refine_after: int | None = None,
 ) -> TrainOutcome:
     """Run SVI for ``training.epochs`` epochs (or until the loss plateaus) with ClippedAdam.
 
     ``elbo``: the objective (``Trace_ELBO`` for the exact models); ``batches(epoch)``: the
     minibatches of one epoch (None: one full-data step). ``loop`` continues a checkpointed run;
-    ``on_epoch(loop)`` is called after every completed epoch (checkpoints, interrupts).
+    ``on_epoch(loop)`` is called after every completed epoch (checkpoints, interrupts). The schedules
+    are called as ``schedule(epoch, schedule_epochs, state)`` (default ``training.epochs``).
+    ``refine_after``: every epoch after this one is on the final objective (beta = 1) and is one iteration of
+    full-batch L-BFGS with a strong-Wolfe line search (Nocedal and Wright 2006, "Numerical Optimization",
+    alg. 7.5 and 3.5) instead of an Adam step, and training stops when the objective has gained less than
+    :data:`CONVERGED_NATS` nats in each of :data:`CONVERGED_ITERATIONS` iterations in a row; it needs a
+    deterministic objective (exact regimes, MAP guide, full batch).
     Raises :class:`TrainingError` after ``max_faults`` consecutive non-finite steps.
     """
     tc = training
+    schedule_epochs = schedule_epochs or tc.epochs
     state = AnnealState()
     loop = loop or LoopState(lr=tc.lr)
     observations = max(int(data.emitting.sum()), 1)  # observed market-days: the per-day log's divisor
     log_every = max(1, tc.epochs // 10)
     bar = _progress(tc.epochs, restart, progress, initial=loop.epoch)
     optimizer = None
+    lbfgs: torch.optim.LBFGS | None = None
     params: dict[str, torch.Tensor] = {}
     for epoch in range(loop.epoch + 1, tc.epochs + 1):
         if loop.stopped_early:
             break
         refresh_threads()  # this fit's share of the cores, as other fits start and end
         for schedule in schedules:
-            schedule(epoch, tc.epochs, state)
+            schedule(epoch, schedule_epochs, state)
         step_losses: list[float] = []
         step_norms: list[dict[str, float]] = []
         diag = None
         carried: tuple[torch.Tensor, torch.Tensor] | None = None  # minibatches: last usage of each market
-        for batch in batches(epoch) if batches is not None else [None]:
+        if refine_after is not None and epoch > refine_after:  # the final objective: L-BFGS to convergence
+            state.beta = 1.0
+            if not params:  # no Adam epoch ran (no warm-up): the parameters are created by one evaluation
+                with torch.no_grad(), pyro.validation_enabled(False):
+                    elbo.differentiable_loss(model.model, guide, data, StepContext(anneal=state))
+                params = dict(pyro.get_param_store().named_parameters())
+            if lbfgs is None:
+                lbfgs = _lbfgs(list(params.values()), loop.lbfgs)
+            problem, first = _lbfgs_iteration(lbfgs, params, lambda: _objective(model, guide, data, elbo, state))
+            if problem is None:
+                assert first is not None
+                loss_value, norms, ctx = first
+                step_losses.append(loss_value)
+                step_norms.append(norms)
+                assert ctx.diagnostics is not None, "the model must write its diagnostics into the step context"
+                carried = _carry(carried, ctx.diagnostics)
+                diag = dict(ctx.diagnostics, usage=carried[0].clone(), entropy=carried[1].clone())
+                loop.consecutive_faults = 0
+            else:
+                _fault(loop, restart, epoch, problem, None, log, max_faults)
+        for batch in (batches(epoch) if batches is not None else [None]) if lbfgs is None else []:
             ctx = StepContext(anneal=state, batch=batch)
             # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
             with pyro.validation_enabled(False):
@@ -164,24 +195,7 @@ def train_svi(
                             p.copy_(before[n])
                     problem = "parameter " + ", ".join(broken[:3])
             if problem is not None:
-                loop.consecutive_faults += 1
-                loop.lr /= 2.0
-                for group in optimizer.param_groups:
-                    group["lr"] = loop.lr
-                event = {
-                    "restart": restart,
-                    "epoch": epoch,
-                    "non_finite": problem,
-                    "action": f"step skipped, lr -> {loop.lr:.3g}",
-                }
-                loop.faults.append(event)
-                if log:
-                    log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {event['action']}")
-                if loop.consecutive_faults >= max_faults:
-                    raise TrainingError(
-                        f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
-                        f"at epoch {epoch}: check the scale of the data (normalisation on?) and lower training.lr"
-                    )
+                _fault(loop, restart, epoch, problem, optimizer, log, max_faults)
                 continue
             loop.consecutive_faults = 0
             step_losses.append(float(loss.detach()))
@@ -191,14 +205,13 @@ def train_svi(
             diag = dict(ctx.diagnostics, usage=carried[0].clone(), entropy=carried[1].clone())
         if not step_losses:  # every step of the epoch was skipped
             loop.epoch = epoch
-            assert optimizer is not None
-            loop.optimizer = optimizer.state_dict()
+            _keep_optimizers(loop, optimizer, lbfgs)
             if on_epoch:
                 on_epoch(loop)
             continue
-        assert diag is not None and optimizer is not None
+        assert diag is not None
         norms = step_norms[0] if len(step_norms) == 1 else _mean_norms(step_norms)
-        row = {
+        row: dict[str, Any] = {
             "restart": restart,
             "epoch": epoch,
             "loss": step_losses[0] if len(step_losses) == 1 else sum(step_losses) / len(step_losses),
@@ -212,6 +225,7 @@ def train_svi(
             "beta": state.beta,
             "tau": state.tau,
             "lr": loop.lr,
+            "optimizer": "lbfgs" if lbfgs is not None else "adam",
             **norms,
         }
         for m, name in enumerate(markets):
@@ -224,8 +238,15 @@ def train_svi(
             bar.set_postfix(loss=f"{row['loss']:.1f}", beta=f"{state.beta:.2f}")
         if log and (epoch % log_every == 0 or epoch == tc.epochs):
             log(f"[restart {restart}] " + format_epoch(row, tc.epochs))
+        if lbfgs is not None:  # converged: the last iterations gained (almost) nothing
+            refined = [r["loss"] for r in loop.history if r.get("optimizer") == "lbfgs"]
+            window = refined[-CONVERGED_WINDOW - 1 :]
+            if len(window) > CONVERGED_WINDOW and window[0] - window[-1] < CONVERGED_GAIN * abs(window[-1]):
+                loop.stopped_early = True
+                if log:
+                    log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (L-BFGS converged)")
         # Early stopping only once the objective is the full ELBO (beta = 1).
-        if state.beta >= 1.0:
+        elif state.beta >= 1.0:
             ref = loop.best if math.isfinite(loop.best) else row["loss"]
             if row["loss"] < loop.best - tc.tolerance * abs(ref):
                 loop.best, loop.since_best = row["loss"], 0
@@ -236,7 +257,7 @@ def train_svi(
                     if log:
                         log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (plateau: stopped early)")
         loop.epoch = epoch
-        loop.optimizer = optimizer.state_dict()
+        _keep_optimizers(loop, optimizer, lbfgs)
         if on_epoch:
             on_epoch(loop)
     if bar is not None:
@@ -329,6 +350,116 @@ def train_lbfgs(
     }
     row.update(_per_day(row, max(int(data.emitting.sum()), 1)), rarity=0.0)
     return TrainOutcome([row], loss, 1, False)
+
+
+#: L-BFGS refinement has converged when the last this many iterations together ...
+CONVERGED_WINDOW = 10
+#: ... gained less than this share of the objective (nats per nat).
+CONVERGED_GAIN = 1e-4
+
+
+def _objective(
+    model: RegimeModel, guide: RegimeGuide, data: ModelData, elbo: Trace_ELBO, state: AnnealState
+) -> tuple[torch.Tensor, StepContext]:
+    """The loss of one full-data step at the current parameters, with the step's context (diagnostics)."""
+    ctx = StepContext(anneal=state)
+    with pyro.validation_enabled(False):  # a non-finite value must reach the checks, not raise inside Pyro
+        return elbo.differentiable_loss(model.model, guide, data, ctx), ctx
+
+
+def _lbfgs(params: list[torch.Tensor], saved: dict | None) -> torch.optim.LBFGS:
+    """One L-BFGS iteration per ``step`` (an epoch), its memory carried from step to step (and checkpoints)."""
+    lbfgs = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=1,
+        max_eval=25,  # the line search's evaluations (the default, 5/4 of max_iter, would allow none)
+        history_size=20,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+    if saved is not None:
+        lbfgs.load_state_dict(saved)
+    return lbfgs
+
+
+def _lbfgs_iteration(
+    lbfgs: torch.optim.LBFGS,
+    params: dict[str, torch.Tensor],
+    evaluate: Callable[[], tuple[torch.Tensor, StepContext]],
+) -> tuple[str | None, tuple[float, dict[str, float], StepContext] | None]:
+    """One L-BFGS iteration. Returns ``(problem, first)``: ``first`` holds the loss, gradient norms and
+    context of the evaluation at the starting point (the epoch's row); ``problem`` names what was not
+    finite there, or in the parameters after the step (then rolled back), else None. Trial points of the
+    line search whose loss or gradient is not finite count as an infinite loss, so the search backs off."""
+    evaluations: list[tuple[float, dict[str, float], StepContext] | str] = []
+
+    def closure() -> torch.Tensor:
+        refresh_threads()
+        lbfgs.zero_grad()
+        loss, ctx = evaluate()
+        if torch.isfinite(loss):
+            loss.backward()
+            bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if not bad:
+                evaluations.append((float(loss.detach()), _grad_norms(params) if not evaluations else {}, ctx))
+                return loss.detach()
+            evaluations.append("gradient of " + ", ".join(bad[:3]))
+        else:
+            evaluations.append("loss")
+        lbfgs.zero_grad()
+        return torch.tensor(math.inf, dtype=loss.dtype)
+
+    before = {n: p.detach().clone() for n, p in params.items()}
+    lbfgs.step(closure)
+    first = evaluations[0]
+    if isinstance(first, str):
+        return first, None
+    broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if broken:  # roll back to the last finite state
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(before[n])
+        return "parameter " + ", ".join(broken[:3]), None
+    return None, first
+
+
+def _fault(
+    loop: LoopState,
+    restart: int,
+    epoch: int,
+    problem: str,
+    optimizer: ClippedAdam | None,
+    log: Callable[[str], None] | None,
+    max_faults: int,
+) -> None:
+    """Record a skipped step (Adam: the learning rate halved); :class:`TrainingError` after ``max_faults`` in a row."""
+    loop.consecutive_faults += 1
+    if optimizer is not None:
+        loop.lr /= 2.0
+        for group in optimizer.param_groups:
+            group["lr"] = loop.lr
+        action = f"step skipped, lr -> {loop.lr:.3g}"
+    else:
+        action = "L-BFGS step rolled back"
+    event = {"restart": restart, "epoch": epoch, "non_finite": problem, "action": action}
+    loop.faults.append(event)
+    if log:
+        log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {action}")
+    if loop.consecutive_faults >= max_faults:
+        raise TrainingError(
+            f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
+            f"at epoch {epoch}: check the scale of the data (normalisation on?) and lower training.lr"
+        )
+
+
+def _keep_optimizers(loop: LoopState, adam: ClippedAdam | None, lbfgs: torch.optim.LBFGS | None) -> None:
+    """The optimisers' states into the loop state (what a checkpoint keeps)."""
+    if adam is not None:
+        loop.optimizer = adam.state_dict()
+    if lbfgs is not None:
+        loop.lbfgs = lbfgs.state_dict()
 
 
 def _per_day(row: dict[str, Any], observations: int) -> dict[str, float]:

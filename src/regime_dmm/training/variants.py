@@ -136,7 +136,14 @@ class Variant:
             progress=progress,
             loop=loop,
             on_epoch=on_epoch,
+            refine_after=config.annealing_epochs(True) if self.refines(config) else None,
+            schedule_epochs=config.schedule_epochs(self.refines(config)),
         )
+
+    def refines(self, config: FitConfig) -> bool:
+        """Whether training ends in L-BFGS on the final objective (``training.optimizer: lbfgs`` with a
+        deterministic objective: exact regimes and the map guide)."""
+        return False
 
     def restart_score(self, outcome: TrainOutcome) -> float:
         """Lower is better: the final objective."""
@@ -175,6 +182,10 @@ class ExactVariant(Variant):
         assert isinstance(model, ExactRegimeDMM)
         return GlobalsGuide(model, config.training.guide, model.ladder_starting_values(values))
 
+    def refines(self, config: FitConfig) -> bool:
+        """L-BFGS after the annealing phase with the map guide (a deterministic objective) and ``optimizer: lbfgs``."""
+        return config.training.optimizer == "lbfgs" and config.training.guide == "map"
+
 
 class RelaxedVariant(ExactVariant):
     """Gumbel-Softmax regimes with an inference network (the hand-rolled DMM, instrumented)."""
@@ -197,6 +208,10 @@ class RelaxedVariant(ExactVariant):
         assert isinstance(model, RelaxedRegimeDMM)
         values = model.ladder_starting_values(values)
         return RelaxedGuide(model, values, hidden_size=config.model.hidden_size, dtype=dtype)
+
+    def refines(self, config: FitConfig) -> bool:
+        """Never: the relaxed objective is a one-sample ELBO estimate over minibatches (Adam throughout)."""
+        return False
 
     def elbo(self) -> Trace_ELBO:
         """``TraceMeanField_ELBO``: the regime sites' KL is the registered chain-rule categorical KL."""
