@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import platform
 import resource
@@ -99,6 +100,7 @@ def hmmlearn_fit(frame) -> tuple[float, float]:
     """hmmlearn GaussianHMM, K = 4, best of 10 seeds per market on its observed returns: (wall s, log-lik)."""
     from hmmlearn.hmm import GaussianHMM
 
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # its "Model is not converging" lines
     start, total = time.perf_counter(), 0.0
     for _, rows in frame.groupby("market", sort=False):
         price = rows["price"].to_numpy(dtype=float)
