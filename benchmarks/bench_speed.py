@@ -12,8 +12,9 @@
 (d) ``select`` over K = 2..6 on the embedded default (``--select``).
 (e) Scale (``--scale``): 32 markets x 2,500 days in one model and 1 market x 20,000 days, one restart each,
     wall time and peak memory, each in its own process.
-(f) The inference kernels: ``log_normalizer`` forward+backward, ``expected_statistics`` (the EM E-step) and
-    ``posterior`` at several lengths.
+(b2) The cross-market report at 2, 8 and 32 markets (copies of the default fit's markets).
+(f) The inference kernels: ``log_normalizer`` forward+backward (and 0.3.0's, through ``DiscreteHMM``),
+    ``expected_statistics`` (the EM E-step) and ``posterior`` (0.3.0's E-step) at several lengths.
 
 Run one benchmark at a time on an otherwise idle machine (absolute times move by a quarter between runs:
 compare within one run). ``torch.get_num_threads()`` is printed because the numbers depend on it.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -199,6 +201,22 @@ def bench_phases() -> None:
     epochs = fit.history.groupby("restart")["optimizer"].value_counts().unstack(fill_value=0)
     print(f"epochs per restart by optimizer:\n{epochs.to_string()}")
     print()
+    bench_cross_market(fit)
+
+
+def bench_cross_market(fit: rd.RegimeFit) -> None:
+    """The cross-market report (co-occurrence, lead/lag with its 200-resample bootstrap) of M markets: copies of
+    the default fit's two markets under other names (it reads only their dates and smoothed probabilities)."""
+    from regime_dmm.cross_market import cross_market
+
+    print("== (b2) the cross-market report, copies of the default fit's markets ==")
+    print("| markets | pairs | seconds |\n|---|---|---|")
+    for m in (2, 8, 32):
+        markets = [dataclasses.replace(fit.markets[i % 2], name=f"m{i:02d}") for i in range(m)]
+        start = time.perf_counter()
+        cross_market(dataclasses.replace(fit, markets=markets), seed=0)
+        print(f"| {m} | {m * (m - 1) // 2} | {time.perf_counter() - start:.2f} |", flush=True)
+    print()
 
 
 # ---- (c) a warm walk-forward refit -------------------------------------------------------------------------
@@ -272,9 +290,28 @@ def make_potentials(batch: int, steps: int, k: int, dtype: torch.dtype, seed: in
     return tuple(t.detach().requires_grad_(True) for t in (log_init, log_trans, obs_ll))
 
 
+def discrete_hmm_log_z(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torch.Tensor) -> torch.Tensor:
+    """log Z as regime-dmm 0.3.0 computed it: ``pyro.distributions.DiscreteHMM`` with p(z_0) in step 0's rows."""
+    import pyro.distributions as dist
+
+    batch, steps, k = obs_ll.shape
+    first = log_init[..., None, None, :].expand(log_trans[..., :1, :, :].shape)
+    hmm = dist.DiscreteHMM(
+        torch.zeros(batch, k, dtype=obs_ll.dtype),
+        torch.cat([first, log_trans[..., 1:, :, :]], dim=-3),
+        dist.Delta(torch.zeros_like(obs_ll), log_density=obs_ll, validate_args=False),
+        duration=steps,
+        validate_args=False,
+    )
+    return hmm.log_prob(torch.zeros(batch, steps, dtype=obs_ll.dtype))
+
+
 def bench_kernels(lengths: list[int], k: int, batch: int, repeats: int) -> None:
     print(f"== (f) inference kernels, batch {batch}, K = {k}, float64, median ms ==")
-    print("| T | log_normalizer f+b | expected_statistics (E-step) | posterior (filtered too) |\n|---|---|---|---|")
+    print(
+        "| T | log_normalizer f+b | pyro DiscreteHMM f+b (0.3.0's log Z) | expected_statistics (E-step) "
+        "| posterior (filtered too; 0.3.0's E-step) |\n|---|---|---|---|---|"
+    )
     for steps in lengths:
         inputs = make_potentials(batch, steps, k, torch.float64)
 
@@ -283,8 +320,14 @@ def bench_kernels(lengths: list[int], k: int, batch: int, repeats: int) -> None:
                 t.grad = None
             log_normalizer(*inputs).sum().backward()
 
+        def fb_pyro(inputs=inputs):
+            for t in inputs:
+                t.grad = None
+            discrete_hmm_log_z(*inputs).sum().backward()
+
         n = repeats if steps < 100_000 else 3
-        cells = [time_call(fb, n), time_call(lambda inputs=inputs: expected_statistics(*inputs), n)]
+        cells = [time_call(fb, n), time_call(fb_pyro, n)]
+        cells.append(time_call(lambda inputs=inputs: expected_statistics(*inputs), n))
         with torch.no_grad():
             cells.append(time_call(lambda inputs=inputs: posterior(*inputs), n))
         print(f"| {steps} | " + " | ".join(f"{1000 * c:.1f}" for c in cells) + " |", flush=True)

@@ -68,6 +68,16 @@ def test_log_normalizer_equals_pyro_discrete_hmm():
     np.testing.assert_allclose(log_normalizer(log_init, log_trans, obs_ll).numpy(), expected.numpy(), atol=1e-9)
 
 
+def test_a_step_no_regime_can_emit_gives_minus_infinity():
+    """A day every regime finds impossible makes the likelihood zero wherever it falls (the training loop's
+    finiteness checks rely on it)."""
+    log_init, log_trans, obs_ll = random_potentials(10, batch=1, steps=9, k=3)
+    for t in (0, 4, 8):
+        bad = obs_ll.clone()
+        bad[0, t] = -float("inf")
+        assert log_normalizer(log_init, log_trans, bad).item() == -float("inf")
+
+
 def test_filtered_last_step_is_enumeration_of_prefix():
     log_init, log_trans, obs_ll = random_potentials(5, steps=6, k=3)
     post = posterior(log_init, log_trans, obs_ll)

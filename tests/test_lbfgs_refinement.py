@@ -73,3 +73,55 @@ def test_bad_optimizer_settings_are_refused():
         rd.FitConfig().replace(training={"optimizer": "sgd"})
     with pytest.raises(ConfigError, match="training.anneal_epochs"):
         rd.FitConfig().replace(training={"anneal_epochs": -1})
+
+
+def _failing_trials(monkeypatch, fails) -> dict:
+    """Make L-BFGS trial evaluations fail (a non-finite loss) where ``fails(iteration, call)`` says so."""
+    import regime_dmm.training.svi as svi
+
+    count = {"iteration": 0, "call": 0, "failed": 0}
+    iteration, objective = svi._lbfgs_iteration, svi._objective
+
+    def counted_iteration(*args, **kwargs):
+        count["iteration"] += 1
+        count["call"] = 0
+        return iteration(*args, **kwargs)
+
+    def failing_objective(*args, **kwargs):
+        loss, ctx = objective(*args, **kwargs)
+        count["call"] += 1
+        if fails(count["iteration"], count["call"]):
+            count["failed"] += 1
+            return loss * float("nan"), ctx
+        return loss, ctx
+
+    monkeypatch.setattr(svi, "_lbfgs_iteration", counted_iteration)
+    monkeypatch.setattr(svi, "_objective", failing_objective)
+    return count
+
+
+@pytest.mark.slow
+def test_a_failed_trial_point_is_backed_off_from(frame, monkeypatch):
+    clean = rd.fit(frame, config(epochs=60))
+    # the first trial of every other iteration fails: the line search must back off, not stall
+    count = _failing_trials(monkeypatch, lambda it, call: it % 2 == 0 and call == 1)
+    faulty = rd.fit(frame, config(epochs=60))
+    assert count["failed"] > 5
+    assert not faulty.faults  # trial points are not faults: the accepted steps are all finite
+    lbfgs = faulty.history[faulty.history["optimizer"] == "lbfgs"]["loss"].to_numpy()
+    assert (lbfgs[1:] < lbfgs[:-1]).sum() > 0.8 * (len(lbfgs) - 1)  # it keeps improving
+    assert faulty.restarts[0]["final_loss"] < clean.history["loss"].iloc[12] - 10.0  # far below the annealing's end
+
+
+@pytest.mark.slow
+def test_lbfgs_that_cannot_move_keeps_its_last_parameters(frame, monkeypatch):
+    # from the 4th iteration on, every new evaluation fails: the first comes from the previous line search
+    _failing_trials(monkeypatch, lambda it, call: it >= 4)
+    fit = rd.fit(frame, config(epochs=60), log=lambda line: lines.append(line))
+    (restart,) = fit.restarts
+    assert restart["status"] == "ok" and restart["stopped_early"] and restart["epochs"] < 60
+    assert any("L-BFGS cannot move" in line for line in lines)
+    assert math.isfinite(fit.log_likelihood)
+
+
+lines: list[str] = []

@@ -121,7 +121,8 @@ class TrainConfig:
     optimizer: str = "lbfgs"
     epochs: int = 300  # at most, per restart (with lbfgs: the annealing's Adam epochs plus the L-BFGS iterations)
     # With optimizer lbfgs: the Adam epochs over which the warm-up and the ramp run (in the ratio
-    # warmup_fraction : ramp_fraction); every later epoch is one L-BFGS iteration on the final objective.
+    # warmup_fraction : ramp_fraction; at most their share of the epochs); every later epoch is one L-BFGS
+    # iteration on the final objective.
     anneal_epochs: int = 30
     lr: float = 1e-3
     clip_norm: float = 5.0
@@ -129,7 +130,7 @@ class TrainConfig:
     # 0.13 nats of each other (0.3.0's Adam: 40 nats apart), so one is the default; more explore other warm starts.
     restarts: int = 1
     seed: int = 0
-    warmup_fraction: float = 0.2  # beta = 0 for this share of the epochs
+    warmup_fraction: float = 0.2  # beta = 0 for this share of the epochs (lbfgs: of the anneal_epochs' span)
     ramp_fraction: float = 0.2  # then a linear ramp to 1 over this share
     tau_start: float = 1.0
     tau_floor: float = 0.5
@@ -191,11 +192,10 @@ class FitConfig:
     def annealing_epochs(self, refine: bool) -> int:
         """The epochs after which training is on the final objective (beta = 1): the ``warmup_fraction +
         ramp_fraction`` share of ``training.epochs``, or, when training ends in L-BFGS (``refine``),
-        ``training.anneal_epochs`` (at most ``training.epochs``; 0 without warm-up and ramp)."""
+        ``training.anneal_epochs``, but no more than that share (a short run still ends in L-BFGS)."""
         t = self.training
-        if refine:
-            return min(t.anneal_epochs, t.epochs) if t.warmup_fraction + t.ramp_fraction > 0 else 0
-        return int((t.warmup_fraction + t.ramp_fraction) * t.epochs)
+        share = int((t.warmup_fraction + t.ramp_fraction) * t.epochs)
+        return min(t.anneal_epochs, share) if refine else share
 
     def schedule_epochs(self, refine: bool) -> int:
         """The number of epochs the annealing schedules' fractions refer to: ``training.epochs``, or with

@@ -6,8 +6,9 @@ For a refit date ``d_i`` the model is fitted on the rows dated ``<= d_i`` (all o
 ``p(z_t | x_1..x_t)`` at those parameters, computed on the rows dated ``<= t`` alone (the day grid,
 no-trade masks, gaps and bad-tick checks included: a bad tick is recognised by its reversal the
 next day, so a filter that saw the next day would look ahead). Each refit after the first starts
-from the previous one's parameters with ``refit_epochs`` epochs, one restart and no annealing (with
-``training.optimizer: lbfgs``, L-BFGS from the first epoch); the first is a full
+from the previous one's parameters with ``refit_epochs`` epochs, one restart and ``anneal_epochs`` 0 (under
+``training.optimizer: lbfgs`` with the map guide: L-BFGS from the first epoch; Adam's schedules are
+unchanged); the first is a full
 fit with the configuration's epochs and restarts. Refit dates count the dates of the data (the
 union of the markets' dates) from ``start``, so appending later days to the input leaves every
 earlier row unchanged.
@@ -180,7 +181,7 @@ def walk_forward(
         result = None
         while markets and result is None:
             first = previous is None or markets != previous_markets
-            # a refit starts at the previous optimum: no annealing (a warm-up at beta = 0 would first pull it away)
+            # a refit starts at the previous optimum: under L-BFGS no annealing (beta = 0 would first pull it away)
             refit = {"epochs": plan.refit_epochs, "restarts": 1, "anneal_epochs": 0}
             cfg = config if first else config.replace(training=refit)
             try:

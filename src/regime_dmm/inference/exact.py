@@ -22,6 +22,7 @@ penalties on regime usage and entropy can be trained through them.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, overload
 
 import numpy as np
@@ -61,7 +62,9 @@ def log_normalizer(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torc
     if obs_ll.shape[-2] == 1:
         return torch.logsumexp(alpha0, dim=-1)
     total = _tree_product(log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :])
-    return torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
+    log_z = torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
+    # a step where every regime is impossible: the products' shifts stop at the float's lowest value
+    return torch.where(log_z > torch.finfo(log_z.dtype).min / 2, log_z, torch.full_like(log_z, -math.inf))
 
 
 class HMMPosterior(NamedTuple):

@@ -6,7 +6,8 @@ is trained (optimiser and objective) and how restarts are ranked. Everything els
 package asks the variant (or the model and guide it built) instead of testing the mode.
 
 * ``exact``: :class:`~regime_dmm.models.ExactRegimeDMM`, MAP or mean-field guide, warm start
-  from a maximum-likelihood HMM, ClippedAdam on ``Trace_ELBO``.
+  from a maximum-likelihood HMM, ClippedAdam on ``Trace_ELBO`` (with the MAP guide and
+  ``training.optimizer: lbfgs``: through the annealing, then L-BFGS on the final objective).
 * ``relaxed``: :class:`~regime_dmm.models.RelaxedRegimeDMM` and its structured inference
   network, the same warm start, ClippedAdam on ``TraceMeanField_ELBO`` over minibatches of windows.
 * ``classic``: :class:`~regime_dmm.models.ClassicMarkovSwitching`, point masses, data-driven

@@ -11,7 +11,8 @@ Regenerate them only for a deliberate change of behaviour, and say so in the com
 log Z is a tree of log-matrix products of our own instead of ``DiscreteHMM`` (equal values; the rounding of
 its gradient differs, so a 500-iteration L-BFGS path can end elsewhere: classic restart 1 now ends at
 log-likelihood 1805.906 instead of 1809.323, restart 0 at the same 1807.566), the warm start's L-BFGS stops
-after 40 iterations, and the exact map case ends in L-BFGS (``training.optimizer: lbfgs``, the default).
+after 40 iterations, and the exact map case's 12 epochs are 4 of annealing (Adam) and 8 of L-BFGS
+(``training.optimizer: lbfgs``, the default).
 
     python tests/data/reference_fits/generate.py
 """
