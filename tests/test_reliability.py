@@ -76,7 +76,8 @@ def test_non_finite_gradients_are_skipped_and_logged(frame, monkeypatch):
         return pot
 
     monkeypatch.setattr(ExactRegimeDMM, "log_potentials", poisoned)
-    result = rd.fit(frame, small_config(restarts=1, epochs=12))
+    # Adam's faults (the learning rate halved); L-BFGS's: tests/test_lbfgs_refinement.py
+    result = rd.fit(frame, small_config(restarts=1, epochs=12, optimizer="adam"))
     assert len(result.faults) == 2
     assert {f["non_finite"] for f in result.faults} == {"loss"}
     assert all("lr ->" in f["action"] for f in result.faults)
@@ -86,7 +87,10 @@ def test_non_finite_gradients_are_skipped_and_logged(frame, monkeypatch):
     assert result.history["lr"].iloc[-1] == pytest.approx(1e-3 / 4)
 
 
-def test_repeated_faults_stop_with_a_clear_error(frame, monkeypatch):
+@pytest.mark.parametrize(
+    "optimizer,advice", [("adam", "lower training.lr"), ("lbfgs", "train with training.optimizer: adam")]
+)
+def test_repeated_faults_stop_with_a_clear_error(frame, monkeypatch, optimizer, advice):
     from regime_dmm.models.exact_dmm import ExactRegimeDMM
 
     original = ExactRegimeDMM.log_potentials
@@ -96,8 +100,9 @@ def test_repeated_faults_stop_with_a_clear_error(frame, monkeypatch):
         return pot._replace(obs_ll=pot.obs_ll * torch.tensor(float("nan")))
 
     monkeypatch.setattr(ExactRegimeDMM, "log_potentials", always_nan)
-    with pytest.raises(TrainingError, match="non-finite.*lower training.lr"):
-        rd.fit(frame, small_config(restarts=1, epochs=12))
+    config = small_config(restarts=1, epochs=12, optimizer=optimizer, anneal_epochs=2)
+    with pytest.raises(TrainingError, match=f"5 consecutive non-finite.*{advice}"):
+        rd.fit(frame, config)
 
 
 def test_a_failing_restart_is_reported_and_skipped(frame, monkeypatch):
