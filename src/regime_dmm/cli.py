@@ -63,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="YAML file with sections model / penalties / training / data")
     fit.add_argument("--regimes", type=int, help="number of regimes K (default 4)")
     fit.add_argument("--seed", type=int, help="random seed (default 0)")
-    fit.add_argument("--epochs", type=int, help="training epochs per restart")
+    fit.add_argument("--epochs", type=int, help="training epochs per restart (with L-BFGS: at most)")
     fit.add_argument("--restarts", type=int, help="restarts; the best objective is kept")
-    fit.add_argument("--lr", type=float, help="learning rate of ClippedAdam")
+    fit.add_argument("--lr", type=float, help="learning rate of ClippedAdam (the annealing epochs under L-BFGS)")
     fit.add_argument(
         "--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return"
     )

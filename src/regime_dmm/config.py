@@ -127,7 +127,8 @@ class TrainConfig:
     lr: float = 1e-3
     clip_norm: float = 5.0
     # With optimizer lbfgs each restart runs to its optimum: on the embedded default three restarts end within
-    # 0.13 nats of each other (0.3.0's Adam: 40 nats apart), so one is the default; more explore other warm starts.
+    # 0.42 nats of each other (0.3.0's Adam: 30.6 nats apart; README, Training), so one is the default; more
+    # explore other warm starts.
     restarts: int = 1
     seed: int = 0
     warmup_fraction: float = 0.2  # beta = 0 for this share of the epochs (lbfgs: of the anneal_epochs' span)
