@@ -193,3 +193,14 @@ def test_simulate_shocks_option_writes_heavy_tailed_returns_and_refuses_a_bad_la
     assert main(["simulate", "--out", str(bad), "--shocks", "studentt:2"]) == 2
     assert "shocks" in capsys.readouterr().err
     assert not bad.exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "select", "walkforward", "sweep"])
+def test_out_naming_a_file_exits_2_before_any_work(tmp_path, capsys, command):
+    """Issue #21: ``--out`` that is an existing file is a clear error (exit 2, no traceback), the file untouched."""
+    target = tmp_path / "existing_file.txt"
+    target.write_text("keep me\n")
+    assert main([command, "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {target} is a file, not a folder" in err and "Traceback" not in err
+    assert target.read_text() == "keep me\n"

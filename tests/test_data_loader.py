@@ -199,6 +199,14 @@ def test_bad_price_values(tmp_path, bad_value, fragment):
     )
 
 
+@pytest.mark.parametrize("quoted,value", [('"3,526.65"', 3526.65), ('"1,234,567"', 1234567.0), ('"12,000"', 12000.0)])
+def test_prices_with_thousands_separators_read_as_volumes_do(tmp_path, quoted, value):
+    """Issue #21: a price quoted with thousands separators is read (a decimal comma, ``"1,5"``, stays an error)."""
+    frame = load_prices(write(tmp_path, with_bad_row(f"2020-02-01,A,{quoted}")))
+    row = frame[(frame["market"] == "A") & (frame["date"] == pd.Timestamp("2020-02-01"))]
+    assert row["price"].tolist() == [value]
+
+
 def test_negative_returns_are_fine_but_nan_return_is_not(tmp_path):
     rows = [f"2020-01-{i + 1:02d},R,{-0.01 * (1 + i % 3)}" for i in range(30)]
     assert load_prices(write(tmp_path, rows, header="date,market,return"))["return"].lt(0).all()

@@ -644,11 +644,23 @@ def cmd_report(args) -> int:
 QUIET_MODULES = r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy|h5netcdf|h5py|tqdm)(\..*)?"
 
 
+#: Subcommands whose ``--out`` names a folder they write into.
+FOLDER_OUTPUTS = ("fit", "select", "walkforward", "sweep")
+
+
+def _out_is_a_folder(args: argparse.Namespace) -> None:
+    """:class:`RegimeDMMError` when a folder-writing subcommand's ``--out`` names an existing file (before any work)."""
+    out = getattr(args, "out", None)
+    if args.command in FOLDER_OUTPUTS and out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise RegimeDMMError(f"--out {out} is a file, not a folder: name a folder for the outputs")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``regime-dmm`` command; returns the exit code (2 for the package's own errors)."""
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", module=QUIET_MODULES)
     try:
+        _out_is_a_folder(args)
         if args.command == "fit":
             return cmd_fit(args)
         if args.command == "select":

@@ -584,6 +584,8 @@ def _parse_values(
         if isinstance(v, str) and "_" in v:  # float() would accept '1_000'
             non_numeric.append(i)
             continue
+        if isinstance(v, str) and _THOUSANDS.match(v.strip()):  # "3,526.65": thousands separators, as in volumes
+            v = v.replace(",", "")
         try:
             out[i] = float(v.strip() if isinstance(v, str) else v)
         except (TypeError, ValueError, OverflowError):
@@ -610,6 +612,11 @@ def _parse_values(
             i = int(nonpos[0])
             raise DataError(f"{where(i)}: price must be positive, got {out[i]:g}{_and_more(nonpos.size)}")
     return out
+
+
+#: A number written with thousands separators: groups of three digits after the first comma ("3,526.65",
+#: "1,234,567"); a decimal comma ("1,5") does not match and stays an error.
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 
 
 def _parse_counts(
