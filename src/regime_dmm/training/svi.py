@@ -158,8 +158,8 @@ def train_svi(
         if refine_after is not None and epoch > refine_after:  # the final objective: L-BFGS to convergence
             state.beta = 1.0
             if not params:  # no Adam epoch ran (no warm-up): the parameters are created by one evaluation
-                with torch.no_grad(), pyro.validation_enabled(False):
-                    elbo.differentiable_loss(model.model, guide, data, StepContext(anneal=state))
+                with torch.no_grad():
+                    _objective(model, guide, data, elbo, state)
                 params = dict(pyro.get_param_store().named_parameters())
             if lbfgs is None:
                 lbfgs = _lbfgs(list(params.values()), loop.lbfgs)
@@ -184,10 +184,7 @@ def train_svi(
             else:
                 _fault(loop, restart, epoch, problem, None, log, max_faults)
         for batch in (batches(epoch) if batches is not None else [None]) if lbfgs is None else []:
-            ctx = StepContext(anneal=state, batch=batch)
-            # Validation off: a non-finite value must reach the checks below, not raise inside Pyro.
-            with pyro.validation_enabled(False):
-                loss = elbo.differentiable_loss(model.model, guide, data, ctx)
+            loss, ctx = _objective(model, guide, data, elbo, state, batch)
             if optimizer is None:  # parameters exist once model and guide have run
                 params = dict(pyro.get_param_store().named_parameters())
                 optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
@@ -381,10 +378,11 @@ CONVERGED_GAIN = 1e-4
 
 
 def _objective(
-    model: RegimeModel, guide: RegimeGuide, data: ModelData, elbo: Trace_ELBO, state: AnnealState
+    model: RegimeModel, guide: RegimeGuide, data: ModelData, elbo: Trace_ELBO, state: AnnealState, batch: Any = None
 ) -> tuple[torch.Tensor, StepContext]:
-    """The loss of one full-data step at the current parameters, with the step's context (diagnostics)."""
-    ctx = StepContext(anneal=state)
+    """The loss of one step (``batch``: a minibatch, None for the full data) at the current parameters, with the
+    step's context (diagnostics)."""
+    ctx = StepContext(anneal=state, batch=batch)
     with pyro.validation_enabled(False):  # a non-finite value must reach the checks, not raise inside Pyro
         return elbo.differentiable_loss(model.model, guide, data, ctx), ctx
 
