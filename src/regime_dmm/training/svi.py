@@ -191,24 +191,16 @@ def train_svi(
                 if loop.optimizer is not None:
                     optimizer.load_state_dict(loop.optimizer)
             optimizer.zero_grad()
-            problem = None
             if not torch.isfinite(loss):
                 problem = "loss"
             else:
                 loss.backward()
-                bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
-                if bad:
-                    problem = "gradient of " + ", ".join(bad[:3])
+                problem = _non_finite_gradient(params)
             if problem is None:
                 norms = _grad_norms(params)
-                before = {n: p.detach().clone() for n, p in params.items()}
+                before = _snapshot(params)
                 optimizer.step()
-                broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
-                if broken:  # roll back to the last finite state
-                    with torch.no_grad():
-                        for n, p in params.items():
-                            p.copy_(before[n])
-                    problem = "parameter " + ", ".join(broken[:3])
+                problem = _rolled_back(params, before)
             if problem is not None:
                 _fault(loop, restart, epoch, problem, optimizer, log, max_faults)
                 continue
@@ -452,12 +444,12 @@ def _lbfgs_iteration(
         loss, ctx = evaluate()
         if torch.isfinite(loss):
             loss.backward()
-            bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if not bad:
+            problem = _non_finite_gradient(params)
+            if problem is None:
                 grads = [None if p.grad is None else p.grad.detach().clone() for p in params.values()]
                 evaluations.append(_Evaluation(at, float(loss.detach()), grads, _grad_norms(params), ctx))
                 return loss.detach()
-            failed.append("gradient of " + ", ".join(bad[:3]))
+            failed.append(problem)
         else:
             failed.append("loss")
         lbfgs.zero_grad()
@@ -466,24 +458,44 @@ def _lbfgs_iteration(
         start = evaluations[0].loss
         return torch.tensor(start + 1e6 * (1.0 + abs(start)), dtype=at.dtype)
 
-    before = {n: p.detach().clone() for n, p in params.items()}
+    before = _snapshot(params)
     lbfgs.step(closure)
     seen[:] = evaluations
-    if not evaluations or not torch.equal(evaluations[0].at, torch.cat([b.reshape(-1) for b in before.values()])):
+    if not evaluations or not torch.equal(evaluations[0].at, _flat(before)):
         lbfgs.state.clear()
         return (failed[0] if failed else "loss"), None, False
     first = evaluations[0]
-    broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
-    if broken:  # roll back to the last finite state
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(before[n])
+    problem = _rolled_back(params, before)
+    if problem is not None:
         lbfgs.state.clear()
-        return "parameter " + ", ".join(broken[:3]), None, False
+        return problem, None, False
     stalled = bool(failed) and all(torch.equal(p, before[n]) for n, p in params.items())
     if stalled:
         lbfgs.state.clear()
     return None, first, stalled
+
+
+def _snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of the parameters' values, to roll back to."""
+    return {n: p.detach().clone() for n, p in params.items()}
+
+
+def _non_finite_gradient(params: dict[str, torch.Tensor]) -> str | None:
+    """``"gradient of a, b, c"`` naming (up to three) parameters whose gradient is not finite, else None."""
+    bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    return "gradient of " + ", ".join(bad[:3]) if bad else None
+
+
+def _rolled_back(params: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> str | None:
+    """After a step: when a parameter is not finite, every parameter back to ``before`` and ``"parameter a, b"``
+    naming (up to three) of them; else None."""
+    broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
+    if not broken:
+        return None
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(before[n])
+    return "parameter " + ", ".join(broken[:3])
 
 
 def _fault(
