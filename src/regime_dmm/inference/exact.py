@@ -58,12 +58,16 @@ def log_normalizer(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll: torc
     depth O(log T)), the computation of :class:`pyro.distributions.DiscreteHMM` without its distribution
     objects (equal to it to round-off, tested). Non-finite values pass through (the training loop handles them).
     """
-    alpha0 = log_init + obs_ll[..., 0, :]
-    if obs_ll.shape[-2] == 1:
+    return _chain_log_z(log_init + obs_ll[..., 0, :], log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :])
+
+
+def _chain_log_z(alpha0: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``logsumexp(alpha0 + log prod_t mats[t])`` for ``alpha0 (B, K)`` and step matrices ``mats (B, N, K, K)``
+    (``N`` may be 0); ``-inf`` where a step makes every regime impossible (the tree's shifts would otherwise
+    stop at the float's lowest value)."""
+    if mats.shape[-3] == 0:
         return torch.logsumexp(alpha0, dim=-1)
-    total = _tree_product(log_trans[..., 1:, :, :] + obs_ll[..., 1:, None, :])
-    log_z = torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
-    # a step where every regime is impossible: the products' shifts stop at the float's lowest value
+    log_z = torch.logsumexp(alpha0[..., :, None] + _tree_product(mats), dim=(-2, -1))
     return torch.where(log_z > torch.finfo(log_z.dtype).min / 2, log_z, torch.full_like(log_z, -math.inf))
 
 
@@ -155,16 +159,11 @@ def expected_statistics(log_init: torch.Tensor, log_trans: torch.Tensor, obs_ll:
     with torch.enable_grad():
         alpha0 = (log_init.detach() + obs_ll.detach()[..., 0, :]).requires_grad_()
         mats = (log_trans.detach()[..., 1:, :, :] + obs_ll.detach()[..., 1:, None, :]).requires_grad_()
-        if mats.shape[-3] == 0:
-            log_z = torch.logsumexp(alpha0, dim=-1)
-            (g0,) = torch.autograd.grad(log_z.sum(), alpha0)
-            pair = torch.zeros(log_trans.shape, dtype=obs_ll.dtype)
-            return ExpectedStatistics(log_z.detach(), g0[..., None, :], pair)
-        total = _tree_product(mats)
-        log_z = torch.logsumexp(alpha0[..., :, None] + total, dim=(-2, -1))
-        g0, pair_rest = torch.autograd.grad(log_z.sum(), (alpha0, mats))
+        log_z = _chain_log_z(alpha0, mats)
+        g0, pair_rest = torch.autograd.grad(log_z.sum(), (alpha0, mats), allow_unused=True, materialize_grads=True)
     smoothed = torch.cat([g0[..., None, :], pair_rest.sum(-2)], dim=-2)
-    pairwise = torch.cat([torch.zeros_like(pair_rest[..., :1, :, :]), pair_rest], dim=-3)
+    first = pair_rest.new_zeros(pair_rest.shape[:-3] + (1,) + pair_rest.shape[-2:])  # no pair before t = 0
+    pairwise = torch.cat([first, pair_rest], dim=-3)
     return ExpectedStatistics(log_z.detach(), smoothed, pairwise)
 
 
