@@ -43,6 +43,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks", "backtest"},
     {"fitting"},
     {"persistence", "selection", "walkforward"},
+    {"update"},
     {"outputs"},
     {"sweep"},
     {"cli", ""},  # "" is the package itself (regime_dmm/__init__.py)
@@ -62,6 +63,7 @@ CONSUMERS = {
     "posterior_plots",
     "evaluation",
     "persistence",
+    "update",
     "outputs",
     "fitting",
     "sweep",

@@ -15,6 +15,7 @@ from .fitting import FitInterrupted, fit, resume_fit
 from .persistence import load_fit
 from .results import RegimeFit
 from .sweep import sweep
+from .update import update
 from .walkforward import WalkForwardPlan, walk_forward
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "resume_fit",
     "simulate_default",
     "sweep",
+    "update",
     "walk_forward",
 ]

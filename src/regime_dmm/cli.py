@@ -1,8 +1,9 @@
-"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``sweep``, ``forecast``, ``walkforward``,
-``backtest``, ``report``.
+"""Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``sweep``, ``forecast``, ``update``,
+``walkforward``, ``backtest``, ``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
-one line ``error: ...`` and exit with code 2; nothing is written in that case.
+one line ``error: ...`` and exit with code 2; nothing is written in that case. ``update`` exits with 3
+when a market's regime changed (0 when none did).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .results import RegimeFit
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
 from .training.collapse import format_collapse
+from .update import CHANGED_EXIT_CODE, UPDATES_FILE, describe, update
 from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, read_plan, walk_forward
 
 __all__ = ["main", "parse_integers", "parse_regimes"]
@@ -149,6 +151,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CSV of days after the fitted ones: update the filter with them (no refit), then forecast",
     )
+
+    up = sub.add_parser(
+        "update",
+        help="filter the new days of a price file with a saved fit (no refit): the regime now; exit 3 if it changed",
+    )
+    up.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
+    up.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="CSV with the days after the fit (the fit's file with rows appended, or the new rows alone)",
+    )
+    up.add_argument("--json", action="store_true", help="print one JSON line per market instead of the report")
 
     wf = sub.add_parser(
         "walkforward", help="refit every N days and filter each later day with data up to that day only"
@@ -627,6 +642,19 @@ def cmd_forecast(args) -> int:
     return 0
 
 
+def cmd_update(args) -> int:
+    """``regime-dmm update``: filter the new days with a saved fit, append them to DIR/updates.csv, report per
+    market; exit :data:`~regime_dmm.update.CHANGED_EXIT_CODE` when a regime changed."""
+    result = update(args.dir, args.data)
+    if args.json:
+        for market in result.markets:
+            print(market.to_json())
+    else:
+        print(describe(result))
+        print(f"wrote {args.dir}/{UPDATES_FILE} ({len(result.frame)} filtered days since the fit)")
+    return CHANGED_EXIT_CODE if result.changed else 0
+
+
 def cmd_report(args) -> int:
     """``regime-dmm report``: rebuild the plots and summary.json of a saved fit."""
     out = Path(args.dir)
@@ -669,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_forecast(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "update":
+            return cmd_update(args)
         if args.command == "walkforward":
             return cmd_walkforward(args)
         if args.command == "backtest":

@@ -759,18 +759,22 @@ def _new_rows(s: MarketSeries, rows: pd.DataFrame, value_column: str) -> pd.Data
     dates = pd.DatetimeIndex(rows["date"])
     values = rows[value_column].to_numpy(dtype=np.float64)
     after = np.asarray(dates > last)
-    for date, value in zip(dates[~after], values[~after]):
-        if date not in source.index:
+    earlier, earlier_values = dates[~after], values[~after]
+    # every check at once (a daily update repeats thousands of fitted rows); the first failing row is named
+    fitted_values = source.reindex(earlier).to_numpy(dtype=np.float64)
+    unknown = ~earlier.isin(source.index)
+    changed = ~unknown & ~np.isclose(earlier_values, fitted_values, rtol=1e-9, atol=1e-12)
+    for i in np.flatnonzero(unknown | changed)[:1]:
+        date, value, fitted = earlier[i], earlier_values[i], float(fitted_values[i])
+        if unknown[i]:
             raise DataError(
                 f"market '{s.name}': date {date.date()} is not after the last fitted date {last.date()} "
                 "(and is not a fitted day): new days must come after it"
             )
-        fitted = float(source.loc[date])
-        if not np.isclose(value, fitted, rtol=1e-9, atol=1e-12):
-            raise DataError(
-                f"market '{s.name}', date {date.date()}: {value_column} {value!r} differs from the fitted "
-                f"data ({fitted!r}); new days must come after the last fitted date {last.date()}"
-            )
+        raise DataError(
+            f"market '{s.name}', date {date.date()}: {value_column} {float(value)!r} differs from the fitted "
+            f"data ({fitted!r}); new days must come after the last fitted date {last.date()}"
+        )
     keep = list(s.source.columns)
     fresh = rows.loc[after].copy()
     for column in keep:
