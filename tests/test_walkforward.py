@@ -94,9 +94,77 @@ def test_a_rerun_resumes_after_the_finished_refits_and_gives_the_same_bytes(clas
     assert (copy / WALKFORWARD_FILE).read_bytes() == (out / WALKFORWARD_FILE).read_bytes()
 
 
+def test_days_appended_continue_the_folder_to_the_rows_of_one_run(tmp_path, capsys):
+    """A daily run: days 1..N, then 1..N+20 into the same folder, gives exactly the table of one run on 1..N+20,
+    with only the refits the new days call for; a revised close in the prefix exits 2 and changes nothing."""
+    full = two_regime_market(330)
+    dates = pd.DatetimeIndex(sorted(full["date"].unique()))
+    short = full[full["date"] <= dates[-21]]
+    assert len(dates) - len(pd.unique(short["date"])) == 20
+    once = walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "once")
+    walk_forward(short, CLASSIC, plan=PLAN, out=tmp_path / "daily")
+    lines: list[str] = []
+    again = walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "daily", log=lines.append)
+    assert (tmp_path / "daily" / WALKFORWARD_FILE).read_bytes() == (tmp_path / "once" / WALKFORWARD_FILE).read_bytes()
+    pd.testing.assert_frame_equal(again, once)
+    # the short run's last refit (2020-12-15, block cut at its last day) continues without a refit; no refit is new
+    # here, since 20 days do not reach the next refit date: one line, rows added
+    assert len(lines) == 1 and "rows added (no refit)" in lines[0]
+
+    write_csv_frame(full, tmp_path / "full.csv")
+    revised = full.copy()
+    at = revised.index[revised["date"] == dates[100]][0]
+    revised.loc[at, "price"] *= 1.02
+    write_csv_frame(revised, tmp_path / "revised.csv")
+    folder = tmp_path / "daily"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = main(
+        [
+            "walkforward",
+            "--data",
+            str(tmp_path / "revised.csv"),
+            "--out",
+            str(folder),
+            "--classic",
+            "--regimes",
+            "2",
+            "--restarts",
+            "1",
+            "--refit-every",
+            "40",
+            "--start",
+            "2020-09-01",
+            "--refit-epochs",
+            "6",
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"date {dates[100].date()}" in err and "price was" in err and "'a'" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_new_refits_run_only_for_the_days_appended(tmp_path):
+    full = two_regime_market(330)
+    dates = pd.DatetimeIndex(sorted(full["date"].unique()))
+    short = full[full["date"] <= dates[-60]]
+    walk_forward(short, CLASSIC, plan=PLAN, out=tmp_path / "daily")
+    lines: list[str] = []
+    walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "daily", log=lines.append)
+    once = walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "once")
+    assert (tmp_path / "daily" / WALKFORWARD_FILE).read_bytes() == (tmp_path / "once" / WALKFORWARD_FILE).read_bytes()
+    assert len(once) > 0
+    continued = [line for line in lines if "no refit" in line]
+    refitted = [line for line in lines if "no refit" not in line]
+    assert len(continued) == 1 and len(refitted) >= 1  # the cut block continued, then the new refits
+    assert all(line.startswith("refit ") for line in lines)
+
+
 def test_other_settings_in_the_same_folder_are_refused(classic_run):
     frame, out, _ = classic_run
-    with pytest.raises(CheckpointError, match="other data or settings"):
+    with pytest.raises(CheckpointError, match="other settings"):
         walk_forward(frame, CLASSIC, plan=WalkForwardPlan(refit_every=20, start="2020-09-01"), out=out)
 
 

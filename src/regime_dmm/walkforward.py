@@ -19,12 +19,19 @@ Quantitative Finance 18, 2018, and the online prediction of the statistical jump
 ``jumpmodels``): parameters refitted on an expanding or rolling window, states filtered forward.
 
 With ``out``, every refit leaves ``out/walkforward_parts/NNNN.csv`` (its days) and ``NNNN.pt`` (its
-parameters, tensors only) written atomically; a rerun into the same folder with the same data and
-settings skips the finished refits, and ``out/walkforward.csv`` is written at the end.
+parameters and feature pipeline, tensors and plain data only) written atomically, and the rows the run
+read are kept in ``out/walkforward_parts/data.csv``. A rerun into the same folder with the same settings
+skips the finished refits, and ``out/walkforward.csv`` is written at the end. The data of a rerun may have
+days appended (a daily run): the rows up to the last date of the earlier run must be the same (a revised
+row is a :class:`~regime_dmm.errors.DataError` naming market, date and both values, before anything is
+written); the days of the last refit's block that the earlier run could not see yet are filtered with that
+refit's saved parameters (no refit), and only the refits the new days call for are run, so the table is the
+one a single run on all the days gives.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,12 +47,14 @@ from ._version import __version__
 from .atomic import atomic_write_text
 from .checkpoints import read_checkpoint, write_checkpoint
 from .config import FitConfig
+from .data.features import FeaturePipeline
 from .data.sources import DataSource, load_source
 from .errors import CheckpointError, ConfigError, DataError
+from .fitted import FittedModel
 from .fitting import fit
 from .inference import last_filtered
-from .results import RegimeFit
 from .training.restarts import FitInterrupted, StopControl
+from .training.variants import variant_for
 
 __all__ = [
     "DEFAULT_START_DATES",
@@ -65,7 +74,9 @@ DEFAULT_START_DATES = 500
 PARTS = "walkforward_parts"
 #: The run's settings, data identity and source, inside ``out/walkforward_parts``.
 PLAN_FILE = "plan.json"
-PART_FORMAT = "regime-dmm walk-forward refit"
+#: The rows a run read (its input, as loaded), inside ``out/walkforward_parts``: a later run must repeat them.
+DATA_FILE = "data.csv"
+PART_FORMAT = "regime-dmm walk-forward refit/2"
 
 
 @dataclass(frozen=True)
@@ -142,8 +153,9 @@ def walk_forward(
     ``training.min_observations`` rows in the window.
 
     Raises :class:`~regime_dmm.errors.DataError` (bad data), :class:`ConfigError` (settings),
-    :class:`CheckpointError` (``out`` holds a run with other data or settings), and what
-    :func:`~regime_dmm.fit` raises for a refit.
+    :class:`CheckpointError` (``out`` holds a run with other settings), :class:`DataError` (``out`` holds a run
+    whose rows the data do not repeat: a revised, removed or inserted row before its last date; nothing is written),
+    and what :func:`~regime_dmm.fit` raises for a refit.
     """
     config = config or FitConfig()
     plan = plan or WalkForwardPlan()
@@ -157,6 +169,7 @@ def walk_forward(
     source = {"paths": loaded.path, "simulated": loaded.simulated, "seed": config.training.seed}
     parts = _parts_folder(out, plan, config, frame, source)
     names = config.model.names()
+    resolved = variant_for(config).resolve_config(config)
     bar = _progress(len(positions), progress)
     previous: dict[str, torch.Tensor] | None = None
     previous_markets: tuple[str, ...] = ()
@@ -165,16 +178,29 @@ def walk_forward(
         fit_date = dates[pos]
         until = dates[min(pos + plan.refit_every, len(dates) - 1)]
         part = None if parts is None else parts / f"{i:04d}"
+        low = None if plan.window is None else dates[max(0, pos - plan.window + 1)]
         if part is not None and part.with_suffix(".csv").is_file() and part.with_suffix(".pt").is_file():
-            saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", ("params", "markets"))
+            required = ("params", "markets", "until", "features")
+            saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", required)
             previous, previous_markets = saved["params"], tuple(saved["markets"])
             text_columns = {"date": str, "market": str, "regime": str, "fit_date": str}
-            blocks.append(pd.read_csv(part.with_suffix(".csv"), dtype=text_columns, keep_default_na=False))
+            block = pd.read_csv(part.with_suffix(".csv"), dtype=text_columns, keep_default_na=False)
+            seen = pd.Timestamp(saved["until"])
+            if until > seen:  # days appended since: its block continues with its own parameters, no refit
+                pipeline = FeaturePipeline.from_dict(saved["features"])
+                train = _rows(frame, low, fit_date)
+                train = train[train["market"].isin(previous_markets)]
+                panel = pipeline.transform(train)
+                fitted = FittedModel.build(resolved, pipeline, panel, previous, getattr(torch, config.training.dtype))
+                more = _filter_days(fitted, frame, low, dates, dates.searchsorted(seen), until, names, fit_date, stop)
+                block = pd.concat([block, more], ignore_index=True)
+                _write_part(part, block, previous, previous_markets, until, saved["features"])
+                print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {len(more)} rows added (no refit)")
+            blocks.append(block)
             bar.update(1)
             continue
         if stop is not None:
             stop.phase = f"walk-forward refit on {fit_date.date()}"
-        low = None if plan.window is None else dates[max(0, pos - plan.window + 1)]
         train = _rows(frame, low, fit_date)
         counts = train.groupby("market", sort=False).size()
         markets = tuple(m for m in counts.index if counts[m] > config.training.min_observations)
@@ -198,10 +224,10 @@ def walk_forward(
             bar.update(1)
             continue
         fitted = result.require_fitted()
-        block = _filter_days(result, frame, low, dates, pos, until, names, fit_date, stop)
+        block = _filter_days(fitted, frame, low, dates, pos, until, names, fit_date, stop)
         previous, previous_markets = fitted.parameters(), markets
         if part is not None:
-            _write_part(part, block, previous, markets)
+            _write_part(part, block, previous, markets, until, fitted.pipeline.to_dict())
         blocks.append(block)
         print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {', '.join(markets)}; {len(block)} rows")
         bar.update(1)
@@ -225,7 +251,7 @@ def _rows(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> 
 
 
 def _filter_days(
-    result: RegimeFit,
+    fitted: FittedModel,
     frame: pd.DataFrame,
     low: pd.Timestamp | None,
     dates: pd.DatetimeIndex,
@@ -236,9 +262,7 @@ def _filter_days(
     stop: StopControl | None,
 ) -> pd.DataFrame:
     """The filtered probabilities of each date in ``(dates[pos], until]`` from the rows up to that date."""
-    fitted = result.require_fitted()
-    fitted_markets = {m.name for m in result.markets}
-    frame = frame[frame["market"].isin(fitted_markets)]
+    frame = frame[frame["market"].isin(set(fitted.panel.markets))]
     records: list[dict[str, Any]] = []
     for day in dates[pos + 1 :]:
         if day > until:
@@ -278,34 +302,91 @@ def _filter_days(
 def _parts_folder(
     out: str | Path | None, plan: WalkForwardPlan, config: FitConfig, frame: pd.DataFrame, source: dict[str, Any]
 ) -> Path | None:
-    """``out/walkforward_parts`` with its ``plan.json``; a different plan, configuration or data is refused."""
+    """``out/walkforward_parts`` with its ``plan.json`` and ``data.csv``; other settings are refused, and so is
+    data that does not repeat the rows an earlier run read (days may be appended)."""
     if out is None:
         return None
     parts = Path(out) / PARTS
-    digest = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
     identity = {
         "package_version": __version__,
         "plan": asdict(plan),
         "config": config.to_dict(),
-        "data": f"{len(frame)} rows, hash {int(np.bitwise_xor.reduce(digest.to_numpy())):x}",
-        "source": source,
+        "simulated": bool(source.get("simulated")),
     }
-    text = json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n"
-    plan_file = parts / PLAN_FILE
+    # the source (paths, read by ``backtest``) is kept but not compared: a daily run may read a renamed file
+    text = json.dumps({**identity, "source": source}, indent=2, sort_keys=True, default=str) + "\n"
+    plan_file, data_file = parts / PLAN_FILE, parts / DATA_FILE
+    rows = _data_text(frame)
     if plan_file.is_file():
-        if plan_file.read_text(encoding="utf-8") != text:
+        try:
+            earlier = json.loads(plan_file.read_text(encoding="utf-8"))
+            earlier.pop("source", None)
+        except ValueError:
+            earlier = None
+        if earlier != json.loads(json.dumps(identity, default=str)):
             raise CheckpointError(
-                f"{out} holds a walk-forward run with other data or settings: use another --out or remove it"
+                f"{out} holds a walk-forward run with other settings (or of another package version): use another "
+                "--out or remove it"
             )
-    else:
+        if not data_file.is_file():
+            raise CheckpointError(f"{out} holds a walk-forward run without its {DATA_FILE}: use another --out")
+        _same_prefix(data_file, frame)
+    if not plan_file.is_file() or plan_file.read_text(encoding="utf-8") != text:
         atomic_write_text(plan_file, text)
+    if not data_file.is_file() or data_file.read_text(encoding="utf-8") != rows:
+        atomic_write_text(data_file, rows)
     return parts
 
 
-def _write_part(part: Path, block: pd.DataFrame, params: dict[str, torch.Tensor], markets: tuple[str, ...]) -> None:
+def _data_text(frame: pd.DataFrame) -> str:
+    """The rows as ``data.csv`` keeps them (every column, full precision)."""
+    table = frame.reset_index(drop=True).copy()
+    table["date"] = pd.DatetimeIndex(table["date"]).strftime("%Y-%m-%d")
+    return table.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+
+
+def _same_prefix(data_file: Path, frame: pd.DataFrame) -> None:
+    """:class:`DataError` naming market, date and both values when ``frame``'s rows up to the last date of the
+    earlier run (``data_file``) are not that run's rows."""
+    was = pd.read_csv(data_file, dtype=str, keep_default_na=False)
+    now = pd.read_csv(io.StringIO(_data_text(frame)), dtype=str, keep_default_na=False)
+    if list(now.columns) != list(was.columns):
+        raise DataError(f"the data's columns {list(now.columns)} are not the earlier run's {list(was.columns)}")
+    last = was["date"].max()
+    now = now[now["date"] <= last]
+    merged = was.merge(now, on=["market", "date"], how="outer", suffixes=("_was", "_now"), indicator=True)
+    merged = merged.sort_values(["date", "market"], kind="stable")
+    fix = "nothing written: use another --out for revised data"
+    for _, row in merged[merged["_merge"] != "both"].head(1).iterrows():
+        where = "no longer in the data" if row["_merge"] == "left_only" else "not in the data of the earlier run"
+        raise DataError(f"market '{row['market']}', date {row['date']}: the row is {where} ({fix})")
+    for column in [c for c in was.columns if c not in ("market", "date")]:
+        differ = merged[f"{column}_was"] != merged[f"{column}_now"]
+        for _, row in merged[differ].head(1).iterrows():
+            raise DataError(
+                f"market '{row['market']}', date {row['date']}: {column} was {row[f'{column}_was']} in the earlier "
+                f"run, now {row[f'{column}_now']} (a revised close?); {fix}"
+            )
+
+
+def _write_part(
+    part: Path,
+    block: pd.DataFrame,
+    params: dict[str, torch.Tensor],
+    markets: tuple[str, ...],
+    until: pd.Timestamp,
+    features: dict[str, Any],
+) -> None:
     text = block.to_csv(index=False, float_format="%.6f", lineterminator="\n")
     atomic_write_text(part.with_suffix(".csv"), text)
-    payload = {"format": PART_FORMAT, "package_version": __version__, "params": params, "markets": list(markets)}
+    payload = {
+        "format": PART_FORMAT,
+        "package_version": __version__,
+        "params": params,
+        "markets": list(markets),
+        "until": until.strftime("%Y-%m-%d"),  # the block's last date (a later run with more days continues it)
+        "features": features,  # the refit's feature pipeline: its fitted normalisation
+    }
     write_checkpoint(payload, part.with_suffix(".pt"))
 
 
