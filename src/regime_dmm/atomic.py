@@ -1,8 +1,10 @@
-"""All-or-nothing writes: one helper for files and one for folders.
+"""All-or-nothing writes: one helper for files and one for folders, and one lock per folder a run grows.
 
 Every file the package writes (CSV, JSON, checkpoints, netCDF, plots) goes through
 :func:`atomic_write`, and every output folder through :func:`staging_folder`, so an
-interrupted or failed run never leaves a half-written file or folder behind.
+interrupted or failed run never leaves a half-written file or folder behind. A run that fills a
+folder step by step and resumes in it (a sweep, a walk-forward) holds :func:`folder_lock`, so that a
+second run into the same folder stops at once instead of interleaving its files with the first's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "replace_folder", "staged_files", "staging_folder"]
+from filelock import FileLock, Timeout
+
+from .errors import RegimeDMMError
+
+__all__ = [
+    "LOCK_FILE",
+    "atomic_write",
+    "atomic_write_text",
+    "folder_lock",
+    "replace_folder",
+    "staged_files",
+    "staging_folder",
+]
+
+#: The lock file inside a folder a run holds (:func:`folder_lock`).
+LOCK_FILE = ".regime-dmm.lock"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -86,3 +103,32 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold ``folder`` for one run (``what``: for the message, e.g. "sweep") while the block runs; yields the folder.
+
+    The lock is an operating-system file lock on ``folder/.regime-dmm.lock`` (the ``filelock`` package, which
+    torch already requires): the system releases it when the process ends, even when it is killed, so no stale
+    lock outlives a crash. A folder this call created is removed again when the run left nothing else in it.
+    Raises :class:`~regime_dmm.errors.RegimeDMMError` at once, changing nothing, when another run holds it.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegimeDMMError(
+            f"another regime-dmm run is writing into {folder} (a {what}, or another command using it): wait for it "
+            "to finish, or use another --out"
+        ) from None
+    try:
+        yield folder
+    finally:
+        lock.release()
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()

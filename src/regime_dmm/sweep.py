@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from ._version import __version__
-from .atomic import atomic_write_text
+from .atomic import LOCK_FILE, atomic_write_text, folder_lock
 from .config import FitConfig
 from .data.loader import read_prices
 from .data.simulator import simulate_default
@@ -279,29 +279,30 @@ def sweep(
     else:
         frame = read_prices(data)
     tasks = plan_sweep(frame, ks=ks, seeds=seeds, configs=configs, groups=groups, holdout=holdout)
-    records = out / TASKS_FOLDER  # created with the first finished task: a failed start leaves no folder
-    done = {t.task_id: row for t in tasks if (row := _finished(records / f"{t.task_id}.json", t.key)) is not None}
-    todo = [t for t in tasks if t.task_id not in done]
-    if done:
-        print_(f"[sweep] {len(done)} of {len(tasks)} tasks already finished in {out}: skipped")
-    rows: dict[str, dict[str, Any]] = dict(done)
-    if todo:
-        with _client(distributed, workers, scheduler) as client:
-            print_(f"[sweep] {len(todo)} tasks on {_describe(client)}")
-            try:
-                _run(distributed, client, todo, frame, holdout, out, outputs, plots, rows, print_, progress)
-            except (KeyboardInterrupt, FitInterrupted):  # Ctrl-C; or a signal the CLI's StopControl received
-                for t in todo:
-                    if t.task_id not in rows:
-                        rows[t.task_id] = _cancelled(t)
-                table = _write_tables(out, tasks, rows)
-                finished = sum(1 for t in todo if rows[t.task_id]["status"] != "cancelled")
-                raise SweepInterrupted(
-                    f"sweep stopped: {finished} of {len(todo)} new tasks finished and were kept; "
-                    f"rerun the same command to do the rest",
-                    table,
-                ) from None
-    return _write_tables(out, tasks, rows)
+    with folder_lock(out, "sweep"):  # a second sweep into this folder stops here, changing nothing
+        records = out / TASKS_FOLDER  # created with the first finished task: a failed start leaves no folder
+        done = {t.task_id: row for t in tasks if (row := _finished(records / f"{t.task_id}.json", t.key)) is not None}
+        todo = [t for t in tasks if t.task_id not in done]
+        if done:
+            print_(f"[sweep] {len(done)} of {len(tasks)} tasks already finished in {out}: skipped")
+        rows: dict[str, dict[str, Any]] = dict(done)
+        if todo:
+            with _client(distributed, workers, scheduler) as client:
+                print_(f"[sweep] {len(todo)} tasks on {_describe(client)}")
+                try:
+                    _run(distributed, client, todo, frame, holdout, out, outputs, plots, rows, print_, progress)
+                except (KeyboardInterrupt, FitInterrupted):  # Ctrl-C; or a signal the CLI's StopControl received
+                    for t in todo:
+                        if t.task_id not in rows:
+                            rows[t.task_id] = _cancelled(t)
+                    table = _write_tables(out, tasks, rows)
+                    finished = sum(1 for t in todo if rows[t.task_id]["status"] != "cancelled")
+                    raise SweepInterrupted(
+                        f"sweep stopped: {finished} of {len(todo)} new tasks finished and were kept; "
+                        f"rerun the same command to do the rest",
+                        table,
+                    ) from None
+        return _write_tables(out, tasks, rows)
 
 
 def best_k_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -489,7 +490,7 @@ def _check_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RegimeDMMError(f"output folder {out} is a file")
     is_sweep = (out / SWEEP_FILE).is_file() or any((out / TASKS_FOLDER).glob("*.json"))
-    if out.is_dir() and any(out.iterdir()) and not is_sweep:
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not is_sweep:
         raise RegimeDMMError(
             f"output folder {out} exists, is not empty and holds no sweep: use another --out "
             "(rerunning a sweep into its own folder resumes it)"

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, folder_lock
 from .checkpoints import read_checkpoint, write_checkpoint
 from .config import FitConfig
 from .data.features import FeaturePipeline
@@ -167,6 +167,25 @@ def walk_forward(
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
     positions = refit_dates(dates, plan)
     source = {"paths": loaded.path, "simulated": loaded.simulated, "seed": config.training.seed}
+    if out is None:
+        return _walk(frame, dates, positions, None, plan, config, source, progress, print_, stop)
+    with folder_lock(out, "walk-forward"):  # a second run into this folder stops here, changing nothing
+        return _walk(frame, dates, positions, Path(out), plan, config, source, progress, print_, stop)
+
+
+def _walk(
+    frame: pd.DataFrame,
+    dates: pd.DatetimeIndex,
+    positions: list[int],
+    out: Path | None,
+    plan: WalkForwardPlan,
+    config: FitConfig,
+    source: dict[str, Any],
+    progress: bool,
+    print_: Callable[[str], None],
+    stop: StopControl | None,
+) -> pd.DataFrame:
+    """The refits and filters of :func:`walk_forward` (``out``: held by the caller's lock, or None)."""
     parts = _parts_folder(out, plan, config, frame, source)
     names = config.model.names()
     resolved = variant_for(config).resolve_config(config)
