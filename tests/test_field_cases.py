@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,18 @@ def test_thirty_days_warning_reaches_the_terminal_and_summary(tmp_path, capsys):
     assert "not to be trusted" in printed  # beside the regime now
     summary = json.loads((out / "summary.json").read_text())
     assert "few_days" in kinds(summary["regime_warnings"])
+
+
+def test_thirty_days_warning_reaches_python_users_through_the_warnings_module(recwarn):
+    warnings.simplefilter("always", rd.RegimeWarning)
+    fit = rd.fit(CASES / "thirty_days.csv", rd.FitConfig().replace(training={"epochs": 20}))
+    issued = [str(w.message) for w in recwarn if issubclass(w.category, rd.RegimeWarning)]
+    assert any(line.startswith("regimes: ") and "[few_days]" in line for line in issued), issued
+    assert len(issued) == len(fit.data_warnings) + len(fit.regime_warnings) + len(fit.collapse)
+    assert all(w.filename == __file__ for w in recwarn if issubclass(w.category, rd.RegimeWarning))  # the caller's line
+    recwarn.clear()
+    quiet = rd.fit(CASES / "thirty_days.csv", rd.FitConfig().replace(training={"epochs": 20}), warn=False)
+    assert quiet.regime_warnings and not [w for w in recwarn if issubclass(w.category, rd.RegimeWarning)]
 
 
 # --- forward_filled_weekends: a REIT index forward-filled onto 7 days ------------------------------

@@ -9,7 +9,7 @@
 from ._version import __version__
 from .config import FitConfig, ModelConfig, PenaltyConfig, TrainConfig
 from .data import load_prices, simulate_default
-from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, RegimeWarning, TrainingError
 from .fitted import FittedModel
 from .fitting import FitInterrupted, fit, resume_fit
 from .persistence import load_fit
@@ -29,6 +29,7 @@ __all__ = [
     "PenaltyConfig",
     "RegimeDMMError",
     "RegimeFit",
+    "RegimeWarning",
     "TrainConfig",
     "TrainingError",
     "WalkForwardPlan",

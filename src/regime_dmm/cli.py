@@ -25,17 +25,14 @@ from .atomic import atomic_write_text, staged_files, staging_folder
 from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity, read_risk_free
 from .config import FitConfig
 from .data import load_prices, simulate_default, write_csv
-from .errors import ConfigError, RegimeDMMError
-from .fitting import FitInterrupted, StopControl, fit, format_data_warnings, load_resume_state, resume_fit
+from .errors import ConfigError, RegimeDMMError, RegimeWarning
+from .fitting import FitInterrupted, StopControl, fit, load_resume_state, resume_fit, warning_lines
 from .nowcast import filter_update, forecast_table
 from .outputs import write_outputs
 from .persistence import load_fit
 from .plots import save_all, usage_bars_text
-from .regime_checks import format_regime_warnings
-from .results import RegimeFit
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
-from .training.collapse import format_collapse
 from .update import CHANGED_EXIT_CODE, UPDATES_FILE, describe, update
 from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, read_plan, walk_forward
 
@@ -372,15 +369,6 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def warning_lines(result: RegimeFit) -> list[str]:
-    """The fit's own warnings: data quality, regimes the data cannot tell apart, collapse."""
-    return (
-        format_data_warnings(result.data_warnings)
-        + format_regime_warnings(result.regime_warnings)
-        + format_collapse(result.collapse)
-    )
-
-
 def cmd_walkforward(args) -> int:
     """``regime-dmm walkforward``: walk-forward filtered regimes into ``DIR/walkforward.csv`` (resumable)."""
     if args.window == "expanding":
@@ -687,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``regime-dmm`` command; returns the exit code (2 for the package's own errors)."""
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", module=QUIET_MODULES)
+    warnings.simplefilter("ignore", RegimeWarning)  # printed as the package's own WARNING lines
     try:
         _out_is_a_folder(args)
         if args.command == "fit":

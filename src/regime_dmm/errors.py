@@ -5,7 +5,7 @@ subclass of :class:`RegimeDMMError`; the CLI turns these into a one-line message
 exit code 2. Anything else escaping is a bug.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RegimeDMMError", "TrainingError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "RegimeDMMError", "RegimeWarning", "TrainingError"]
 
 
 class RegimeDMMError(Exception):
@@ -26,3 +26,10 @@ class CheckpointError(RegimeDMMError):
 
 class TrainingError(RegimeDMMError, RuntimeError):
     """Training could not produce a sound model (for example repeated non-finite losses)."""
+
+
+class RegimeWarning(UserWarning):
+    """A finding of a fit that its results should be read with (data quality, regimes the data cannot tell
+    apart, collapse): :func:`regime_dmm.fit` issues one per finding through :mod:`warnings`, the command line
+    prints them as ``WARNING ...`` lines, and ``summary.json`` keeps them. Silence them with
+    ``warnings.simplefilter("ignore", rd.RegimeWarning)``."""

@@ -10,6 +10,7 @@ and :func:`resume_fit` continues an interrupted run to the same result.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .config import FitConfig
 from .cross_market import cross_market
 from .data.features import FeaturePipeline
 from .data.sources import DataSource, LoadedData, load_source
-from .errors import CheckpointError
+from .errors import CheckpointError, RegimeWarning
 from .fitted import FittedModel
 from .regime_checks import check_regimes, format_regime_warnings
 from .results import RegimeFit, compute_results
@@ -37,6 +38,7 @@ __all__ = [
     "StopControl",
     "fit",
     "format_data_warnings",
+    "warning_lines",
     "load_resume_state",
     "prepare",
     "resume_fit",
@@ -66,6 +68,7 @@ def fit(
     stop: StopControl | None = None,
     initial_params: dict[str, torch.Tensor] | None = None,
     threads: int | None = None,
+    warn: bool = True,
     _resume: RunCheckpoint | None = None,
 ) -> RegimeFit:
     """Fit the regime model to ``data`` (a CSV path or long DataFrame; None = embedded default).
@@ -80,6 +83,9 @@ def fit(
     (:meth:`FittedModel.parameters`): the first restart starts from them (walk-forward refits).
     ``threads``: torch intra-op threads during the fit (None: the measured default of
     :mod:`regime_dmm.threads`; sweeps use 1); the caller's count is restored afterwards.
+    ``warn``: issue each of the fit's findings (data quality, regime checks, collapse) as a
+    :class:`~regime_dmm.errors.RegimeWarning` through :mod:`warnings` (they are in ``summary()`` either way;
+    walk-forward refits, sweeps and ``select`` pass False and report them their own way).
 
     Raises :class:`~regime_dmm.errors.DataError` (bad data, naming market, row and date),
     :class:`~regime_dmm.errors.ConfigError`, :class:`~regime_dmm.errors.TrainingError` (every
@@ -183,7 +189,20 @@ def fit(
         result.regime_warnings = check_regimes(result, fitted.scale_floors())
         for line in format_regime_warnings(result.regime_warnings):
             print_(line)
+        if warn:
+            for line in warning_lines(result):  # what the command line prints, for Python callers
+                warnings.warn(line.removeprefix("WARNING "), RegimeWarning, stacklevel=2)
         return result
+
+
+def warning_lines(result: RegimeFit) -> list[str]:
+    """The fit's own warnings, one ``WARNING ...`` line each: data quality, regimes the data cannot tell apart,
+    collapse."""
+    return (
+        format_data_warnings(result.data_warnings)
+        + format_regime_warnings(result.regime_warnings)
+        + format_collapse(result.collapse)
+    )
 
 
 def format_data_warnings(entries: list[dict[str, Any]]) -> list[str]:

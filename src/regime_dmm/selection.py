@@ -231,7 +231,7 @@ def plot_selection(table: pd.DataFrame) -> Figure:
 
 
 def _fit(train: pd.DataFrame, config: FitConfig, log: Callable[[str], None] | None) -> RegimeFit:
-    return fit(train, config, log=log)
+    return fit(train, config, log=log, warn=False)
 
 
 def _check_ks(ks: Iterable[int]) -> list[int]:

@@ -204,7 +204,7 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
         full = frame.reset_index(drop=True)
         full.attrs = dict(frame.attrs)
         train = training_part(full, holdout, config.training.min_observations) if holdout > 0 else full
-        result = fit(train, config, threads=1)
+        result = fit(train, config, threads=1, warn=False)
         row.update(
             status="ok",
             error="",

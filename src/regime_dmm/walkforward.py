@@ -231,7 +231,11 @@ def _walk(
             cfg = config if first else config.replace(training=refit)
             try:
                 result = fit(
-                    train[train["market"].isin(markets)], cfg, initial_params=None if first else previous, stop=stop
+                    train[train["market"].isin(markets)],
+                    cfg,
+                    initial_params=None if first else previous,
+                    stop=stop,
+                    warn=False,
                 )
             except DataError as exc:  # a market not yet fit to fit (constant, too few traded days): left out
                 named = [m for m in markets if f"'{m}'" in str(exc)]
