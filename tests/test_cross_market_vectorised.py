@@ -192,3 +192,31 @@ def test_cross_market_intervals_equal_the_loop_for_a_seed():
         assert lead["interval90"] == [int(np.floor(lo)), int(np.ceil(hi))]
     assert pairs[0]["lead_lag"]["best_lag"] == 4
     assert pairs == cross_market(fit, max_lag=max_lag, n_boot=n_boot, seed=seed)  # seeded
+
+
+def test_a_lead_is_marked_only_when_its_interval_is_narrow():
+    """A clear 4-day lead is resolved and marked; two unrelated markets' peak is not told from noise: no best-lag
+    line on the plot, ``resolved`` False."""
+    from regime_dmm.cross_market import plot_cross_market
+
+    rng = np.random.default_rng(11)
+    base = persistent(rng, 420)
+    dates = pd.bdate_range("2020-01-01", periods=400)
+    markets = [
+        market("lead", dates, base[20:], rng),
+        market("lag", dates, 0.8 * base[16:-4] + 0.2 * rng.random(400), rng),
+        market("other", dates, persistent(np.random.default_rng(99), 400), rng),
+    ]
+    fit = RegimeFit(FitConfig(), REGIMES, markets, pd.DataFrame(), [], 0, "synthetic")
+    pairs = cross_market(fit, max_lag=8, n_boot=60, seed=2)
+    clear = pairs[0]["lead_lag"]
+    assert clear["best_lag"] == 4 and clear["resolved"]
+    assert clear["interval90"][1] - clear["interval90"][0] <= 8
+    noise = [p["lead_lag"] for p in pairs[1:]]
+    assert any(not lead["resolved"] for lead in noise), noise
+    for lead in noise:
+        assert lead["resolved"] == (lead["interval90"][1] - lead["interval90"][0] <= 8)
+    fig = plot_cross_market(fit, pairs)
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert sum(label.startswith("best lag") for label in labels) == sum(p["lead_lag"]["resolved"] for p in pairs)
+    assert any(label.startswith("no clear lead") for label in labels)

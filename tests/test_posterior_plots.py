@@ -84,6 +84,17 @@ def test_plot_transition_uncertainty(idata, fit):
     assert isinstance(base, Figure)
 
 
+def test_a_single_draw_shows_no_uncertainty_it_does_not_have(idata_one):
+    """A MAP fit exports one draw: its cells show the value alone (0.4.0 printed "± 0.000" in every cell)."""
+    fig = pp.plot_transition_uncertainty(idata_one)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    texts = [t.get_text() for ax in heatmaps for t in ax.texts]
+    assert texts and not any("±" in t for t in texts)
+    values = idata_one.posterior["transition_matrix"].isel(market=0).values[0, 0]
+    assert texts[1] == f"{values[0, 1]:.3f}"
+    assert "no posterior spread" in fig._suptitle.get_text()
+
+
 def test_plot_ppc(idata, idata_one, fit):
     for data in (idata, idata_one):
         fig = pp.plot_ppc(data, num_pp_samples=10)

@@ -14,6 +14,8 @@ the business days of their common range):
   Kunsch 1989, "The jackknife and the bootstrap for general stationary observations").
   Alongside: for each entry of the second market into stress, the lag to the nearest entry of the
   first market within ``max_lag`` days (median and count), an event view of the same question.
+  A best lag whose 90 % interval is wider than ``max_lag`` days (half the window or more) is not told
+  from noise: ``resolved`` is False, and the plot marks no best lag.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ def _pair(
         "max_lag": max_lag,
         "best_lag": None,
         "interval90": None,
+        "resolved": False,
         "correlation": None,
         "correlation_at_0": None,
         "events": 0,
@@ -229,6 +232,8 @@ def _pair(
     if boot.size:
         lo, hi = np.percentile(boot, [5, 95])
         lead["interval90"] = [int(np.floor(lo)), int(np.ceil(hi))]
+        # a peak whose interval covers half the window or more is not a lead anyone can act on
+        lead["resolved"] = bool(lead["interval90"][1] - lead["interval90"][0] <= max_lag)
     ea, eb = _entries(sa > 0.5), _entries(sb > 0.5)
     event_lags = []
     for e in eb:
@@ -250,8 +255,9 @@ def cross_market(
     Returns one plain-data entry per pair (the first market before the second in the fit's order):
     ``shared_days``, ``cooccurrence_counts`` / ``cooccurrence_share`` / ``second_given_first``
     (``K x K``: rows the first market's regimes, columns the second's) and ``lead_lag`` (``best_lag``
-    in shared days, positive when the first market leads, ``interval90``, ``correlation``,
-    ``correlation_by_lag``, ``events``, ``median_event_lag``). Empty for a single market.
+    in shared days, positive when the first market leads, ``interval90``, ``resolved`` (the interval is at most
+    ``max_lag`` wide), ``correlation``, ``correlation_by_lag``, ``events``, ``median_event_lag``). Empty for a
+    single market.
     Seeded (``seed``): the same fit gives the same intervals.
     """
     rng = np.random.default_rng(seed)
@@ -313,7 +319,10 @@ def plot_cross_market(fit: RegimeFit, pairs: list[dict[str, Any]] | None = None)
                 alpha=0.15,
                 label=f"90 % interval {lead['interval90']}",
             )
-        ax_lag.axvline(lead["best_lag"], color="black", linewidth=0.8, label=f"best lag {lead['best_lag']} days")
+        if lead.get("resolved"):
+            ax_lag.axvline(lead["best_lag"], color="black", linewidth=0.8, label=f"best lag {lead['best_lag']} days")
+        else:  # the peak is not told from noise: no line that reads as a finding
+            ax_lag.plot([], [], " ", label="no clear lead: the 90 % interval spans half the window or more")
         ax_lag.axvline(0, color="0.6", linewidth=0.6, linestyle=":")
         ax_lag.set_xlabel(f"lag (shared days): > 0 when {pair['first']} leads")
         ax_lag.set_ylabel("correlation of stress probabilities")

@@ -158,7 +158,8 @@ def plot_probability_hdi(idata: arviz.InferenceData, market: str | int, hdi_prob
 
 def plot_transition_uncertainty(idata: arviz.InferenceData, var_name: str = "transition_matrix") -> Figure:
     """Per market a heatmap of the posterior mean transition matrix (rows: from, columns: to),
-    each cell annotated ``mean ± sd`` across draws. ``var_name`` may be
+    each cell annotated ``mean ± sd`` across draws (the value alone for one draw, a MAP fit: it has no sd to
+    show). ``var_name`` may be
     ``"base_transition_matrix"`` (before covariate adjustments)."""
     regimes = _regime_names(idata)
     markets = _market_names(idata)
@@ -180,7 +181,7 @@ def plot_transition_uncertainty(idata: arviz.InferenceData, var_name: str = "tra
                 ax.text(
                     j,
                     i,
-                    f"{v:.3f}\n± {sd[i, j]:.3f}",
+                    f"{v:.3f}\n± {sd[i, j]:.3f}" if n > 1 else f"{v:.3f}",  # one draw has no sd to show
                     ha="center",
                     va="center",
                     fontsize=8,
@@ -197,7 +198,7 @@ def plot_transition_uncertainty(idata: arviz.InferenceData, var_name: str = "tra
     elif image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.8, label="posterior mean probability")
     what = "Transition matrices" if var_name == "transition_matrix" else var_name.replace("_", " ")
-    detail = f"posterior mean ± sd over {n} draws" if n > 1 else "point estimate (one draw, so sd = 0)"
+    detail = f"posterior mean ± sd over {n} draws" if n > 1 else "point estimate (MAP: no posterior spread)"
     fig.suptitle(f"{what}: {detail}", fontsize=11)
     return fig
 
