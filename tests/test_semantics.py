@@ -18,7 +18,7 @@ import regime_dmm as rd
 from regime_dmm.cli import pooling_lines
 from regime_dmm.models import ExactDMMHyper, ExactRegimeDMM, ModelDims
 from regime_dmm.models.exact_dmm import separation_wall
-from regime_dmm.regime_checks import check_regimes, format_regime_warnings
+from regime_dmm.regime_checks import check_regimes, format_regime_warnings, market_advice
 from regime_dmm.results import restarts_within
 from regime_dmm.training.em import separated
 
@@ -123,6 +123,32 @@ def test_overlap_warning_names_the_pair_and_suggests_fewer_regimes():
     assert "--regimes 3" in pairs[0]["advice"]
     lines = format_regime_warnings(pairs)
     assert any("neutral and volatile" in line and m.name in line for line in lines), lines
+
+
+def test_one_piece_of_advice_per_market_with_a_k_its_days_carry():
+    """0.4.0 advised "--regimes 7" four times over for K = 8 on 300 days, "at most 1" regime on 58 days, and heavy
+    tails to a fit that had them."""
+    alike = [{"market": "m", "kind": "indistinguishable", "regimes": [a, b], "detail": "x"} for a, b in ["ab", "bc", "cd", "de"]]
+    assert market_advice(alike, 8, 300, "studentt").startswith("try --regimes 6 ")  # 300 days carry 6 regimes
+    assert market_advice(alike, 4, 3000, "studentt").startswith("try --regimes 3 ")
+    few = [{"market": "m", "kind": "few_days", "regimes": list("abcd"), "detail": "x"}]
+    assert market_advice(few, 4, 58, "studentt").startswith("use more data: two regimes need 100")
+    fleeting = [{"market": "m", "kind": "fleeting", "regimes": ["d"], "detail": "x"}]
+    assert "--emission studentt" not in market_advice(fleeting, 4, 3000, "studentt")
+    assert "--emission studentt" in market_advice(fleeting, 4, 3000, "gaussian")
+    assert market_advice([], 4, 3000, "studentt") == ""
+
+    fit = rd.fit(rd.simulate_default(1, n_days=300).frame, QUICK.with_num_regimes(8).replace(training={"epochs": 5}))
+    found = check_regimes(fit)
+    for market in {w["market"] for w in found}:
+        advice = {w["advice"] for w in found if w["market"] == market}
+        assert len(advice) == 1, advice  # one piece of advice per market
+        days = int(np.asarray(fit.market(market).observed).sum())
+        (text,) = advice
+        if days >= 100:
+            assert f"--regimes {min(7, days // 50)} " in text, text
+    lines = format_regime_warnings(found)
+    assert sum(" -> " in line for line in lines) == len({w["market"] for w in found})
 
 
 def test_restarts_within_one_nat_counts_the_kept_restart_and_its_near_ties():

@@ -17,7 +17,9 @@ Per market:
   "never left in the sample" instead of a duration nobody can believe.
 
 Each finding is ``{market, kind, regimes, detail, advice}``; an empty list means the regimes are
-distinguishable and each is used.
+distinguishable and each is used. A market gets one piece of advice, the same in each of its findings
+(:func:`market_advice`): a number of regimes its observed days can carry (``DAYS_PER_REGIME`` a regime),
+heavy tails only where the emissions are Gaussian, and more data where even two regimes are too many.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ import numpy as np
 
 from .results import MarketResult, RegimeFit
 
-__all__ = ["DAYS_PER_REGIME", "FLEETING_DAYS", "HELLINGER_MIN", "check_regimes", "format_regime_warnings", "never_left"]
+__all__ = [
+    "DAYS_PER_REGIME",
+    "FLEETING_DAYS",
+    "HELLINGER_MIN",
+    "check_regimes",
+    "format_regime_warnings",
+    "market_advice",
+    "never_left",
+]
 
 HELLINGER_MIN = 0.2
 DAYS_PER_REGIME = 50
@@ -47,10 +57,10 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
     """
     regimes = fit.regimes
     k = len(regimes)
-    fewer = f"try --regimes {k - 1}" if k > 2 else "the data may hold a single regime (no K below 2 is fitted)"
     out: list[dict[str, Any]] = []
     for m in fit.markets:
         days = int(np.asarray(m.observed).sum())
+        first = len(out)
         for pair, value in m.overlap(regimes).items():
             if value["hellinger"] < HELLINGER_MIN:
                 out.append(
@@ -60,7 +70,6 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                         "regimes": pair.split("|"),
                         "detail": f"regimes {pair.replace('|', ' and ')} are hard to tell apart (Hellinger distance "
                         f"{value['hellinger']:.3f} between their return distributions)",
-                        "advice": f"the data may support fewer regimes: {fewer} (regime-dmm select)",
                     }
                 )
         threshold = max(0.01, 5.0 / max(len(m.dates), 1))
@@ -72,7 +81,6 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": [regimes[j]],
                     "detail": f"regime {regimes[j]} holds {m.usage[j]:.2%} of the days "
                     f"(about {m.usage[j] * len(m.dates):.0f})",
-                    "advice": f"a regime of a handful of days: {fewer}",
                 }
             )
         floor = (floors or {}).get(m.name)
@@ -85,7 +93,6 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": [regimes[0]],
                     "detail": f"regime {regimes[0]}'s scale ({calm_scale:.3g}) is at the floor "
                     "(model.min_scale of the market's typical daily sd): it would shrink onto quiet days",
-                    "advice": f"the data may support fewer regimes: {fewer}",
                 }
             )
         if days < DAYS_PER_REGIME * k:
@@ -96,7 +103,6 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": list(regimes),
                     "detail": f"{days} observed days cannot support {k} regimes (fewer than {DAYS_PER_REGIME} "
                     "a regime); the regimes and the probabilities of the regime now are not to be trusted",
-                    "advice": f"use more data or fewer regimes (at most {max(days // DAYS_PER_REGIME, 1)})",
                 }
             )
         for j, duration in enumerate(m.durations()):
@@ -108,7 +114,6 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                         "regimes": [regimes[j]],
                         "detail": f"regime {regimes[j]} lasts {duration:.1f} days on average: it models single days "
                         "(outliers), not a state of the market",
-                        "advice": f"{fewer}, or heavy tails (--emission studentt)",
                     }
                 )
         for j in never_left(m):
@@ -119,12 +124,45 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
                     "regimes": [regimes[j]],
                     "detail": f"regime {regimes[j]} is never left in the sample (staying probability "
                     f"{m.transition[j, j]:.6f}): no duration can be estimated",
-                    "advice": "a longer sample, or fewer regimes",
                 }
             )
+        advice = market_advice(out[first:], k, days, fit.config.model.emission)
+        for entry in out[first:]:
+            entry["advice"] = advice
     return out
 
 
+def market_advice(findings: list[dict[str, Any]], k: int, days: int, emission: str) -> str:
+    """One piece of advice for a market's ``findings`` (``k`` regimes fitted, ``days`` observed days, the
+    fit's ``emission``): the largest K below ``k`` its days can carry (``DAYS_PER_REGIME`` a regime), checked
+    with ``regime-dmm select``; heavy tails for single-day regimes only under Gaussian emissions; more data when
+    even two regimes need more days than there are."""
+    kinds = {f["kind"] for f in findings}
+    if not kinds:
+        return ""
+    carried = days // DAYS_PER_REGIME
+    if carried < 2:
+        return (
+            f"use more data: two regimes need {2 * DAYS_PER_REGIME} observed days or more ({days} here); the regime "
+            "now is not to be trusted"
+        )
+    target = min(k - 1, carried)
+    if kinds == {"never_left"}:
+        parts = [f"a longer sample, or --regimes {target}" if target >= 2 else "a longer sample"]
+    elif target >= 2:
+        parts = [f"try --regimes {target} (regime-dmm select --regimes 2..{k} compares them on held-out days)"]
+    else:
+        parts = ["the data may hold a single regime (no K below 2 is fitted)"]
+    if "fleeting" in kinds and emission != "studentt":
+        parts.append("or heavy tails for single extreme days (--emission studentt)")
+    return ", ".join(parts)
+
+
 def format_regime_warnings(entries: list[dict[str, Any]]) -> list[str]:
-    """One ``WARNING regimes: ...`` line per finding."""
-    return [f"WARNING regimes: {e['market']}: [{e['kind']}] {e['detail']} -> {e['advice']}" for e in entries]
+    """One ``WARNING regimes: ...`` line per finding, the market's advice once, on its last finding."""
+    lines = []
+    for i, e in enumerate(entries):
+        last = i + 1 == len(entries) or entries[i + 1]["market"] != e["market"]
+        advice = f" -> {e['advice']}" if last and e.get("advice") else ""
+        lines.append(f"WARNING regimes: {e['market']}: [{e['kind']}] {e['detail']}{advice}")
+    return lines
