@@ -79,7 +79,7 @@ def test_non_finite_gradients_are_skipped_and_logged(frame, monkeypatch):
     # Adam's faults (the learning rate halved); L-BFGS's: tests/test_lbfgs_refinement.py
     result = rd.fit(frame, small_config(restarts=1, epochs=12, optimizer="adam"))
     assert len(result.faults) == 2
-    assert {f["non_finite"] for f in result.faults} == {"loss"}
+    assert {f["non_finite"] for f in result.faults} == {"loss (markets 'traditional_cre', 'tokenized_reit')"}
     assert all("lr ->" in f["action"] for f in result.faults)
     assert np.isfinite(result.log_likelihood)
     for m in result.markets:
@@ -103,6 +103,26 @@ def test_repeated_faults_stop_with_a_clear_error(frame, monkeypatch, optimizer, 
     config = small_config(restarts=1, epochs=12, optimizer=optimizer, anneal_epochs=2)
     with pytest.raises(TrainingError, match=f"5 consecutive non-finite.*{advice}"):
         rd.fit(frame, config)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_a_training_error_names_the_market_at_fault(frame, monkeypatch, optimizer):
+    """Only the second market's days are poisoned: the error names it, not the other."""
+    from regime_dmm.models.exact_dmm import ExactRegimeDMM
+
+    original = ExactRegimeDMM.log_potentials
+
+    def second_nan(self, data):
+        pot = original(self, data)
+        poison = torch.ones_like(pot.obs_ll)
+        poison[1] = float("nan")
+        return pot._replace(obs_ll=pot.obs_ll * poison)
+
+    monkeypatch.setattr(ExactRegimeDMM, "log_potentials", second_nan)
+    config = small_config(restarts=1, epochs=12, optimizer=optimizer, anneal_epochs=2)
+    with pytest.raises(TrainingError, match="market 'tokenized_reit'") as caught:
+        rd.fit(frame, config)
+    assert "traditional_cre" not in str(caught.value)
 
 
 def test_a_failing_restart_is_reported_and_skipped(frame, monkeypatch):

@@ -407,6 +407,7 @@ class ModelData:
     lengths: torch.Tensor  # (M,) long
     observed: torch.Tensor | None = None  # (M, T) bool, real observations (default: mask)
     span: torch.Tensor | None = None  # (M, T) float, days each return covers (default: 1)
+    markets: tuple[str, ...] = ()  # the M market names (for messages; empty when built by hand)
 
     def __post_init__(self) -> None:
         if self.observed is None:
@@ -435,7 +436,7 @@ class ModelData:
 
     def returns_only(self) -> ModelData:
         """The same data with only the first emitted feature (the return) emitted."""
-        return ModelData(self.x[..., :1], self.mask, self.history, self.lengths, self.observed, self.span)
+        return ModelData(self.x[..., :1], self.mask, self.history, self.lengths, self.observed, self.span, self.markets)
 
 
 def lagged_history(x: torch.Tensor, lags: int) -> torch.Tensor:
@@ -655,6 +656,7 @@ class FeaturePipeline:
             lengths=panel.lengths,
             observed=panel.observed,
             span=panel.span.to(dtype),
+            markets=tuple(panel.markets),
         )
 
     # ---- units ------------------------------------------------------------------------------

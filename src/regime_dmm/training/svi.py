@@ -164,7 +164,7 @@ def train_svi(
             if lbfgs is None:
                 lbfgs = _lbfgs(list(params.values()), loop.lbfgs)
             problem, first, stalled = _lbfgs_iteration(
-                lbfgs, params, lambda: _objective(model, guide, data, elbo, state), seen
+                lbfgs, params, lambda: _objective(model, guide, data, elbo, state), seen, data.markets
             )
             if problem is None:
                 assert first is not None
@@ -182,7 +182,7 @@ def train_svi(
                 else:
                     loop.stalls = 0
             else:
-                _fault(loop, restart, epoch, problem, None, log, max_faults)
+                _fault(loop, restart, epoch, problem, None, log, max_faults, data.markets)
         for batch in (batches(epoch) if batches is not None else [None]) if lbfgs is None else []:
             loss, ctx = _objective(model, guide, data, elbo, state, batch)
             if optimizer is None:  # parameters exist once model and guide have run
@@ -192,17 +192,17 @@ def train_svi(
                     optimizer.load_state_dict(loop.optimizer)
             optimizer.zero_grad()
             if not torch.isfinite(loss):
-                problem = "loss"
+                problem = "loss" + _where(_loss_markets(ctx, data.markets))
             else:
                 loss.backward()
-                problem = _non_finite_gradient(params)
+                problem = _non_finite_gradient(params, data.markets)
             if problem is None:
                 norms = _grad_norms(params)
                 before = _snapshot(params)
                 optimizer.step()
-                problem = _rolled_back(params, before)
+                problem = _rolled_back(params, before, data.markets)
             if problem is not None:
-                _fault(loop, restart, epoch, problem, optimizer, log, max_faults)
+                _fault(loop, restart, epoch, problem, optimizer, log, max_faults, data.markets)
                 continue
             loop.consecutive_faults = 0
             step_losses.append(float(loss.detach()))
@@ -274,7 +274,10 @@ def train_svi(
     if bar is not None:
         bar.close()
     if not loop.history:
-        raise TrainingError(f"restart {restart}: no finite training step: check the data's scale and training.lr")
+        raise TrainingError(
+            f"restart {restart}: no finite training step in the fit of {_names(data.markets)}: check the data's scale "
+            "and training.lr"
+        )
     return TrainOutcome(loop.history, loop.history[-1]["loss"], loop.epoch, loop.stopped_early, loop.faults)
 
 
@@ -343,7 +346,11 @@ def train_lbfgs(
     _, _, diag = poutine.condition(model.evaluate, data=guide.point_estimate())(data, AnnealState())
     loss = -float(diag["log_likelihood"].sum())
     if not math.isfinite(loss):
-        raise TrainingError("classic fit ended with a non-finite log-likelihood: check the data's scale")
+        bad = [n for n, v in zip(data.markets, diag["log_likelihood"].tolist()) if not math.isfinite(v)]
+        raise TrainingError(
+            f"classic fit of {_names(bad or list(data.markets))} ended with a non-finite log-likelihood: check the "
+            "data's scale"
+        )
     row = {
         "restart": restart,
         "epoch": 1,
@@ -417,6 +424,7 @@ def _lbfgs_iteration(
     params: dict[str, torch.Tensor],
     evaluate: Callable[[], tuple[torch.Tensor, StepContext]],
     seen: list[_Evaluation],
+    markets: tuple[str, ...] = (),
 ) -> tuple[str | None, _Evaluation | None, bool]:
     """One L-BFGS iteration. Returns ``(problem, first, stalled)``: ``first`` is the evaluation at the starting
     point (the epoch's row); ``problem`` names what was not finite there, or in the parameters after the step
@@ -444,14 +452,14 @@ def _lbfgs_iteration(
         loss, ctx = evaluate()
         if torch.isfinite(loss):
             loss.backward()
-            problem = _non_finite_gradient(params)
+            problem = _non_finite_gradient(params, markets)
             if problem is None:
                 grads = [None if p.grad is None else p.grad.detach().clone() for p in params.values()]
                 evaluations.append(_Evaluation(at, float(loss.detach()), grads, _grad_norms(params), ctx))
                 return loss.detach()
             failed.append(problem)
         else:
-            failed.append("loss")
+            failed.append("loss" + _where(_loss_markets(ctx, markets)))
         lbfgs.zero_grad()
         if not evaluations:  # the starting point itself: no step is taken from a zero gradient
             return torch.tensor(math.inf, dtype=at.dtype)
@@ -465,7 +473,7 @@ def _lbfgs_iteration(
         lbfgs.state.clear()
         return (failed[0] if failed else "loss"), None, False
     first = evaluations[0]
-    problem = _rolled_back(params, before)
+    problem = _rolled_back(params, before, markets)
     if problem is not None:
         lbfgs.state.clear()
         return problem, None, False
@@ -480,22 +488,63 @@ def _snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def _non_finite_gradient(params: dict[str, torch.Tensor]) -> str | None:
-    """``"gradient of a, b, c"`` naming (up to three) parameters whose gradient is not finite, else None."""
+def _non_finite_gradient(params: dict[str, torch.Tensor], markets: tuple[str, ...] = ()) -> str | None:
+    """``"gradient of a, b, c (market 'x')"`` naming (up to three) parameters whose gradient is not finite and the
+    markets whose rows of them are (:func:`_rows_at_fault`), else None."""
     bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    return "gradient of " + ", ".join(bad[:3]) if bad else None
+    if not bad:
+        return None
+    grads = [params[n].grad for n in bad]
+    return "gradient of " + ", ".join(bad[:3]) + _where(_rows_at_fault([g for g in grads if g is not None], markets))
 
 
-def _rolled_back(params: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> str | None:
-    """After a step: when a parameter is not finite, every parameter back to ``before`` and ``"parameter a, b"``
-    naming (up to three) of them; else None."""
+def _rolled_back(
+    params: dict[str, torch.Tensor], before: dict[str, torch.Tensor], markets: tuple[str, ...] = ()
+) -> str | None:
+    """After a step: when a parameter is not finite, every parameter back to ``before`` and ``"parameter a, b
+    (market 'x')"`` naming (up to three) of them and the markets whose rows are not finite; else None."""
     broken = [n for n, p in params.items() if not torch.isfinite(p).all()]
     if not broken:
         return None
+    where = _where(_rows_at_fault([params[n].detach() for n in broken], markets))
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(before[n])
-    return "parameter " + ", ".join(broken[:3])
+    return "parameter " + ", ".join(broken[:3]) + where
+
+
+def _rows_at_fault(tensors: list[torch.Tensor], markets: tuple[str, ...]) -> list[str]:
+    """The markets whose rows are not finite in any of ``tensors`` whose first dimension is the M markets (the
+    per-market globals); a network weight is no market's."""
+    m, bad = len(markets), set()
+    for t in tensors:
+        if m and t.dim() >= 1 and t.shape[0] == m:
+            rows = ~torch.isfinite(t.detach().reshape(m, -1)).all(-1)
+            bad.update(rows.nonzero().flatten().tolist())
+    return [markets[i] for i in sorted(bad)]
+
+
+def _loss_markets(ctx: StepContext, markets: tuple[str, ...]) -> list[str]:
+    """The markets whose log-likelihood in the step's diagnostics is not finite."""
+    diag = ctx.diagnostics or {}
+    value = diag.get("log_likelihood")
+    if value is None or not markets or value.dim() != 1 or value.shape[0] != len(markets):
+        return []
+    return [markets[i] for i in (~torch.isfinite(value)).nonzero().flatten().tolist()]
+
+
+def _names(markets: tuple[str, ...] | list[str]) -> str:
+    """``market 'a'`` / ``markets 'a', 'b'`` (``the data`` when the names are unknown)."""
+    if not markets:
+        return "the data"
+    return f"market{'s' if len(markets) > 1 else ''} " + ", ".join(f"'{n}'" for n in markets)
+
+
+def _where(names: list[str]) -> str:
+    """`` (market 'a')`` / `` (markets 'a', 'b')``, or nothing."""
+    if not names:
+        return ""
+    return f" (market{'s' if len(names) > 1 else ''} " + ", ".join(f"'{n}'" for n in names) + ")"
 
 
 def _fault(
@@ -506,8 +555,10 @@ def _fault(
     optimizer: ClippedAdam | None,
     log: Callable[[str], None] | None,
     max_faults: int,
+    markets: tuple[str, ...] = (),
 ) -> None:
-    """Record a skipped step (Adam: the learning rate halved); :class:`TrainingError` after ``max_faults`` in a row."""
+    """Record a skipped step (Adam: the learning rate halved); :class:`TrainingError` after ``max_faults`` in a row,
+    naming the markets at fault (or, when the problem is no one market's, every market of the fit)."""
     loop.consecutive_faults += 1
     if optimizer is not None:
         loop.lr /= 2.0
@@ -522,8 +573,9 @@ def _fault(
         log(f"[restart {restart}] epoch {epoch}: non-finite {problem}; {action}")
     if loop.consecutive_faults >= max_faults:
         lower = " and lower training.lr" if optimizer is not None else " or train with training.optimizer: adam"
+        scope = "" if "(market" in problem or not markets else f" in the fit of {_names(markets)}"
         raise TrainingError(
-            f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps (last: {problem}) "
+            f"restart {restart}: {loop.consecutive_faults} consecutive non-finite steps{scope} (last: {problem}) "
             f"at epoch {epoch}: check the scale of the data (normalisation on?){lower}"
         )
 
