@@ -128,7 +128,8 @@ def test_overlap_warning_names_the_pair_and_suggests_fewer_regimes():
 def test_one_piece_of_advice_per_market_with_a_k_its_days_carry():
     """0.4.0 advised "--regimes 7" four times over for K = 8 on 300 days, "at most 1" regime on 58 days, and heavy
     tails to a fit that had them."""
-    alike = [{"market": "m", "kind": "indistinguishable", "regimes": [a, b], "detail": "x"} for a, b in ["ab", "bc", "cd", "de"]]
+    pairs = ["ab", "bc", "cd", "de"]
+    alike = [{"market": "m", "kind": "indistinguishable", "regimes": list(p), "detail": "x"} for p in pairs]
     assert market_advice(alike, 8, 300, "studentt").startswith("try --regimes 6 ")  # 300 days carry 6 regimes
     assert market_advice(alike, 4, 3000, "studentt").startswith("try --regimes 3 ")
     few = [{"market": "m", "kind": "few_days", "regimes": list("abcd"), "detail": "x"}]

@@ -12,7 +12,7 @@ from regime_dmm.cli import main
 from regime_dmm.data import simulate_default
 from regime_dmm.errors import CheckpointError, ConfigError
 from regime_dmm.nowcast import nowcast
-from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, walk_forward
+from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, describe_plan, refit_dates, walk_forward
 
 import helpers
 from helpers import write_csv_frame
@@ -90,7 +90,10 @@ def test_a_rerun_resumes_after_the_finished_refits_and_gives_the_same_bytes(clas
         (copy / "walkforward_parts" / f"0002{suffix}").unlink()
     lines: list[str] = []
     walk_forward(frame, CLASSIC, plan=PLAN, out=copy, log=lines.append)
-    assert [line.split(" on ")[0] for line in lines] == ["refit 3/4", "refit 4/4"]  # 1 and 2 were kept
+    refits = [line.split(" on ")[0] for line in lines if line.startswith("refit ")]
+    assert refits == ["refit 3/4", "refit 4/4"]  # 1 and 2 were kept
+    assert lines[0].startswith("walk-forward: 4 refits every 40 dates from 2020-09-01")
+    assert "about" in lines[-1] and "left" in lines[-1]  # the time left, after each refit
     assert (copy / WALKFORWARD_FILE).read_bytes() == (out / WALKFORWARD_FILE).read_bytes()
 
 
@@ -109,6 +112,7 @@ def test_days_appended_continue_the_folder_to_the_rows_of_one_run(tmp_path, caps
     pd.testing.assert_frame_equal(again, once)
     # the short run's last refit (2020-12-15, block cut at its last day) continues without a refit; no refit is new
     # here, since 20 days do not reach the next refit date: one line, rows added
+    lines = [line for line in lines if line.startswith("refit ")]
     assert len(lines) == 1 and "rows added (no refit)" in lines[0]
 
     write_csv_frame(full, tmp_path / "full.csv")
@@ -156,10 +160,25 @@ def test_new_refits_run_only_for_the_days_appended(tmp_path):
     once = walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "once")
     assert (tmp_path / "daily" / WALKFORWARD_FILE).read_bytes() == (tmp_path / "once" / WALKFORWARD_FILE).read_bytes()
     assert len(once) > 0
+    lines = [line for line in lines if line.startswith("refit ")]
     continued = [line for line in lines if "no refit" in line]
     refitted = [line for line in lines if "no refit" not in line]
     assert len(continued) == 1 and len(refitted) >= 1  # the cut block continued, then the new refits
     assert all(line.startswith("refit ") for line in lines)
+
+
+def test_a_long_expanding_window_is_reported_before_any_work():
+    """0.4.0 ran 260 refits from an expanding window of 19,000 dates without a word for 24 minutes."""
+    dates = pd.bdate_range("1950-01-02", periods=7000)
+    plan = WalkForwardPlan(refit_every=21, start=str(dates[6000].date()))
+    lines = describe_plan(dates, refit_dates(dates, plan), plan)
+    assert lines[0].startswith(f"walk-forward: 48 refits every 21 dates from {dates[6000].date()}")
+    assert "the first fit sees 6,001 dates, the last 6,988" in lines[0]
+    assert lines[1].startswith("WARNING walk-forward: the first fit sees 6,001 dates (from 1950-01-02)")
+    assert "--window 2520" in lines[1]
+    rolling = WalkForwardPlan(refit_every=21, start=str(dates[6000].date()), window=2520)
+    (line,) = describe_plan(dates, refit_dates(dates, rolling), rolling)
+    assert "each on the last 2520 dates: the first fit sees 2,520 dates" in line
 
 
 def test_other_settings_in_the_same_folder_are_refused(classic_run):

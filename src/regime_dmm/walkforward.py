@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ from .checkpoints import read_checkpoint, write_checkpoint
 from .config import FitConfig
 from .data.features import FeaturePipeline
 from .data.sources import DataSource, load_source
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, RegimeWarning
 from .fitted import FittedModel
 from .fitting import fit
 from .inference import last_filtered
@@ -61,6 +63,7 @@ __all__ = [
     "PLAN_FILE",
     "WALKFORWARD_FILE",
     "WalkForwardPlan",
+    "describe_plan",
     "read_plan",
     "refit_dates",
     "walk_forward",
@@ -167,6 +170,10 @@ def walk_forward(
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
     positions = refit_dates(dates, plan)
     source = {"paths": loaded.path, "simulated": loaded.simulated, "seed": config.training.seed}
+    for line in describe_plan(dates, positions, plan):  # before any work: what the run will cost
+        print_(line)
+        if line.startswith("WARNING "):
+            warnings.warn(line.removeprefix("WARNING "), RegimeWarning, stacklevel=2)
     if out is None:
         return _walk(frame, dates, positions, None, plan, config, source, progress, print_, stop)
     with folder_lock(out, "walk-forward"):  # a second run into this folder stops here, changing nothing
@@ -193,6 +200,7 @@ def _walk(
     previous: dict[str, torch.Tensor] | None = None
     previous_markets: tuple[str, ...] = ()
     blocks: list[pd.DataFrame] = []
+    started, refitted = time.perf_counter(), 0
     for i, pos in enumerate(positions):
         fit_date = dates[pos]
         until = dates[min(pos + plan.refit_every, len(dates) - 1)]
@@ -252,7 +260,13 @@ def _walk(
         if part is not None:
             _write_part(part, block, previous, markets, until, fitted.pipeline.to_dict())
         blocks.append(block)
-        print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {', '.join(markets)}; {len(block)} rows")
+        refitted += 1
+        spent = time.perf_counter() - started
+        left = _duration(spent / refitted * (len(positions) - i - 1))
+        print_(
+            f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {', '.join(markets)}; {len(block)} rows; "
+            f"{spent:.0f} s so far, about {left} left"
+        )
         bar.update(1)
     bar.close()
     columns = _columns(names)
@@ -262,6 +276,42 @@ def _walk(
         text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
         atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
     return table
+
+
+#: A first fit on more dates than this (twenty years of business days) is reported before any work, with advice.
+LONG_WINDOW = 5040
+
+
+def describe_plan(dates: pd.DatetimeIndex, positions: list[int], plan: WalkForwardPlan) -> list[str]:
+    """What a walk-forward will do, said before it starts: the refits (how many, from and to which date) and the
+    dates the first and last fits see; a ``WARNING`` line when the first fit sees more than :data:`LONG_WINDOW`
+    dates (an expanding window from a start far before the first refit: each refit costs a long fit)."""
+    first, last = positions[0], positions[-1]
+    seen_first = first + 1 if plan.window is None else min(first + 1, plan.window)
+    seen_last = last + 1 if plan.window is None else min(last + 1, plan.window)
+    window = f"the last {plan.window} dates" if plan.window else f"an expanding window from {dates[0].date()}"
+    lines = [
+        f"walk-forward: {len(positions)} refits every {plan.refit_every} dates from {dates[first].date()} to "
+        f"{dates[last].date()}, each on {window}: the first fit sees {seen_first:,} dates, the last {seen_last:,}; "
+        f"{len(dates) - first - 1:,} dates to filter"
+    ]
+    if seen_first > LONG_WINDOW:
+        since = dates[max(0, first - seen_first + 1)].date()
+        lines.append(
+            f"WARNING walk-forward: the first fit sees {seen_first:,} dates (from {since}),"
+            f" and each of the {len(positions)} refits sees as many or more: this takes long; --window 2520 (about ten "
+            "years of business days) or a later data start keeps each fit short"
+        )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3 h 5 min"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
 def _rows(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> pd.DataFrame:
