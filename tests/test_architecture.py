@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks", "backtest"},
     {"fitting"},
     {"persistence", "selection", "walkforward"},
-    {"update"},
+    {"update", "calibration"},
     {"outputs"},
     {"sweep"},
     {"cli", ""},  # "" is the package itself (regime_dmm/__init__.py)
@@ -64,6 +64,7 @@ CONSUMERS = {
     "evaluation",
     "persistence",
     "update",
+    "calibration",
     "outputs",
     "fitting",
     "sweep",

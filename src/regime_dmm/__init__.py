@@ -7,6 +7,7 @@
 """
 
 from ._version import __version__
+from .calibration import calibrate
 from .config import FitConfig, ModelConfig, PenaltyConfig, TrainConfig
 from .data import load_prices, simulate_default
 from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError, RegimeWarning, TrainingError
@@ -34,6 +35,7 @@ __all__ = [
     "TrainingError",
     "WalkForwardPlan",
     "__version__",
+    "calibrate",
     "fit",
     "load_fit",
     "load_prices",

@@ -1,5 +1,5 @@
 """Command line: ``regime-dmm fit``, ``simulate``, ``select``, ``sweep``, ``forecast``, ``update``,
-``walkforward``, ``backtest``, ``report``.
+``walkforward``, ``backtest``, ``calibrate``, ``report``.
 
 Errors the user can fix (bad data, bad configuration, an existing output folder) print
 one line ``error: ...`` and exit with code 2; nothing is written in that case. ``update`` exits with 3
@@ -23,6 +23,7 @@ import pandas as pd
 
 from .atomic import atomic_write_text, staged_files, staging_folder
 from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity, read_risk_free
+from .calibration import calibrate, write_calibration
 from .config import FitConfig
 from .data import load_prices, simulate_default, write_csv
 from .errors import ConfigError, RegimeDMMError, RegimeWarning
@@ -238,6 +239,16 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-plots", action="store_true", help="fit folders without the PNG plots")
     sw.add_argument("--quiet", action="store_true", help="no progress bar, no per-task line")
 
+    cal = sub.add_parser(
+        "calibrate",
+        help="are the probabilities calibrated? PIT, interval coverage, variance ratio (and Brier with --truth)",
+    )
+    cal.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm walkforward' (out of sample) or 'fit'")
+    cal.add_argument("--truth", metavar="FILE", help="CSV of the true regimes (date, market, regime): Brier scores")
+    cal.add_argument(
+        "--data", nargs="+", metavar="FILE", help="a fit folder's data (default: the path stored in DIR/model.pt)"
+    )
+
     rep = sub.add_parser("report", help="rebuild the plots and summary.json of a saved fit")
     rep.add_argument("dir", metavar="DIR", help="output folder of 'regime-dmm fit'")
     rep.add_argument(
@@ -401,6 +412,28 @@ def cmd_walkforward(args) -> int:
             print(f"finished refits are kept in {out}; rerun the same command to resume", file=sys.stderr)
             return code
     print(f"wrote {out}/{WALKFORWARD_FILE}: {len(table)} rows, {table['fit_date'].nunique()} refits")
+    _calibration_report(out, None)
+    return 0
+
+
+def _calibration_report(folder: Path, truth: str | None, data: str | list[str] | None = None) -> None:
+    """Print the calibration table of ``folder`` and write its files (a relaxed-mode run has none: a note)."""
+    try:
+        report = calibrate(folder, truth=truth, data=data)
+    except RegimeDMMError as exc:
+        if "exact regimes" not in str(exc):
+            raise
+        print(f"no calibration report: {exc}")
+        return
+    print(f"\nCalibration ({report.kind}; {'; '.join(report.notes)}):")
+    print(report.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    names = write_calibration(report, folder)
+    print(f"wrote {folder}/: {' '.join(names)}")
+
+
+def cmd_calibrate(args) -> int:
+    """``regime-dmm calibrate``: the calibration report of a walk-forward or fit folder."""
+    _calibration_report(Path(args.dir), args.truth, _data(args))
     return 0
 
 
@@ -441,6 +474,7 @@ def cmd_backtest(args) -> int:
         finally:
             fig.clear()
     print(f"wrote {out}/: {BACKTEST_FILE} backtest.png")
+    _calibration_report(out, None)
     return 0
 
 
@@ -688,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "update":
             return cmd_update(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
         if args.command == "walkforward":
             return cmd_walkforward(args)
         if args.command == "backtest":
