@@ -13,13 +13,14 @@
 (e) Scale (``--scale``): 32 markets x 2,500 days in one model and 1 market x 20,000 days, one restart each,
     wall time and peak memory, each in its own process.
 (b2) The cross-market report at 2, 8 and 32 markets (copies of the default fit's markets).
+(g) A daily update (``rd.update``, ``regime-dmm update``) of a saved default fit with 5 new days.
 (f) The inference kernels: ``log_normalizer`` forward+backward (and 0.3.0's, through ``DiscreteHMM``),
     ``expected_statistics`` (the EM E-step) and ``posterior`` (0.3.0's E-step) at several lengths.
 
 Run one benchmark at a time on an otherwise idle machine (absolute times move by a quarter between runs:
 compare within one run). ``torch.get_num_threads()`` is printed because the numbers depend on it.
 
-    python benchmarks/bench_speed.py                       # (a), (b), (c), (f)
+    python benchmarks/bench_speed.py                       # (a), (b), (c), (g), (f)
     python benchmarks/bench_speed.py --select --scale      # and (d), (e)
     python benchmarks/bench_speed.py --baseline none       # without the earlier commit
 """
@@ -240,6 +241,37 @@ def bench_refit() -> None:
     print()
 
 
+# ---- (g) a daily update -------------------------------------------------------------------------------------
+def bench_update() -> None:
+    """``rd.update`` of a saved default fit (2 markets x 2,496 days) with 5 new days of each market, from the
+    fit's file grown by them (the usual daily case); and ``regime-dmm update`` as a command (a fresh process:
+    interpreter start and imports included)."""
+    from regime_dmm.outputs import write_outputs
+
+    frame = rd.simulate_default(0).frame
+    cut = frame.groupby("market", sort=False).head(2496)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cut.to_csv(root / "prices.csv", index=False)
+        fit = rd.fit(root / "prices.csv", warn=False)
+        write_outputs(fit, root / "fit", plots=False, posterior=False)
+        frame.groupby("market", sort=False).head(2501).to_csv(root / "prices.csv", index=False)  # 5 days more
+        seconds = time_call(lambda: rd.update(root / "fit", root / "prices.csv", write=False), 5)
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "regime_dmm.cli", "update", str(root / "fit"), "--data", str(root / "prices.csv")],
+            capture_output=True,
+            text=True,
+        )
+        command = time.perf_counter() - start
+    print("== (g) a daily update: a saved fit of 2 markets x 2,496 days, 5 new days each ==")
+    print(
+        f"rd.update: {seconds:.3f} s (median of 5); regime-dmm update (a new process): {command:.2f} s, "
+        f"exit {done.returncode}"
+    )
+    print()
+
+
 # ---- (d) select ---------------------------------------------------------------------------------------------
 def bench_select() -> None:
     from regime_dmm.selection import select_regimes
@@ -339,6 +371,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help=f"commit to compare with (default {BASELINE}; none)")
     parser.add_argument("--skip-fit", action="store_true", help="skip (a) and (b)")
     parser.add_argument("--skip-refit", action="store_true", help="skip (c)")
+    parser.add_argument("--skip-update", action="store_true", help="skip (g)")
     parser.add_argument("--select", action="store_true", help="run (d)")
     parser.add_argument("--scale", action="store_true", help="run (e)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[500, 2500, 10000, 100000])
@@ -356,6 +389,8 @@ def main() -> None:
         bench_phases()
     if not args.skip_refit:
         bench_refit()
+    if not args.skip_update:
+        bench_update()
     if args.select:
         bench_select()
     if args.scale:

@@ -260,6 +260,63 @@ def test_ctrl_c_keeps_the_finished_tasks_and_exits_130(tmp_path):
     assert set(table["status"]) <= {"ok", "cancelled"}
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as fh:
+                    children = [int(c) for c in fh.read().split()]
+            except OSError:
+                continue
+            for child in children:
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+def test_ctrl_c_in_a_terminal_stops_the_workers_through_the_parent(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the local workers ignore it (no worker traceback), the
+    sweep stops them itself, exits 130 and leaves no worker process behind."""
+    frame = markets(days=400)
+    csv = tmp_path / "prices.csv"
+    write_csv_frame(frame[frame["market"] != "flat"], csv)
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "regime_dmm.cli", "sweep", "--data", str(csv), "--regimes", "2..4"]
+    cmd += ["--seeds", "0..3", "--epochs", "30", "--restarts", "1", "--workers", "2", "--out", str(out), "--no-outputs"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not any((out / "tasks").glob("*.json")):  # a task has finished: the workers are busy
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no task finished in 240 s"
+        time.sleep(0.2)
+    workers = _descendants(proc.pid)
+    assert workers, "no worker process found"
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr, stderr
+    end = time.monotonic() + 30
+    while any(_alive(p) for p in workers) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "worker processes outlived the sweep"
+    table = pd.read_csv(out / "sweep.csv")
+    assert (table["status"] == "ok").sum() >= 1 and set(table["status"]) <= {"ok", "cancelled"}
+
+
 def test_shifts_per_year_counts_changes_of_the_most_probable_regime():
     from regime_dmm.results import MarketResult
 
@@ -329,3 +386,28 @@ def test_existing_scheduler_with_one_thread_workers_only(tmp_path):
     with pytest.raises(ConfigError, match="workers"):
         sweep(one, out=tmp_path / "zero", workers=0)
     assert not (tmp_path / "zero").exists()
+
+
+def test_a_stop_reports_the_tasks_still_running_on_a_remote_cluster(tmp_path):
+    """Dask cannot stop a running task: cancelled on a scheduler the sweep does not own, a running task is
+    reported as still running there; the queued ones as cancelled before they finished."""
+    frame = markets(days=200)
+    one = frame[frame["market"] == "a"]
+    lines: list[str] = []
+
+    def stop_after_the_first(line: str) -> None:
+        lines.append(line)
+        if ": ok in" in line:
+            time.sleep(1.0)  # the single worker has taken the next task by now
+            raise KeyboardInterrupt
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        with pytest.raises(rd.sweep.__globals__["SweepInterrupted"]) as caught:
+            sweep(one, out=tmp_path / "remote", ks=[2, 3], seeds=[0, 1, 2], configs={"tiny": CONFIG},
+                  scheduler=c.scheduler_address, outputs=False, log=stop_after_the_first)  # fmt: skip
+    table = caught.value.table
+    cancelled = table[table["status"] == "cancelled"]
+    running = cancelled[cancelled["error"].str.contains("running on a remote worker")]
+    assert (table["status"] == "ok").sum() >= 1 and len(running) == 1, table[["task_id", "status", "error"]]
+    assert (cancelled["error"].str.contains("cancelled before it finished")).sum() == len(cancelled) - 1
+    assert "1 cancelled ones still run to their end on the cluster's workers" in str(caught.value)

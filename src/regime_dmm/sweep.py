@@ -42,6 +42,7 @@ import json
 import math
 import re
 import resource
+import signal
 import sys
 import time
 import uuid
@@ -290,15 +291,30 @@ def sweep(
             with _client(distributed, workers, scheduler) as client:
                 print_(f"[sweep] {len(todo)} tasks on {_describe(client)}")
                 try:
-                    _run(distributed, client, todo, frame, holdout, out, outputs, plots, rows, print_, progress)
+                    _run(
+                        distributed,
+                        client,
+                        todo,
+                        frame,
+                        holdout,
+                        out,
+                        outputs,
+                        plots,
+                        rows,
+                        print_,
+                        progress,
+                        remote=scheduler is not None,
+                    )
                 except (KeyboardInterrupt, FitInterrupted):  # Ctrl-C; or a signal the CLI's StopControl received
                     for t in todo:
                         if t.task_id not in rows:
                             rows[t.task_id] = _cancelled(t)
                     table = _write_tables(out, tasks, rows)
                     finished = sum(1 for t in todo if rows[t.task_id]["status"] != "cancelled")
+                    still = sum("remote worker" in str(rows[t.task_id].get("error", "")) for t in todo)
+                    remote = f"; {still} cancelled ones still run to their end on the cluster's workers" * bool(still)
                     raise SweepInterrupted(
-                        f"sweep stopped: {finished} of {len(todo)} new tasks finished and were kept; "
+                        f"sweep stopped: {finished} of {len(todo)} new tasks finished and were kept{remote}; "
                         f"rerun the same command to do the rest",
                         table,
                     ) from None
@@ -372,7 +388,7 @@ def _client(distributed: Any, workers: int | None, scheduler: str | None) -> Ite
     import dask
 
     # a task whose worker dies is retried once; the worker processes start with one OpenMP/BLAS thread
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), _terminal_interrupts_ignored():
         cluster = distributed.LocalCluster(
             n_workers=available_cores() if workers is None else workers,
             threads_per_worker=1,
@@ -383,6 +399,24 @@ def _client(distributed: Any, workers: int | None, scheduler: str | None) -> Ite
         )
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _terminal_interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while the local worker processes start: they inherit it (an ignored signal stays ignored
+    across fork and exec, and Python then installs no KeyboardInterrupt handler), so a Ctrl-C in the terminal,
+    which reaches the whole process group, interrupts only this process, which stops the workers itself (the
+    cluster is closed on the way out) instead of each worker dying with a traceback of its own. The handler
+    is restored afterwards (outside the main thread nothing is changed)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _describe(client: Any) -> str:
@@ -403,8 +437,11 @@ def _run(
     rows: dict[str, dict[str, Any]],
     print_: Callable[[str], None],
     progress: bool,
+    remote: bool = False,
 ) -> None:
-    """Submit ``todo``; record each row as it finishes (in ``rows`` and ``out/tasks/<id>.json``)."""
+    """Submit ``todo``; record each row as it finishes (in ``rows`` and ``out/tasks/<id>.json``). On a stop, every
+    unfinished task is cancelled and recorded so (``remote``: on a cluster this sweep does not own, a task already
+    running runs to its end there, which its row says)."""
     # Each task carries its markets' rows (a few hundred kB): tasks without dependencies are handed to
     # whichever worker is free, where scattered data would tie each task to the worker holding its rows.
     parts = {t.label: frame[frame["market"].isin(t.markets)] for t in todo}
@@ -437,7 +474,11 @@ def _run(
             status = row["status"] if row["status"] != "failed" else f"FAILED ({row['error']})"
             print_(f"[sweep] {task.task_id}: {status} in {row.get('wall_seconds', float('nan')):.1f} s")
     except (KeyboardInterrupt, FitInterrupted):
+        pending = {f.key: t for f, t in futures.items() if t.task_id not in rows}
+        running = _running_keys(client) if remote else set()
         client.cancel([f for f, t in futures.items() if t.task_id not in rows])
+        for key, t in pending.items():  # a Dask task cannot be stopped once it runs: say so where it runs on
+            rows[t.task_id] = _cancelled(t, key in running)  # a cluster this sweep does not close
         raise
     finally:
         if bar is not None:
@@ -471,8 +512,29 @@ def _failed(task: SweepTask, error: str) -> dict[str, Any]:
     return dict(_row_head(task), status="failed", error=error)
 
 
-def _cancelled(task: SweepTask) -> dict[str, Any]:
-    return dict(_failed(task, "cancelled before it finished"), status="cancelled")
+def _cancelled(task: SweepTask, running_remotely: bool = False) -> dict[str, Any]:
+    reason = (
+        "cancelled while running on a remote worker: a Dask task cannot be stopped once it runs, so it runs to "
+        "its end there and its result is discarded"
+        if running_remotely
+        else "cancelled before it finished"
+    )
+    return dict(_failed(task, reason), status="cancelled")
+
+
+def _running_keys(client: Any) -> set[str]:
+    """The keys the cluster's workers are executing now (asked of each worker: the scheduler's "processing" also
+    counts the tasks queued on a worker); empty when they cannot be asked."""
+    try:
+        executing = client.run(_executing_keys)
+    except Exception:  # a report, not a reason to fail the stop
+        return set()
+    return {key for keys in executing.values() for key in keys}
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """On a worker: the keys of the tasks it is executing."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
 
 
 def _write_tables(out: Path, tasks: list[SweepTask], rows: dict[str, dict[str, Any]]) -> pd.DataFrame:
