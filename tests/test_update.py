@@ -144,3 +144,33 @@ def test_update_refuses_what_it_cannot_filter(saved, tmp_path):
     with pytest.raises(rd.CheckpointError, match="no saved fit"):
         rd.update(tmp_path, data, write=False)
     assert not (root / "fit" / UPDATES_FILE).exists()
+
+
+def test_update_of_a_walk_forward_folder_filters_with_its_last_refit(tmp_path, capsys):
+    """The new days after a walk-forward run get the probabilities a walk-forward on all the days gives them (same
+    last refit, no new one), written to updates.csv; the run's own files are left as they were."""
+    from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, walk_forward
+
+    from helpers import two_regime_market
+
+    full = two_regime_market(330, seed=21)
+    dates = sorted(full["date"].unique())
+    short = full[full["date"] <= dates[-6]]
+    config = rd.FitConfig().replace(model={"num_regimes": 2, "classic": True}, training={"restarts": 1})
+    plan = WalkForwardPlan(refit_every=40, start="2020-09-01")  # the last refit's block covers the last 25 dates
+    write_csv_frame(short, tmp_path / "short.csv")
+    write_csv_frame(full, tmp_path / "full.csv")
+    walk_forward(tmp_path / "short.csv", config, plan=plan, out=tmp_path / "wf")
+    once = walk_forward(tmp_path / "full.csv", config, plan=plan, out=tmp_path / "once")
+    before = (tmp_path / "wf" / WALKFORWARD_FILE).read_bytes()
+    code = main(["update", str(tmp_path / "wf"), "--data", str(tmp_path / "full.csv"), "--json"])
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert code == (CHANGED_EXIT_CODE if line["changed"] else 0) and line["new_days"] == 5
+    written = pd.read_csv(tmp_path / "wf" / UPDATES_FILE)
+    expected = once[once["date"] > pd.Timestamp(dates[-6]).strftime("%Y-%m-%d")]
+    assert list(written["date"]) == list(expected["date"])
+    ours = written[["prob_calm", "prob_volatile"]].to_numpy()
+    np.testing.assert_allclose(ours, expected[["filtered_calm", "filtered_volatile"]].to_numpy(), atol=2e-6)
+    assert (tmp_path / "wf" / WALKFORWARD_FILE).read_bytes() == before
+    wf = pd.read_csv(tmp_path / "wf" / WALKFORWARD_FILE)
+    assert line["known_date"] == wf["date"].iloc[-1]

@@ -46,14 +46,14 @@ from scipy import stats
 from .atomic import staged_files
 from .checkpoints import read_checkpoint
 from .config import FitConfig
-from .data.features import FeaturePipeline, Panel
+from .data.features import Panel
 from .data.sources import DataSource, load_source
 from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError
 from .fitted import FittedModel
 from .inference import forecast as forecast_probs
 from .persistence import MODEL_FILE, load_fit
 from .training.variants import variant_for
-from .walkforward import DATA_FILE, PART_FORMAT, PARTS, PLAN_FILE, WALKFORWARD_FILE
+from .walkforward import DATA_FILE, PART_FORMAT, PART_KEYS, PARTS, PLAN_FILE, WALKFORWARD_FILE, rebuild_refit
 
 __all__ = [
     "CALIBRATION_DAYS_FILE",
@@ -355,30 +355,23 @@ def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
     window = plan["plan"].get("window")
     regimes = config.model.names()
     table = pd.read_csv(folder / WALKFORWARD_FILE, dtype={"date": str, "market": str, "fit_date": str})
-    dtype = getattr(torch, config.training.dtype)
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
     day_frames: list[pd.DataFrame] = []
     matrices: dict[str, list[np.ndarray]] = {}
     for path in sorted(parts.glob("[0-9][0-9][0-9][0-9].pt")):
-        saved = read_checkpoint(path, PART_FORMAT, "walk-forward refit", ("params", "markets", "until", "features"))
-        block = table[table["fit_date"] == _fit_date_of(path)]
+        saved = read_checkpoint(path, PART_FORMAT, "walk-forward refit", PART_KEYS)
+        fit_date, until = pd.Timestamp(saved["fit_date"]), pd.Timestamp(saved["until"])
+        block = table[table["fit_date"] == saved["fit_date"]]
         if block.empty:
             continue
-        fit_date = pd.Timestamp(block["fit_date"].iloc[0])
-        until = pd.Timestamp(saved["until"])
         low = None if window is None else dates[max(0, int(dates.searchsorted(fit_date)) - int(window) + 1)]
+        fitted = rebuild_refit(saved, frame, low, fit_date, config)
         within = frame["date"] <= until
         if low is not None:
             within &= frame["date"] >= low
-        rows = frame[within]
-        markets = list(saved["markets"])
-        pipeline = FeaturePipeline.from_dict(saved["features"])
-        train = rows[(rows["date"] <= fit_date) & rows["market"].isin(markets)]
-        train.attrs = dict(frame.attrs)
-        fitted = FittedModel.build(config, pipeline, pipeline.transform(train), saved["params"], dtype)
-        scored = rows[rows["market"].isin(markets)]
+        scored = frame[within & frame["market"].isin(list(saved["markets"]))]
         scored.attrs = dict(frame.attrs)
-        panel = pipeline.transform(scored)
+        panel = fitted.pipeline.transform(scored)
         pred = one_step_predictive(fitted, panel)
         keep = [np.asarray(s.dates > fit_date) for s in panel.series]
         day_frames.append(_day_rows(panel, pred, keep))
@@ -392,12 +385,6 @@ def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
     ordered = pd.concat([g for _, g in probs.groupby("market", sort=False)], ignore_index=True)
     transitions = {m: np.stack(v) for m, v in matrices.items()}
     return days, ordered, transitions, regimes
-
-
-def _fit_date_of(path: Path) -> str:
-    """The refit date of a part, from its CSV's ``fit_date`` column."""
-    block = pd.read_csv(path.with_suffix(".csv"), dtype=str, usecols=["fit_date"], nrows=1)
-    return str(block["fit_date"].iloc[0]) if len(block) else ""
 
 
 def _truth_frame(truth: Any) -> pd.DataFrame:

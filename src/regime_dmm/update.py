@@ -39,6 +39,7 @@ from .errors import CheckpointError, DataError
 from .nowcast import NewData, evaluate_panel, extend_panel
 from .persistence import MODEL_FILE, load_fit
 from .results import RegimeFit
+from .walkforward import PARTS, PLAN_FILE, WALKFORWARD_FILE, filter_days, last_refit
 
 __all__ = ["CHANGED_EXIT_CODE", "UPDATES_FILE", "MarketUpdate", "UpdateResult", "describe", "update"]
 
@@ -95,71 +96,54 @@ class UpdateResult:
 
 
 def update(fit_dir: str | Path, data: NewData, *, write: bool = True) -> UpdateResult:
-    """Filter the days of ``data`` after the fit saved in ``fit_dir`` and (``write``) append them to
-    ``fit_dir/updates.csv`` (see the module docstring).
+    """Filter the days of ``data`` after the fit (or walk-forward run) saved in ``fit_dir`` and (``write``) append
+    them to ``fit_dir/updates.csv`` (see the module docstring).
 
     ``data``: a long CSV path or DataFrame in the fit's input format (date, market, price|return), with
-    the new days and, optionally, the fitted ones (they must repeat the fitted values).
+    the new days and, optionally, the fitted ones (they must repeat the fitted values). A walk-forward folder's
+    new days (after its last date) are filtered with its last refit's parameters, as its later days were; the
+    report's path is ``walkforward.csv``'s filtered regimes followed by the new days'.
 
-    Raises :class:`~regime_dmm.errors.CheckpointError` (no readable fit in ``fit_dir``),
+    Raises :class:`~regime_dmm.errors.CheckpointError` (no readable fit or walk-forward in ``fit_dir``),
     :class:`~regime_dmm.errors.DataError` (no day after the fit, a market not in the fit, a fitted day
     changed, a day the previous update wrote changed, a gap after a market's last known day longer than
     the fit's ``data.max_gap``).
     """
     out = Path(fit_dir)
-    if not (out / MODEL_FILE).is_file():
-        raise CheckpointError(f"{out} holds no saved fit ({MODEL_FILE} not found): write one with regime-dmm fit")
     label = None if isinstance(data, (str, Path)) else "new data"
-    table = read_prices(data, label=label)
-    value_column = table.attrs["value_column"]
-    fit = _load(out, table)
-    panel, fitted_lengths = extend_panel(fit, table)
-    if all(s.length == n for s, n in zip(panel.series, fitted_lengths)):
-        last_dates = ", ".join(f"{s.name} {s.dates[-1].date()}" for s in panel.series)
+    if (out / PARTS / PLAN_FILE).is_file():
+        table = read_prices(data, label=label)
+        names, paths, max_gap = _walk_forward_paths(out, table)
+    elif (out / MODEL_FILE).is_file():
+        table = read_prices(data, label=label)
+        names, paths, max_gap = _fit_paths(out, table)
+    else:
+        raise CheckpointError(
+            f"{out} holds no saved fit ({MODEL_FILE} not found) and no walk-forward run: write one with regime-dmm fit"
+        )
+    if all(p.length == p.base for p in paths):
+        last_dates = ", ".join(f"{p.market} {p.dates[-1].date()}" for p in paths)
         raise DataError(f"the data hold no day after the last fitted dates ({last_dates}): nothing to update")
-    _, post = evaluate_panel(fit, panel)
-    filtered = post.filtered.numpy()
-    names = fit.regimes
+    value_column = table.attrs["value_column"]
     previous = _previous_updates(out / UPDATES_FILE)
     frames, markets = [], []
-    for m, (series, n_fit) in enumerate(zip(panel.series, fitted_lengths)):
-        probs = filtered[m, : series.length]
-        path = probs.argmax(-1)
-        dates = series.dates
-        known = n_fit - 1
+    for path in paths:
+        known = path.base - 1
         if previous is not None:
-            done = previous.loc[previous["market"] == series.name, "date"]
+            done = previous.loc[previous["market"] == path.market, "date"]
             if len(done):
-                known = max(known, int(dates.searchsorted(pd.Timestamp(done.iloc[-1]))))
-                known = min(known, series.length - 1)
-        _check_gap(fit, series.name, table, dates[known])
-        last = series.length - 1
-        run = last
-        while run > 0 and path[run - 1] == path[last]:
-            run -= 1
-        markets.append(
-            MarketUpdate(
-                market=series.name,
-                date=dates[last].strftime("%Y-%m-%d"),
-                regime=names[int(path[last])],
-                probability=round(float(probs[last, path[last]]), 6),
-                probabilities={n: round(float(p), 6) for n, p in zip(names, probs[last])},
-                days_in_regime=last - run + 1,
-                regime_since=dates[run].strftime("%Y-%m-%d"),
-                previous_regime=names[int(path[last - 1])] if last > 0 else None,
-                known_date=dates[known].strftime("%Y-%m-%d"),
-                known_regime=names[int(path[known])],
-                changed=bool(path[last] != path[known]),
-                new_days=last - known,
-            )
-        )
-        if series.length > n_fit:
-            frame = pd.DataFrame({"date": dates[n_fit:].strftime("%Y-%m-%d"), "market": series.name})
-            frame["regime"] = [names[int(k)] for k in path[n_fit:]]
+                known = max(known, int(path.dates.searchsorted(pd.Timestamp(done.iloc[-1]))))
+                known = min(known, path.length - 1)
+        _check_gap(path.market, path.calendar, max_gap, table, path.dates[known])
+        markets.append(_market_update(path, names, known))
+        if path.length > path.base:
+            new = slice(path.base, path.length)
+            frame = pd.DataFrame({"date": path.dates[new].strftime("%Y-%m-%d"), "market": path.market})
+            frame["regime"] = [names[int(k)] for k in path.probs[new].argmax(-1)]
             for k, name in enumerate(names):
-                frame[f"prob_{name}"] = probs[n_fit:, k]
-            frame["observed"] = np.asarray(series.observed[n_fit:], dtype=np.int64)
-            given = table.loc[table["market"] == series.name, ["date", value_column]]
+                frame[f"prob_{name}"] = path.probs[new, k]
+            frame["observed"] = np.asarray(path.observed[new], dtype=np.int64)
+            given = table.loc[table["market"] == path.market, ["date", value_column]]
             given = given.assign(date=given["date"].dt.strftime("%Y-%m-%d"))
             frames.append(frame.merge(given, on="date", how="left"))  # the close filtered (empty: no row that day)
     frame = pd.concat(frames, ignore_index=True)
@@ -169,6 +153,86 @@ def update(fit_dir: str | Path, data: NewData, *, write: bool = True) -> UpdateR
     if write:
         atomic_write_text(out / UPDATES_FILE, text)
     return UpdateResult(markets=markets, frame=frame)
+
+
+@dataclass
+class _Path:
+    """One market's filtered path: ``dates (T,)``, ``probs (T, K)``, ``observed (T,)``; its first ``base`` days
+    were known before this update (fitted, or in ``walkforward.csv``); ``calendar``: business or daily."""
+
+    market: str
+    dates: pd.DatetimeIndex
+    probs: np.ndarray
+    observed: np.ndarray
+    base: int
+    calendar: str
+
+    @property
+    def length(self) -> int:
+        return len(self.dates)
+
+
+def _market_update(path: _Path, names: tuple[str, ...], known: int) -> MarketUpdate:
+    """The report of one market (see :class:`MarketUpdate`); ``known``: the index of its last known day."""
+    labels = path.probs.argmax(-1)
+    last = path.length - 1
+    run = last
+    while run > 0 and labels[run - 1] == labels[last]:
+        run -= 1
+    return MarketUpdate(
+        market=path.market,
+        date=path.dates[last].strftime("%Y-%m-%d"),
+        regime=names[int(labels[last])],
+        probability=round(float(path.probs[last, labels[last]]), 6),
+        probabilities={n: round(float(p), 6) for n, p in zip(names, path.probs[last])},
+        days_in_regime=last - run + 1,
+        regime_since=path.dates[run].strftime("%Y-%m-%d"),
+        previous_regime=names[int(labels[last - 1])] if last > 0 else None,
+        known_date=path.dates[known].strftime("%Y-%m-%d"),
+        known_regime=names[int(labels[known])],
+        changed=bool(labels[last] != labels[known]),
+        new_days=last - known,
+    )
+
+
+def _fit_paths(out: Path, table: pd.DataFrame) -> tuple[tuple[str, ...], list[_Path], int]:
+    """A saved fit's markets: the fitted days and the new ones, filtered in one pass at the fitted parameters."""
+    fit = _load(out, table)
+    panel, fitted_lengths = extend_panel(fit, table)
+    _, post = evaluate_panel(fit, panel)
+    filtered = post.filtered.numpy()
+    paths = [
+        _Path(s.name, s.dates, filtered[m, : s.length], np.asarray(s.observed), n, s.calendar)
+        for m, (s, n) in enumerate(zip(panel.series, fitted_lengths))
+    ]
+    return fit.regimes, paths, fit.config.data.max_gap
+
+
+def _walk_forward_paths(out: Path, table: pd.DataFrame) -> tuple[tuple[str, ...], list[_Path], int]:
+    """A walk-forward folder's markets: ``walkforward.csv``'s filtered days, then the new days filtered with the
+    last refit's parameters (as :func:`~regime_dmm.walkforward.walk_forward` filters a refit's days)."""
+    fitted, low, fit_date, until, config = last_refit(out, table)
+    names = config.model.names()
+    dates = pd.DatetimeIndex(np.unique(table["date"].to_numpy()))
+    new = filter_days(fitted, table, low, dates, int(dates.searchsorted(until)), dates[-1], names, fit_date, None)
+    done = pd.read_csv(out / WALKFORWARD_FILE, dtype={"date": str, "market": str, "fit_date": str})
+    columns = [f"filtered_{n}" for n in names]
+    paths = []
+    for series in fitted.panel.series:
+        before = done[done["market"] == series.name]
+        after = new[new["market"] == series.name]
+        both = pd.concat([before, after], ignore_index=True)
+        paths.append(
+            _Path(
+                series.name,
+                pd.DatetimeIndex(pd.to_datetime(both["date"])),
+                both[columns].to_numpy(float),
+                both["observed"].to_numpy(bool),
+                len(before),
+                series.calendar,
+            )
+        )
+    return names, paths, config.data.max_gap
 
 
 def _load(out: Path, table: pd.DataFrame) -> RegimeFit:
@@ -204,21 +268,19 @@ def _load(out: Path, table: pd.DataFrame) -> RegimeFit:
         ) from None
 
 
-def _check_gap(fit: RegimeFit, market: str, table: pd.DataFrame, known: pd.Timestamp) -> None:
+def _check_gap(market: str, calendar: str, max_gap: int, table: pd.DataFrame, known: pd.Timestamp) -> None:
     """:class:`DataError` when the market's first row after ``known`` (its last known day) comes after more missing
-    days than the fit's ``data.max_gap`` (on the market's calendar: business days, or every day)."""
+    days than ``max_gap`` (on the market's calendar: business days, or every day)."""
     later = table.loc[(table["market"] == market) & (table["date"] > known), "date"]
     if later.empty:
         return
     nxt = pd.Timestamp(later.min())
-    calendar = next((m.calendar for m in fit.markets if m.name == market), "business")
     grid = pd.bdate_range(known, nxt) if calendar == "business" else pd.date_range(known, nxt)
     missing = len(grid) - 2
-    if missing > fit.config.data.max_gap:
+    if missing > max_gap:
         raise DataError(
             f"market '{market}': {missing} days are missing between {known.date()} and {nxt.date()}, more than "
-            f"data.max_gap ({fit.config.data.max_gap}): the filter would guess through the gap; add the missing rows "
-            "or refit"
+            f"data.max_gap ({max_gap}): the filter would guess through the gap; add the missing rows or refit"
         )
 
 

@@ -64,7 +64,10 @@ __all__ = [
     "WALKFORWARD_FILE",
     "WalkForwardPlan",
     "describe_plan",
+    "filter_days",
+    "last_refit",
     "read_plan",
+    "rebuild_refit",
     "refit_dates",
     "walk_forward",
 ]
@@ -80,6 +83,8 @@ PLAN_FILE = "plan.json"
 #: The rows a run read (its input, as loaded), inside ``out/walkforward_parts``: a later run must repeat them.
 DATA_FILE = "data.csv"
 PART_FORMAT = "regime-dmm walk-forward refit/2"
+#: What a refit's part file holds besides its format and version.
+PART_KEYS = ("params", "markets", "fit_date", "until", "features")
 
 
 @dataclass(frozen=True)
@@ -207,21 +212,16 @@ def _walk(
         part = None if parts is None else parts / f"{i:04d}"
         low = None if plan.window is None else dates[max(0, pos - plan.window + 1)]
         if part is not None and part.with_suffix(".csv").is_file() and part.with_suffix(".pt").is_file():
-            required = ("params", "markets", "until", "features")
-            saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", required)
+            saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", PART_KEYS)
             previous, previous_markets = saved["params"], tuple(saved["markets"])
             text_columns = {"date": str, "market": str, "regime": str, "fit_date": str}
             block = pd.read_csv(part.with_suffix(".csv"), dtype=text_columns, keep_default_na=False)
             seen = pd.Timestamp(saved["until"])
             if until > seen:  # days appended since: its block continues with its own parameters, no refit
-                pipeline = FeaturePipeline.from_dict(saved["features"])
-                train = _rows(frame, low, fit_date)
-                train = train[train["market"].isin(previous_markets)]
-                panel = pipeline.transform(train)
-                fitted = FittedModel.build(resolved, pipeline, panel, previous, getattr(torch, config.training.dtype))
-                more = _filter_days(fitted, frame, low, dates, dates.searchsorted(seen), until, names, fit_date, stop)
+                fitted = rebuild_refit(saved, frame, low, fit_date, resolved)
+                more = filter_days(fitted, frame, low, dates, dates.searchsorted(seen), until, names, fit_date, stop)
                 block = pd.concat([block, more], ignore_index=True)
-                _write_part(part, block, previous, previous_markets, until, saved["features"])
+                _write_part(part, block, previous, previous_markets, fit_date, until, saved["features"])
                 print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {len(more)} rows added (no refit)")
             blocks.append(block)
             bar.update(1)
@@ -255,10 +255,10 @@ def _walk(
             bar.update(1)
             continue
         fitted = result.require_fitted()
-        block = _filter_days(fitted, frame, low, dates, pos, until, names, fit_date, stop)
+        block = filter_days(fitted, frame, low, dates, pos, until, names, fit_date, stop)
         previous, previous_markets = fitted.parameters(), markets
         if part is not None:
-            _write_part(part, block, previous, markets, until, fitted.pipeline.to_dict())
+            _write_part(part, block, previous, markets, fit_date, until, fitted.pipeline.to_dict())
         blocks.append(block)
         refitted += 1
         spent = time.perf_counter() - started
@@ -276,6 +276,46 @@ def _walk(
         text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
         atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
     return table
+
+
+def rebuild_refit(
+    saved: dict[str, Any], frame: pd.DataFrame, low: pd.Timestamp | None, fit_date: pd.Timestamp, config: FitConfig
+) -> FittedModel:
+    """The fitted model of a refit from its part file's contents (``saved``: parameters, markets, feature pipeline)
+    and the run's rows ``frame``, without fitting: the training rows (``low`` .. ``fit_date``, its markets) through
+    its own pipeline, its parameters. ``config``: the run's configuration, resolved."""
+    pipeline = FeaturePipeline.from_dict(saved["features"])
+    train = _rows(frame, low, fit_date)
+    train = train[train["market"].isin(list(saved["markets"]))]
+    train.attrs = dict(frame.attrs)
+    panel = pipeline.transform(train)
+    return FittedModel.build(config, pipeline, panel, saved["params"], getattr(torch, config.training.dtype))
+
+
+def last_refit(
+    out: str | Path, frame: pd.DataFrame
+) -> tuple[FittedModel, pd.Timestamp | None, pd.Timestamp, pd.Timestamp, FitConfig]:
+    """The last refit of the walk-forward run in ``out``, rebuilt (:func:`rebuild_refit`) on ``frame``, which must
+    repeat the rows the run read (days may follow). Returns ``(fitted, low, fit_date, until, config)``: the first
+    date of its window (None: expanding), its refit date, the last date the run filtered, the run's resolved
+    configuration. Raises :class:`CheckpointError` (no finished refit), :class:`DataError` (a revised row)."""
+    parts = Path(out) / PARTS
+    plan = read_plan(out)
+    try:
+        config = FitConfig.from_dict(plan["config"], origin=str(parts / PLAN_FILE))
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{parts / PLAN_FILE}: no readable configuration ({exc})") from None
+    config = variant_for(config).resolve_config(config)
+    files = sorted(parts.glob("[0-9][0-9][0-9][0-9].pt"))
+    if not files or not (parts / DATA_FILE).is_file():
+        raise CheckpointError(f"{out} holds no finished walk-forward refit: run regime-dmm walkforward first")
+    _same_prefix(parts / DATA_FILE, frame)
+    saved = read_checkpoint(files[-1], PART_FORMAT, "walk-forward refit", PART_KEYS)
+    fit_date, until = pd.Timestamp(saved["fit_date"]), pd.Timestamp(saved["until"])
+    dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
+    window = plan.get("plan", {}).get("window")
+    low = None if window is None else dates[max(0, int(dates.searchsorted(fit_date)) - int(window) + 1)]
+    return rebuild_refit(saved, frame, low, fit_date, config), low, fit_date, until, config
 
 
 #: A first fit on more dates than this (twenty years of business days) is reported before any work, with advice.
@@ -323,7 +363,7 @@ def _rows(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> 
     return rows
 
 
-def _filter_days(
+def filter_days(
     fitted: FittedModel,
     frame: pd.DataFrame,
     low: pd.Timestamp | None,
@@ -447,6 +487,7 @@ def _write_part(
     block: pd.DataFrame,
     params: dict[str, torch.Tensor],
     markets: tuple[str, ...],
+    fit_date: pd.Timestamp,
     until: pd.Timestamp,
     features: dict[str, Any],
 ) -> None:
@@ -457,6 +498,7 @@ def _write_part(
         "package_version": __version__,
         "params": params,
         "markets": list(markets),
+        "fit_date": fit_date.strftime("%Y-%m-%d"),  # the refit's last training date
         "until": until.strftime("%Y-%m-%d"),  # the block's last date (a later run with more days continues it)
         "features": features,  # the refit's feature pipeline: its fitted normalisation
     }
