@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-hmmlearn", action="store_true")
     parser.add_argument("--out", help="CSV of every row")
     args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", rd.RegimeWarning)  # the fits' findings: the table says what matters here
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" on every other start
     if args.scenario == "two_regime" and args.shocks == ["gaussian", "studentt:4"]:
         args.shocks = ["studentt:5"]

@@ -379,6 +379,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    warnings.simplefilter("ignore", rd.RegimeWarning)  # the fits' findings (this benchmark times them)
     print(
         f"regime-dmm {rd.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"

@@ -1,5 +1,7 @@
 """The exact-inference core against brute-force enumeration of all K^T paths."""
 
+import math
+
 import numpy as np
 import pyro.distributions as dist
 import pytest
@@ -155,7 +157,6 @@ def test_scaled_tree_equals_the_log_space_tree_over_a_huge_dynamic_range():
     """log Z's tree multiplies scaled probability matrices; against a tree of log-space products (what
     ``last_filtered`` and 0.4.0's log Z use) on days whose regimes differ by up to 2,000 nats (a crash day under a
     calm regime's Gaussian), its value, gradient (the marginals) and the penalties' second derivative agree."""
-    import math
 
     from regime_dmm.inference.exact import _chain_log_z, _tree_product
 
@@ -181,3 +182,32 @@ def test_scaled_tree_equals_the_log_space_tree_over_a_huge_dynamic_range():
     torch.testing.assert_close(g1, g2, rtol=0, atol=1e-9)
     for a, b in zip(s1, s2):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+
+
+def test_scaled_tree_edge_cases_float32_and_an_impossible_day():
+    """float32 (whose range ends at 1e-38) takes the log-space tree: a regime left with probability 1e-30 and days
+    60 nats apart give the log-space value, not -inf; a day impossible under every regime gives log Z -inf with a
+    finite (zero) gradient in float64."""
+    from regime_dmm.inference.exact import _chain_log_z, _tree_product
+
+    torch.manual_seed(7)
+    k, steps = 3, 64
+    trans = torch.full((k, k), 1e-30, dtype=torch.float32) + torch.eye(k, dtype=torch.float32)
+    log_trans = (trans / trans.sum(-1, keepdim=True)).log().expand(1, steps, k, k)
+    obs = 60 * torch.randn(1, steps, k, dtype=torch.float32)
+    log_init = torch.full((1, k), -math.log(k), dtype=torch.float32)
+    alpha0, mats = log_init + obs[..., 0, :], log_trans[..., 1:, :, :] + obs[..., 1:, None, :]
+    expected = torch.logsumexp(alpha0.double()[..., :, None] + _tree_product(mats.double()), dim=(-2, -1))
+    got = _chain_log_z(alpha0, mats)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-2)
+
+    obs64 = torch.randn(2, 50, 4, dtype=torch.float64)
+    obs64[1, 20] = -math.inf  # market 1, day 20: no regime can emit it
+    obs64.requires_grad_()
+    log_trans64 = torch.randn(2, 50, 4, 4, dtype=torch.float64).log_softmax(-1)
+    log_init64 = torch.randn(2, 4, dtype=torch.float64).log_softmax(-1)
+    log_z = log_normalizer(log_init64, log_trans64, obs64)
+    assert math.isinf(float(log_z[1])) and float(log_z[1]) < 0 and math.isfinite(float(log_z[0]))
+    (grad,) = torch.autograd.grad(log_z.sum(), obs64)  # the impossible market's -inf included
+    assert torch.isfinite(grad).all() and float(grad[1].abs().sum()) == 0.0

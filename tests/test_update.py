@@ -174,3 +174,43 @@ def test_update_of_a_walk_forward_folder_filters_with_its_last_refit(tmp_path, c
     assert (tmp_path / "wf" / WALKFORWARD_FILE).read_bytes() == before
     wf = pd.read_csv(tmp_path / "wf" / WALKFORWARD_FILE)
     assert line["known_date"] == wf["date"].iloc[-1]
+
+
+def test_a_bad_tick_on_the_last_day_changes_no_day_already_written(saved, tmp_path):
+    """Day N + 3 is typed x10; day N + 4 reverses it, so it is a bad tick only once day N + 4 is known. The first
+    update filtered day N + 3 as it stood (as a walk-forward would); the second keeps that row and goes on."""
+    _, full, root = saved
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    for item in (root / "fit").iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    data = _rows_until(full, 5).copy()
+    tick = data.index[data["market"] == "traditional_cre"][FIT_DAYS + 2]
+    data.loc[tick, "price"] *= 10.0
+    rd.update(folder, data[data.groupby("market").cumcount() < FIT_DAYS + 3])
+    first = (folder / UPDATES_FILE).read_text()
+    result = rd.update(folder, data)
+    second = (folder / UPDATES_FILE).read_text()
+    assert set(first.splitlines()) <= set(second.splitlines())  # day N + 3's row as first written
+    assert all(m.new_days == 2 for m in result.markets)
+
+
+def test_update_walkforward_update_in_turn_on_one_folder(tmp_path):
+    """A daily routine on a walk-forward folder: update, then the walk-forward continued on the grown file (its
+    rows now hold the updated days), then update again."""
+    from regime_dmm.walkforward import WalkForwardPlan, walk_forward
+
+    from helpers import two_regime_market
+
+    full = two_regime_market(330, seed=21)
+    dates = sorted(full["date"].unique())
+    config = rd.FitConfig().replace(model={"num_regimes": 2, "classic": True}, training={"restarts": 1})
+    plan = WalkForwardPlan(refit_every=40, start="2020-09-01")
+    folder = tmp_path / "wf"
+    walk_forward(full[full["date"] <= dates[-11]], config, plan=plan, out=folder)
+    rd.update(folder, full[full["date"] <= dates[-6]])
+    walk_forward(full[full["date"] <= dates[-6]], config, plan=plan, out=folder)
+    result = rd.update(folder, full)
+    written = pd.read_csv(folder / UPDATES_FILE)
+    assert sorted(written["date"].unique()) == [pd.Timestamp(d).strftime("%Y-%m-%d") for d in dates[-5:]]
+    assert all(m.new_days == 5 for m in result.markets)

@@ -249,3 +249,20 @@ def test_a_market_too_short_or_flat_for_a_fit_waits_for_a_later_refit():
     first_late = table.loc[table["market"] == "late", "fit_date"].min()
     assert first_late > "2020-09-01"  # not before it has 30 traded returns
     assert (table.loc[table["market"] == "a", "date"] > "2020-06-01").all() and len(table[table["market"] == "a"]) > 100
+
+
+def test_a_stop_between_a_continued_part_s_two_files_duplicates_no_row(tmp_path):
+    """The continued part's CSV was written, its parameters file not (a stop in between): the rerun trims the CSV to
+    the days the parameters file vouches for, and the table is one run's."""
+    full = two_regime_market(330)
+    dates = pd.DatetimeIndex(sorted(full["date"].unique()))
+    folder = tmp_path / "daily"
+    walk_forward(full[full["date"] <= dates[-6]], CLASSIC, plan=PLAN, out=folder)
+    parts = sorted((folder / "walkforward_parts").glob("*.pt"))
+    saved = parts[-1].read_bytes()
+    walk_forward(full, CLASSIC, plan=PLAN, out=folder)
+    parts[-1].write_bytes(saved)  # as if stopped before the .pt was replaced
+    again = walk_forward(full, CLASSIC, plan=PLAN, out=folder)
+    once = walk_forward(full, CLASSIC, plan=PLAN, out=tmp_path / "once")
+    assert not again.duplicated(["date", "market"]).any()
+    pd.testing.assert_frame_equal(again, once)

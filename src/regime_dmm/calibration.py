@@ -193,7 +193,8 @@ def regime_scores(
             matrices = np.broadcast_to(matrices, (len(p), *matrices.shape))
         row: dict[str, Any] = {"market": market}
         for h in (0, *horizons):
-            forecast = p if h == 0 else np.stack([forecast_probs(q, a, h)[-1] for q, a in zip(p, matrices)])
+            ahead = [forecast_probs(q, a, h)[-1] for q, a in zip(p, matrices, strict=True)] if h else []
+            forecast = np.stack(ahead) if h else p
             # the forecast made on row i is for row i + h (the market's h-th next day)
             target = pd.DatetimeIndex(list(dates[h:]) + [pd.NaT] * h) if h else pd.DatetimeIndex(dates)
             labels = true.reindex(target).to_numpy()

@@ -412,16 +412,19 @@ def cmd_walkforward(args) -> int:
             print(f"finished refits are kept in {out}; rerun the same command to resume", file=sys.stderr)
             return code
     print(f"wrote {out}/{WALKFORWARD_FILE}: {len(table)} rows, {table['fit_date'].nunique()} refits")
-    _calibration_report(out, None)
+    _calibration_report(out, None, after=True)
     return 0
 
 
-def _calibration_report(folder: Path, truth: str | None, data: str | list[str] | None = None) -> None:
-    """Print the calibration table of ``folder`` and write its files (a relaxed-mode run has none: a note)."""
+def _calibration_report(
+    folder: Path, truth: str | None, data: str | list[str] | None = None, *, after: bool = False
+) -> None:
+    """Print the calibration table of ``folder`` and write its files. ``after``: the report follows a command that
+    has written its own outputs (walkforward, backtest): a report that cannot be made is a note, not an error."""
     try:
         report = calibrate(folder, truth=truth, data=data)
     except RegimeDMMError as exc:
-        if "exact regimes" not in str(exc):
+        if not after and "exact regimes" not in str(exc):
             raise
         print(f"no calibration report: {exc}")
         return
@@ -474,7 +477,7 @@ def cmd_backtest(args) -> int:
         finally:
             fig.clear()
     print(f"wrote {out}/: {BACKTEST_FILE} backtest.png")
-    _calibration_report(out, None)
+    _calibration_report(out, None, after=True)
     return 0
 
 

@@ -6,13 +6,14 @@ file of their own) and runs ``regime-dmm update DIR --data FILE``. This module
 * loads the fit saved in ``DIR`` (from the rows of ``FILE`` up to each market's last fitted day when
   the file holds them - the usual case, a price file that grows by a row a day - else from the data
   the fit was made on);
-* appends the days of ``FILE`` after each market's last fitted day and filters them with the fitted
-  parameters (:func:`~regime_dmm.nowcast.extend_panel`: the features of the new days use the fitted
-  normalisation; the exact forward filter gives ``p(z_t | x_1..x_t)``, no look-ahead) - the same
-  probabilities a walk-forward run gives those days with the same parameters;
-* writes every filtered day since the fit to ``DIR/updates.csv`` at once (rows an earlier update
-  wrote must come out the same: a revised close is an error naming market, date and both values,
-  and nothing is written);
+* filters each day of ``FILE`` after the last day known in ``DIR`` with the saved parameters, from the rows
+  up to that day alone (:func:`~regime_dmm.nowcast.extend_panel`: the new days' features use the fitted
+  normalisation; the exact forward filter gives ``p(z_t | x_1..x_t)``; a bad tick, which the next day's
+  reversal reveals, cannot change a day already filtered) - the probabilities a walk-forward run gives
+  those days with the same parameters;
+* adds them to ``DIR/updates.csv``, written at once; the rows earlier updates wrote are kept as they are, and
+  a day among them whose close the data now give otherwise is an error naming market, date and both values
+  (nothing is written);
 * reports per market the regime now (the most probable filtered regime of its last day) with its
   probability, the days it has lasted (on the filtered path), the regime of the day before, and
   whether the regime changed since the last day known before this update (the fit's last day, or
@@ -27,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +38,8 @@ import pandas as pd
 from .atomic import atomic_write_text
 from .data.loader import read_prices
 from .errors import CheckpointError, DataError
-from .nowcast import NewData, evaluate_panel, extend_panel
+from .inference import last_filtered
+from .nowcast import NewData, extend_panel
 from .persistence import MODEL_FILE, load_fit
 from .results import RegimeFit
 from .walkforward import PARTS, PLAN_FILE, WALKFORWARD_FILE, filter_days, last_refit
@@ -96,69 +99,85 @@ class UpdateResult:
 
 
 def update(fit_dir: str | Path, data: NewData, *, write: bool = True) -> UpdateResult:
-    """Filter the days of ``data`` after the fit (or walk-forward run) saved in ``fit_dir`` and (``write``) append
-    them to ``fit_dir/updates.csv`` (see the module docstring).
+    """Filter the days of ``data`` after the last day known in ``fit_dir`` (a saved fit or a walk-forward run) and
+    (``write``) add them to ``fit_dir/updates.csv`` (see the module docstring).
 
-    ``data``: a long CSV path or DataFrame in the fit's input format (date, market, price|return), with
-    the new days and, optionally, the fitted ones (they must repeat the fitted values). A walk-forward folder's
-    new days (after its last date) are filtered with its last refit's parameters, as its later days were; the
-    report's path is ``walkforward.csv``'s filtered regimes followed by the new days'.
+    ``data``: a long CSV path or DataFrame in the fit's input format (date, market, price|return). For a fit: the
+    new days and, optionally, the fitted ones (they must repeat the fitted values). For a walk-forward folder: the
+    run's file with the new days appended (the rows the run read must come again). A walk-forward folder's new
+    days are filtered with its last refit's parameters, as the run filters the days until its next refit.
 
     Raises :class:`~regime_dmm.errors.CheckpointError` (no readable fit or walk-forward in ``fit_dir``),
-    :class:`~regime_dmm.errors.DataError` (no day after the fit, a market not in the fit, a fitted day
-    changed, a day the previous update wrote changed, a gap after a market's last known day longer than
-    the fit's ``data.max_gap``).
+    :class:`~regime_dmm.errors.DataError` (no day after the fit, a market not in the fit, a fitted day or a day an
+    earlier update wrote changed, a gap after a market's last known day longer than ``data.max_gap``).
     """
     out = Path(fit_dir)
     label = None if isinstance(data, (str, Path)) else "new data"
     if (out / PARTS / PLAN_FILE).is_file():
         table = read_prices(data, label=label)
-        names, paths, max_gap = _walk_forward_paths(out, table)
+        source = _walk_forward_source(out, table)
     elif (out / MODEL_FILE).is_file():
         table = read_prices(data, label=label)
-        names, paths, max_gap = _fit_paths(out, table)
+        source = _fit_source(out, table)
     else:
         raise CheckpointError(
             f"{out} holds no saved fit ({MODEL_FILE} not found) and no walk-forward run: write one with regime-dmm fit"
         )
-    if all(p.length == p.base for p in paths):
-        last_dates = ", ".join(f"{p.market} {p.dates[-1].date()}" for p in paths)
-        raise DataError(f"the data hold no day after the last fitted dates ({last_dates}): nothing to update")
-    value_column = table.attrs["value_column"]
-    previous = _previous_updates(out / UPDATES_FILE)
-    frames, markets = [], []
-    for path in paths:
-        known = path.base - 1
-        if previous is not None:
-            done = previous.loc[previous["market"] == path.market, "date"]
-            if len(done):
-                known = max(known, int(path.dates.searchsorted(pd.Timestamp(done.iloc[-1]))))
-                known = min(known, path.length - 1)
-        _check_gap(path.market, path.calendar, max_gap, table, path.dates[known])
-        markets.append(_market_update(path, names, known))
-        if path.length > path.base:
-            new = slice(path.base, path.length)
-            frame = pd.DataFrame({"date": path.dates[new].strftime("%Y-%m-%d"), "market": path.market})
-            frame["regime"] = [names[int(k)] for k in path.probs[new].argmax(-1)]
-            for k, name in enumerate(names):
-                frame[f"prob_{name}"] = path.probs[new, k]
-            frame["observed"] = np.asarray(path.observed[new], dtype=np.int64)
-            given = table.loc[table["market"] == path.market, ["date", value_column]]
-            given = given.assign(date=given["date"].dt.strftime("%Y-%m-%d"))
-            frames.append(frame.merge(given, on="date", how="left"))  # the close filtered (empty: no row that day)
-    frame = pd.concat(frames, ignore_index=True)
-    text = frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+    names, value_column = source.names, table.attrs["value_column"]
+    previous = _previous_updates(out / UPDATES_FILE, source.base_dates)
     if previous is not None:
-        _check_unchanged(previous, pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), out / UPDATES_FILE)
+        _check_closes(previous, table, value_column, out / UPDATES_FILE)
+    known = {m: _known_date(m, source.base_dates[m], previous) for m in source.base_dates}
+    for market, date in known.items():
+        _check_gap(market, source.calendars[market], source.max_gap, table, date)
+    if not (table["date"] > table["market"].map(source.base_dates)).any():
+        last_dates = ", ".join(f"{m} {d.date()}" for m, d in source.base_dates.items())
+        raise DataError(f"the data hold no day after the last fitted dates ({last_dates}): nothing to update")
+    new = source.filter_new(table, known)  # date, market, regime, prob_<name>..., observed
+    given = table[["date", "market", value_column]].assign(date=table["date"].dt.strftime("%Y-%m-%d"))
+    new = new.merge(given, on=["date", "market"], how="left")  # the close filtered (empty: no row that day)
+    text = new.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+    rows = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if previous is not None:
+        rows = pd.concat([previous[[c for c in rows.columns if c in previous.columns]], rows], ignore_index=True)
+    order = {m: i for i, m in enumerate(source.base_dates)}
+    rows = rows.sort_values(["market", "date"], key=lambda c: c.map(order) if c.name == "market" else c, kind="stable")
+    rows = rows.reset_index(drop=True)
+    markets = []
+    for market, (dates, probs, observed) in source.paths.items():
+        mine = rows[rows["market"] == market]
+        all_dates = dates.append(pd.DatetimeIndex(pd.to_datetime(mine["date"])))
+        all_probs = np.concatenate([probs, mine[[f"prob_{n}" for n in names]].to_numpy(float)])
+        path = _Path(market, all_dates, all_probs, np.concatenate([observed, mine["observed"].to_numpy(int) == 1]),
+                     len(dates), source.calendars[market])  # fmt: skip
+        at = int(all_dates.searchsorted(known[market]))
+        markets.append(_market_update(path, names, min(at, path.length - 1)))
     if write:
-        atomic_write_text(out / UPDATES_FILE, text)
+        atomic_write_text(out / UPDATES_FILE, rows.to_csv(index=False, lineterminator="\n"))
+    frame = rows.copy()
+    for column in [c for c in frame.columns if c.startswith("prob_")] + [value_column]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return UpdateResult(markets=markets, frame=frame)
+
+
+@dataclass
+class _Source:
+    """What an update starts from: ``paths``: per market the filtered path known before any update (dates, ``(T,
+    K)`` probabilities, observed); ``base_dates``: its last day per market (fit order); ``filter_new(table,
+    known)``: the filtered rows of each market's days after ``known[market]``, each from the rows up to it."""
+
+    names: tuple[str, ...]
+    paths: dict[str, tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]]
+    base_dates: dict[str, pd.Timestamp]
+    calendars: dict[str, str]
+    max_gap: int
+    filter_new: Callable[[pd.DataFrame, dict[str, pd.Timestamp]], pd.DataFrame]
 
 
 @dataclass
 class _Path:
     """One market's filtered path: ``dates (T,)``, ``probs (T, K)``, ``observed (T,)``; its first ``base`` days
-    were known before this update (fitted, or in ``walkforward.csv``); ``calendar``: business or daily."""
+    were known before any update (fitted, or in ``walkforward.csv``); ``calendar``: business, daily or periodic."""
 
     market: str
     dates: pd.DatetimeIndex
@@ -195,44 +214,94 @@ def _market_update(path: _Path, names: tuple[str, ...], known: int) -> MarketUpd
     )
 
 
-def _fit_paths(out: Path, table: pd.DataFrame) -> tuple[tuple[str, ...], list[_Path], int]:
-    """A saved fit's markets: the fitted days and the new ones, filtered in one pass at the fitted parameters."""
+def _fit_source(out: Path, table: pd.DataFrame) -> _Source:
+    """A saved fit: its filtered path over the fitted days (one pass at the fitted parameters), and new days each
+    filtered on the fitted days and the new rows up to it."""
     fit = _load(out, table)
-    panel, fitted_lengths = extend_panel(fit, table)
-    _, post = evaluate_panel(fit, panel)
+    fitted = fit.require_fitted()
+    names = fit.regimes
+    _, post = fitted.posterior()
     filtered = post.filtered.numpy()
-    paths = [
-        _Path(s.name, s.dates, filtered[m, : s.length], np.asarray(s.observed), n, s.calendar)
-        for m, (s, n) in enumerate(zip(panel.series, fitted_lengths))
-    ]
-    return fit.regimes, paths, fit.config.data.max_gap
+    panel = fitted.panel
+    paths = {
+        s.name: (s.dates, filtered[m, : s.length], np.asarray(s.observed, dtype=bool))
+        for m, s in enumerate(panel.series)
+    }
+    base = {s.name: s.dates[-1] for s in panel.series}
+
+    def filter_new(rows: pd.DataFrame, known: dict[str, pd.Timestamp]) -> pd.DataFrame:
+        records = []
+        later = sorted(d for d in pd.unique(rows["date"]) if d > min(known.values()))
+        for day in later:
+            upto = rows[rows["date"] <= day]
+            upto.attrs = dict(rows.attrs)
+            extended, lengths = extend_panel(fit, upto)
+            pot = fitted.potentials(fitted.model_data(extended))
+            for m, s in enumerate(extended.series):
+                if s.dates[-1] != day or day <= known[s.name] or s.length == lengths[m]:
+                    continue
+                one = (pot.log_init[m : m + 1], pot.log_trans[m : m + 1, : s.length], pot.obs_ll[m : m + 1, : s.length])
+                records.append(_record(s.name, day, last_filtered(*one)[0].exp().numpy(), s.observed[-1], names))
+        return _records_frame(records, names)
+
+    calendars = {s.name: s.calendar for s in panel.series}
+    return _Source(names, paths, base, calendars, fit.config.data.max_gap, filter_new)
 
 
-def _walk_forward_paths(out: Path, table: pd.DataFrame) -> tuple[tuple[str, ...], list[_Path], int]:
-    """A walk-forward folder's markets: ``walkforward.csv``'s filtered days, then the new days filtered with the
-    last refit's parameters (as :func:`~regime_dmm.walkforward.walk_forward` filters a refit's days)."""
-    fitted, low, fit_date, until, config = last_refit(out, table)
+def _walk_forward_source(out: Path, table: pd.DataFrame) -> _Source:
+    """A walk-forward folder: ``walkforward.csv``'s filtered days, then new days filtered with the last refit's
+    parameters (as :func:`~regime_dmm.walkforward.walk_forward` filters a refit's days)."""
+    try:
+        fitted, low, fit_date, until, config = last_refit(out, table)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; an update of a walk-forward folder needs the run's file with the new days appended"
+        ) from None
     names = config.model.names()
-    dates = pd.DatetimeIndex(np.unique(table["date"].to_numpy()))
-    new = filter_days(fitted, table, low, dates, int(dates.searchsorted(until)), dates[-1], names, fit_date, None)
     done = pd.read_csv(out / WALKFORWARD_FILE, dtype={"date": str, "market": str, "fit_date": str})
-    columns = [f"filtered_{n}" for n in names]
-    paths = []
-    for series in fitted.panel.series:
-        before = done[done["market"] == series.name]
-        after = new[new["market"] == series.name]
-        both = pd.concat([before, after], ignore_index=True)
-        paths.append(
-            _Path(
-                series.name,
-                pd.DatetimeIndex(pd.to_datetime(both["date"])),
-                both[columns].to_numpy(float),
-                both["observed"].to_numpy(bool),
-                len(before),
-                series.calendar,
-            )
+    if len(done) and pd.Timestamp(done["date"].max()) != until:
+        raise CheckpointError(
+            f"{out}: walkforward.csv ends on {done['date'].max()}, its last refit on {until.date()}: the run was "
+            "interrupted; rerun regime-dmm walkforward to finish it first"
         )
-    return names, paths, config.data.max_gap
+    columns = [f"filtered_{n}" for n in names]
+    paths, base = {}, {}
+    for series in fitted.panel.series:
+        mine = done[done["market"] == series.name]
+        dates = pd.DatetimeIndex(pd.to_datetime(mine["date"]))
+        paths[series.name] = (dates, mine[columns].to_numpy(float), mine["observed"].to_numpy(int) == 1)
+        base[series.name] = dates[-1] if len(dates) else until
+
+    def filter_new(rows: pd.DataFrame, known: dict[str, pd.Timestamp]) -> pd.DataFrame:
+        dates = pd.DatetimeIndex(np.unique(rows["date"].to_numpy()))
+        start = int(dates.searchsorted(min(known.values())))
+        block = filter_days(fitted, rows, low, dates, start, dates[-1], names, fit_date, None)
+        block = block[pd.to_datetime(block["date"]) > block["market"].map(known)]
+        out_rows = block.rename(columns={f"filtered_{n}": f"prob_{n}" for n in names})
+        return out_rows[["date", "market", "regime", *[f"prob_{n}" for n in names], "observed"]]
+
+    calendars = {s.name: s.calendar for s in fitted.panel.series}
+    return _Source(names, paths, base, calendars, config.data.max_gap, filter_new)
+
+
+def _record(market: str, day: pd.Timestamp, probs: np.ndarray, observed: bool, names: tuple[str, ...]) -> dict:
+    record = {"date": pd.Timestamp(day).strftime("%Y-%m-%d"), "market": market, "regime": names[int(probs.argmax())]}
+    record.update({f"prob_{n}": float(p) for n, p in zip(names, probs)})
+    record["observed"] = int(observed)
+    return record
+
+
+def _records_frame(records: list[dict], names: tuple[str, ...]) -> pd.DataFrame:
+    columns = ["date", "market", "regime", *[f"prob_{n}" for n in names], "observed"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _known_date(market: str, base: pd.Timestamp, previous: pd.DataFrame | None) -> pd.Timestamp:
+    """The last day of ``market`` known before this update: its base day, or the last day an earlier update wrote."""
+    if previous is None:
+        return base
+    done = previous.loc[previous["market"] == market, "date"]
+    return max(base, pd.Timestamp(done.max())) if len(done) else base
 
 
 def _load(out: Path, table: pd.DataFrame) -> RegimeFit:
@@ -270,9 +339,10 @@ def _load(out: Path, table: pd.DataFrame) -> RegimeFit:
 
 def _check_gap(market: str, calendar: str, max_gap: int, table: pd.DataFrame, known: pd.Timestamp) -> None:
     """:class:`DataError` when the market's first row after ``known`` (its last known day) comes after more missing
-    days than ``max_gap`` (on the market's calendar: business days, or every day)."""
+    days than ``max_gap`` (on the market's calendar: business days, or every day; weekly or monthly data, the
+    ``periodic`` calendar, have no missing days to count)."""
     later = table.loc[(table["market"] == market) & (table["date"] > known), "date"]
-    if later.empty:
+    if later.empty or calendar not in ("business", "daily"):
         return
     nxt = pd.Timestamp(later.min())
     grid = pd.bdate_range(known, nxt) if calendar == "business" else pd.date_range(known, nxt)
@@ -284,8 +354,9 @@ def _check_gap(market: str, calendar: str, max_gap: int, table: pd.DataFrame, kn
         )
 
 
-def _previous_updates(path: Path) -> pd.DataFrame | None:
-    """The rows an earlier update wrote (as text), or None."""
+def _previous_updates(path: Path, base: dict[str, pd.Timestamp]) -> pd.DataFrame | None:
+    """The rows earlier updates wrote (as text), without those at or before their market's base day (a walk-forward
+    run continued since has them in walkforward.csv), or None."""
     if not path.is_file():
         return None
     try:
@@ -293,32 +364,36 @@ def _previous_updates(path: Path) -> pd.DataFrame | None:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         problem = type(exc).__name__
         raise CheckpointError(f"{path}: unreadable ({problem}): remove it to start the updates again") from None
-    if not {"date", "market"} <= set(frame.columns):
-        raise CheckpointError(f"{path}: not an updates file (no date and market columns)")
-    return frame
+    if not {"date", "market", "observed"} <= set(frame.columns):
+        raise CheckpointError(f"{path}: not an updates file (no date, market and observed columns)")
+    after = pd.to_datetime(frame["date"]) > frame["market"].map(base)
+    frame = frame[after.fillna(False).to_numpy(dtype=bool)].reset_index(drop=True)
+    return frame if len(frame) else None
 
 
-def _check_unchanged(previous: pd.DataFrame, now: pd.DataFrame, path: Path) -> None:
-    """:class:`DataError` naming market, date and both values when a row an earlier update wrote comes out otherwise."""
-    merged = previous.merge(now, on=["date", "market"], how="left", suffixes=("_was", "_now"), indicator=True)
-    gone = merged[merged["_merge"] == "left_only"]
-    if len(gone):
-        row = gone.iloc[0]
-        raise DataError(
-            f"market '{row['market']}', date {row['date']}: {path.name} holds this day but the data no longer do; "
-            "nothing written"
-        )
-    # the input's value (price or return) first: a revised close is named itself, not the first regime it moved
-    columns = [c for c in previous.columns if c not in ("date", "market") and f"{c}_now" in merged]
-    columns.sort(key=lambda c: c not in ("price", "return"))
-    for column in columns:
-        differ = merged[f"{column}_was"] != merged[f"{column}_now"]
-        if differ.any():
-            row = merged[differ].sort_values("date").iloc[0]
+def _check_closes(previous: pd.DataFrame, table: pd.DataFrame, value_column: str, path: Path) -> None:
+    """:class:`DataError` naming market, date and both values when a day an earlier update wrote has another close
+    in the data now, or none (a row written with its close must find it again)."""
+    if value_column not in previous.columns:
+        return
+    given = table[["date", "market", value_column]].assign(date=table["date"].dt.strftime("%Y-%m-%d"))
+    merged = previous[["date", "market", value_column]].merge(
+        given, on=["date", "market"], how="left", suffixes=("_was", "_now")
+    )
+    for _, row in merged.iterrows():
+        was, now = row[f"{value_column}_was"], row[f"{value_column}_now"]
+        if was == "":
+            continue  # a day without a row (no trade, a gap): nothing to compare
+        if pd.isna(now):
             raise DataError(
-                f"market '{row['market']}', date {row['date']}: {column} was {row[f'{column}_was']} in {path.name}, "
-                f"now {row[f'{column}_now']} (a revised close?); nothing written: refit, or remove "
-                f"{path.name} to start the updates again"
+                f"market '{row['market']}', date {row['date']}: {path.name} holds this day's {value_column} but the "
+                "data no longer do; nothing written"
+            )
+        if f"{float(now):.6f}" != was:
+            raise DataError(
+                f"market '{row['market']}', date {row['date']}: {value_column} was {was} in {path.name}, now "
+                f"{float(now):.6f} (a revised close?); nothing written: refit, or remove {path.name} to start the "
+                "updates again"
             )
 
 

@@ -217,6 +217,9 @@ def _walk(
             text_columns = {"date": str, "market": str, "regime": str, "fit_date": str}
             block = pd.read_csv(part.with_suffix(".csv"), dtype=text_columns, keep_default_na=False)
             seen = pd.Timestamp(saved["until"])
+            # the rows the part's parameters file vouches for (a stop between writing its CSV and its .pt may have
+            # left later rows in the CSV: they are filtered again below)
+            block = block[pd.to_datetime(block["date"]) <= seen].reset_index(drop=True)
             if until > seen:  # days appended since: its block continues with its own parameters, no refit
                 fitted = rebuild_refit(saved, frame, low, fit_date, resolved)
                 more = filter_days(fitted, frame, low, dates, dates.searchsorted(seen), until, names, fit_date, stop)

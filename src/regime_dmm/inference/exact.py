@@ -79,6 +79,9 @@ def _chain_log_z(alpha0: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
     if mats.shape[-3] == 0:
         return torch.logsumexp(alpha0, dim=-1)
     finfo = torch.finfo(mats.dtype)
+    if mats.dtype != torch.float64:  # float32's range (1e-38) is too short for probability space: log space
+        log_z = torch.logsumexp(alpha0[..., :, None] + _tree_product(mats), dim=(-2, -1))
+        return torch.where(log_z > finfo.min / 2, log_z, torch.full_like(log_z, -math.inf))
     shift = mats.detach().amax(dim=(-2, -1), keepdim=True).clamp(min=finfo.min)  # (B, N, 1, 1)
     probs = (mats - shift).exp()
     log_scale = shift.sum(dim=(-3, -2, -1))
@@ -91,7 +94,8 @@ def _chain_log_z(alpha0: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
         probs = torch.cat([paired, probs[..., n - 1 :, :, :]], dim=-3) if n % 2 else paired
     start = alpha0.detach().amax(-1, keepdim=True).clamp(min=finfo.min)
     total = ((alpha0 - start).exp()[..., None, :] @ probs[..., 0, :, :]).sum(dim=(-2, -1))
-    log_z = total.log() + start[..., 0] + log_scale
+    # a step impossible under every regime leaves a total of 0: its log Z is -inf (below) and its gradient zero
+    log_z = total.clamp(min=finfo.tiny).log() + start[..., 0] + log_scale
     return torch.where(log_z > finfo.min / 2, log_z, torch.full_like(log_z, -math.inf))
 
 
