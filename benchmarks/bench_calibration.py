@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_recovery import best_hmmlearn  # the same hmmlearn baseline (benchmarks/ is on the path as a script)
 from scipy import stats
 
 import regime_dmm as rd
@@ -64,24 +65,10 @@ def observed_probs(fit: rd.RegimeFit) -> pd.DataFrame:
 
 def hmmlearn_scores(m, regimes, truth: pd.DataFrame, starts: int) -> dict:
     """hmmlearn's PIT figures and Brier scores for one market (see the module docstring)."""
-    from hmmlearn.hmm import GaussianHMM
-
     observed = np.asarray(m.observed, dtype=bool)
     x = np.asarray(m.returns, dtype=float)[observed]
     k = len(regimes)
-    best, best_ll = None, -np.inf
-    for s in range(starts):
-        model = GaussianHMM(n_components=k, covariance_type="diag", n_iter=500, tol=1e-6, random_state=s)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                model.fit(x[:, None])
-                ll = model.score(x[:, None])
-            except ValueError:
-                continue
-        if ll > best_ll:
-            best, best_ll = model, ll
-    assert best is not None
+    best = best_hmmlearn(x[:, None], k, starts)
     order = np.argsort(best.covars_.reshape(k, -1)[:, 0])
     mu = best.means_[order, 0]
     sd = np.sqrt(best.covars_.reshape(k, -1)[order, 0])

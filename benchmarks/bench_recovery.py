@@ -91,11 +91,11 @@ def score(labels: np.ndarray, usage: np.ndarray, truth: np.ndarray, oracle: np.n
     }
 
 
-def hmmlearn_labels(returns: np.ndarray, observed: np.ndarray, k: int, starts: int) -> tuple[np.ndarray, np.ndarray]:
-    """hmmlearn's most probable regime per day (masked days take the previous observed day's) and usage."""
+def best_hmmlearn(x: np.ndarray, k: int, starts: int):
+    """hmmlearn ``GaussianHMM`` (K = ``k``, diagonal, 500 iterations, tol 1e-6) on ``x (T, 1)``: the best of
+    ``starts`` seeds by log-likelihood (the baseline of the recovery and calibration benchmarks)."""
     from hmmlearn.hmm import GaussianHMM
 
-    x = returns[observed][:, None]
     best, best_ll = None, -np.inf
     for s in range(starts):
         model = GaussianHMM(n_components=k, covariance_type="diag", n_iter=500, tol=1e-6, random_state=s)
@@ -108,7 +108,14 @@ def hmmlearn_labels(returns: np.ndarray, observed: np.ndarray, k: int, starts: i
                 continue
         if ll > best_ll:
             best, best_ll = model, ll
-    assert best is not None
+    assert best is not None, "every hmmlearn start failed"
+    return best
+
+
+def hmmlearn_labels(returns: np.ndarray, observed: np.ndarray, k: int, starts: int) -> tuple[np.ndarray, np.ndarray]:
+    """hmmlearn's most probable regime per day (masked days take the previous observed day's) and usage."""
+    x = returns[observed][:, None]
+    best = best_hmmlearn(x, k, starts)
     order = np.argsort(best.covars_.reshape(k, -1)[:, 0])
     probs = best.predict_proba(x)[:, order]
     full = np.zeros((len(returns), k))

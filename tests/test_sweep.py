@@ -235,20 +235,27 @@ def test_cli_refuses_a_foreign_folder_and_bad_ranges(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_the_finished_tasks_and_exits_130(tmp_path):
+def _running_sweep(tmp_path, out, workers: int, new_session: bool = False) -> subprocess.Popen:
+    """``regime-dmm sweep`` of 36 small tasks in a subprocess, returned once its first task has finished."""
     frame = markets(days=400)
     csv = tmp_path / "prices.csv"
     write_csv_frame(frame[frame["market"] != "flat"], csv)
-    out = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "regime_dmm.cli", "sweep", "--data", str(csv), "--regimes", "2..4"]
-    cmd += ["--seeds", "0..3", "--epochs", "30", "--restarts", "1", "--workers", "1", "--out", str(out), "--no-outputs"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "regime_dmm.cli", "sweep", "--data", str(csv), "--regimes", "2..4", "--seeds", "0..3"]
+    cmd += ["--epochs", "30", "--restarts", "1", "--workers", str(workers), "--out", str(out), "--no-outputs"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(cmd, text=True, start_new_session=new_session, **pipes)
     deadline = time.monotonic() + 240
     while not any((out / "tasks").glob("*.json")):  # the first task has finished
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no task finished in 240 s"
         time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_tasks_and_exits_130(tmp_path):
+    out = tmp_path / "sw"
+    proc = _running_sweep(tmp_path, out, workers=1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -291,18 +298,8 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_in_a_terminal_stops_the_workers_through_the_parent(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: the local workers ignore it (no worker traceback), the
     sweep stops them itself, exits 130 and leaves no worker process behind."""
-    frame = markets(days=400)
-    csv = tmp_path / "prices.csv"
-    write_csv_frame(frame[frame["market"] != "flat"], csv)
     out = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "regime_dmm.cli", "sweep", "--data", str(csv), "--regimes", "2..4"]
-    cmd += ["--seeds", "0..3", "--epochs", "30", "--restarts", "1", "--workers", "2", "--out", str(out), "--no-outputs"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while not any((out / "tasks").glob("*.json")):  # a task has finished: the workers are busy
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no task finished in 240 s"
-        time.sleep(0.2)
+    proc = _running_sweep(tmp_path, out, workers=2, new_session=True)
     workers = _descendants(proc.pid)
     assert workers, "no worker process found"
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
