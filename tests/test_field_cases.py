@@ -116,9 +116,13 @@ def test_stale_block_fits_and_reports_the_frozen_span_by_date(classic):
     assert not m.observed[frozen].any()  # masked, not 250 zero returns
     means = np.abs(np.asarray(m.emission["return_mean"]))
     assert means.max() < np.nanmax(np.abs(m.returns))  # no regime with a mean of -274 per day
-    # a regime whose mean is far from the market's (classic mode: maximum likelihood, outlier days) is flagged
+    # a regime whose mean is far from the market's for its spread - a handful of outlier days with a small sd
+    # (classic mode: maximum likelihood) - is flagged. 0.4.0 tested |mean| > 0.01 a day, which held only because
+    # 60 epochs stopped short: at the optimum (300 epochs, before and after the scaled log-Z tree) the DMM has a
+    # real 22-day volatile rally, mean 1.2 % and sd 3.6 % a day (mean / sd 0.34), which no check should flag.
+    sds = np.asarray(m.emission["return_sd"])
     flagged = {r for w in fit.regime_warnings if w["kind"] in ("rare", "fleeting") for r in w["regimes"]}
-    assert {fit.regimes[k] for k in np.flatnonzero(means > 0.01)} <= flagged
+    assert {fit.regimes[k] for k in np.flatnonzero(means / sds > 0.5)} <= flagged
     assert_every_regime_real(fit)
 
 
