@@ -253,6 +253,7 @@ def _running_sweep(tmp_path, out, workers: int, new_session: bool = False) -> su
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform.startswith("linux"), reason="on Linux the process-group test below covers it")
 def test_ctrl_c_keeps_the_finished_tasks_and_exits_130(tmp_path):
     out = tmp_path / "sw"
     proc = _running_sweep(tmp_path, out, workers=1)
@@ -310,8 +311,10 @@ def test_ctrl_c_in_a_terminal_stops_the_workers_through_the_parent(tmp_path):
     while any(_alive(p) for p in workers) and time.monotonic() < end:
         time.sleep(0.2)
     assert not [p for p in workers if _alive(p)], "worker processes outlived the sweep"
-    table = pd.read_csv(out / "sweep.csv")
-    assert (table["status"] == "ok").sum() >= 1 and set(table["status"]) <= {"ok", "cancelled"}
+    assert "interrupted" in stderr
+    table = pd.read_csv(out / "sweep.csv")  # the finished tasks kept, the others cancelled
+    assert len(table) == 3 * 3 * 4 and (table["status"] == "ok").sum() >= 1
+    assert (table["status"] == "cancelled").sum() >= 1 and set(table["status"]) <= {"ok", "cancelled"}
 
 
 def test_shifts_per_year_counts_changes_of_the_most_probable_regime():

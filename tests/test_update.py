@@ -114,20 +114,28 @@ def test_updates_append_and_a_revised_close_changes_nothing(saved, tmp_path, cap
 
 
 def test_update_exits_3_when_a_regime_changed(saved, tmp_path, capsys):
-    _, full, root = saved
-    # the first number of new days after which some market's filtered regime differs from its fitted last day's
-    extra = next((n for n in range(1, 41) if rd.update(root / "fit", _rows_until(full, n), write=False).changed), None)
-    assert extra is not None, "no regime change in 40 simulated days: pick another seed"
-    folder = tmp_path / "fit"
-    folder.mkdir()
-    for item in (root / "fit").iterdir():
-        (folder / item.name).write_bytes(item.read_bytes())
-    write_csv_frame(_rows_until(full, extra), tmp_path / "new.csv")
-    assert main(["update", str(folder), "--data", str(tmp_path / "new.csv")]) == CHANGED_EXIT_CODE
-    out = capsys.readouterr().out
-    assert "CHANGED from" in out
-    if extra > 1:  # one day fewer: no market changed yet
-        assert not rd.update(root / "fit", _rows_until(full, extra - 1), write=False).changed
+    """The exit code follows the regime: 0 while every market's filtered regime is its fitted last day's (read from
+    regimes.csv's filtered columns), 3 from the first new day on which one differs."""
+    result, full, root = saved
+    names = result.regimes
+    fitted_rows = pd.read_csv(root / "fit" / "regimes.csv")
+    columns = [f"filtered_{n}" for n in names]
+    known = {m: names[int(np.argmax(g[columns].to_numpy()[-1]))] for m, g in fitted_rows.groupby("market", sort=False)}
+    days = rd.update(root / "fit", _rows_until(full, 40), write=False).frame  # each day from the rows up to it
+    differs = days[days["regime"] != days["market"].map(known)]
+    assert len(differs), "no regime change in 40 simulated days: pick another seed"
+    first = pd.Timestamp(differs["date"].min())
+    extra = int((days.loc[days["market"] == differs["market"].iloc[0], "date"].map(pd.Timestamp) <= first).sum())
+    for n, code in ((extra - 1, 0), (extra, CHANGED_EXIT_CODE)):
+        if n < 1:
+            continue
+        folder = tmp_path / f"fit{n}"
+        folder.mkdir()
+        for item in (root / "fit").iterdir():
+            (folder / item.name).write_bytes(item.read_bytes())
+        write_csv_frame(_rows_until(full, n), tmp_path / f"new{n}.csv")
+        assert main(["update", str(folder), "--data", str(tmp_path / f"new{n}.csv")]) == code, n
+        assert ("CHANGED from" in capsys.readouterr().out) == (code == CHANGED_EXIT_CODE)
 
 
 def test_update_refuses_what_it_cannot_filter(saved, tmp_path):
