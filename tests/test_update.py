@@ -201,6 +201,14 @@ def test_a_bad_tick_on_the_last_day_changes_no_day_already_written(saved, tmp_pa
     second = (folder / UPDATES_FILE).read_text()
     assert set(first.splitlines()) <= set(second.splitlines())  # day N + 3's row as first written
     assert all(m.new_days == 2 for m in result.markets)
+    # all five days at once: day N + 3 filtered as it stood on its own day (observed), not as the next day
+    # revealed it (masked): the rows of the two routes are the same
+    at_once = tmp_path / "at_once"
+    at_once.mkdir()
+    for item in (root / "fit").iterdir():
+        (at_once / item.name).write_bytes(item.read_bytes())
+    rd.update(at_once, data)
+    assert (at_once / UPDATES_FILE).read_text() == second
 
 
 def test_update_walkforward_update_in_turn_on_one_folder(tmp_path):

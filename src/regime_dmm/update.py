@@ -38,7 +38,7 @@ import pandas as pd
 from .atomic import atomic_write_text
 from .data.loader import read_prices
 from .errors import CheckpointError, DataError
-from .inference import last_filtered
+from .inference import last_filtered, posterior
 from .nowcast import NewData, extend_panel
 from .persistence import MODEL_FILE, load_fit
 from .results import RegimeFit
@@ -230,19 +230,35 @@ def _fit_source(out: Path, table: pd.DataFrame) -> _Source:
     base = {s.name: s.dates[-1] for s in panel.series}
 
     def filter_new(rows: pd.DataFrame, known: dict[str, pd.Timestamp]) -> pd.DataFrame:
-        records = []
-        later = sorted(d for d in pd.unique(rows["date"]) if d > min(known.values()))
-        for day in later:
+        # One pass over every row gives each day the filter of the rows up to it, but for a day masked as a bad
+        # tick: only the next day's reversal revealed it, so on its own day it stood as observed. Those days (rare)
+        # are filtered again from the rows up to them alone.
+        extended, lengths = extend_panel(fit, rows)
+        pot = fitted.potentials(fitted.model_data(extended))
+        probs = posterior(pot.log_init, pot.log_trans, pot.obs_ll).filtered.numpy()
+        records, again = [], set()
+        for m, s in enumerate(extended.series):
+            ticks = {pd.Timestamp(e["start"]) for e in s.report if e["kind"] == "bad_tick"}
+            for t in range(lengths[m], s.length):
+                day = s.dates[t]
+                if day <= known[s.name]:
+                    continue
+                if day in ticks:
+                    again.add((s.name, day))
+                    continue
+                records.append(_record(s.name, day, probs[m, t], s.observed[t], names))
+        for market, day in sorted(again, key=lambda item: item[1]):
             upto = rows[rows["date"] <= day]
             upto.attrs = dict(rows.attrs)
-            extended, lengths = extend_panel(fit, upto)
-            pot = fitted.potentials(fitted.model_data(extended))
-            for m, s in enumerate(extended.series):
-                if s.dates[-1] != day or day <= known[s.name] or s.length == lengths[m]:
-                    continue
-                one = (pot.log_init[m : m + 1], pot.log_trans[m : m + 1, : s.length], pot.obs_ll[m : m + 1, : s.length])
-                records.append(_record(s.name, day, last_filtered(*one)[0].exp().numpy(), s.observed[-1], names))
-        return _records_frame(records, names)
+            alone, _ = extend_panel(fit, upto)
+            pot = fitted.potentials(fitted.model_data(alone))
+            m = alone.markets.index(market)
+            s = alone.series[m]
+            one = (pot.log_init[m : m + 1], pot.log_trans[m : m + 1, : s.length], pot.obs_ll[m : m + 1, : s.length])
+            records.append(_record(market, day, last_filtered(*one)[0].exp().numpy(), s.observed[-1], names))
+        frame = _records_frame(records, names)
+        order = {m: i for i, m in enumerate(base)}
+        return frame.sort_values(["market", "date"], key=lambda c: c.map(order) if c.name == "market" else c)
 
     calendars = {s.name: s.calendar for s in panel.series}
     return _Source(names, paths, base, calendars, fit.config.data.max_gap, filter_new)
