@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import regime_dmm as rd
+from regime_dmm.atomic import LOCK_FILE
 from regime_dmm.cli import main
 from regime_dmm.inference import last_filtered
 from regime_dmm.outputs import write_outputs
@@ -110,7 +111,7 @@ def test_updates_append_and_a_revised_close_changes_nothing(saved, tmp_path, cap
     day = revised.loc[at, "date"].strftime("%Y-%m-%d")
     assert "tokenized_reit" in err and day in err and "nothing written" in err
     assert (folder / UPDATES_FILE).read_text() == second
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]  # no temporary file
 
 
 def test_update_exits_3_when_a_regime_changed(saved, tmp_path, capsys):

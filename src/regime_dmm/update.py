@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, folder_lock
 from .data.loader import read_prices
 from .errors import CheckpointError, DataError
 from .inference import last_filtered, posterior
@@ -112,6 +112,16 @@ def update(fit_dir: str | Path, data: NewData, *, write: bool = True) -> UpdateR
     earlier update wrote changed, a gap after a market's last known day longer than ``data.max_gap``).
     """
     out = Path(fit_dir)
+    if not (out / PARTS / PLAN_FILE).is_file() and not (out / MODEL_FILE).is_file():
+        raise CheckpointError(
+            f"{out} holds no saved fit ({MODEL_FILE} not found) and no walk-forward run: write one with regime-dmm fit"
+        )
+    with folder_lock(out, "update"):  # not beside a walk-forward continuing in this folder, nor another update
+        return _update(out, data, write)
+
+
+def _update(out: Path, data: NewData, write: bool) -> UpdateResult:
+    """:func:`update` inside the folder's lock."""
     label = None if isinstance(data, (str, Path)) else "new data"
     if (out / PARTS / PLAN_FILE).is_file():
         table = read_prices(data, label=label)
