@@ -31,7 +31,6 @@ cut into ten bins, each bin's mean forecast against the share of its days on whi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,15 +44,24 @@ from scipy import stats
 
 from .atomic import staged_files
 from .checkpoints import read_checkpoint
-from .config import FitConfig
 from .data.features import Panel
 from .data.sources import DataSource, load_source
-from .errors import CheckpointError, ConfigError, DataError, RegimeDMMError
+from .errors import CheckpointError, DataError, RegimeDMMError
 from .fitted import FittedModel
 from .inference import forecast as forecast_probs
 from .persistence import MODEL_FILE, load_fit
-from .training.variants import variant_for
-from .walkforward import DATA_FILE, PART_FORMAT, PART_KEYS, PARTS, PLAN_FILE, WALKFORWARD_FILE, rebuild_refit
+from .walkforward import (
+    DATA_FILE,
+    PART_FORMAT,
+    PART_KEYS,
+    PARTS,
+    PLAN_FILE,
+    WALKFORWARD_FILE,
+    rebuild_refit,
+    rows_between,
+    run_configuration,
+    window_start,
+)
 
 __all__ = [
     "CALIBRATION_DAYS_FILE",
@@ -344,16 +352,11 @@ def _fit_days(
 
 def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray], tuple[str, ...]]:
     parts = folder / PARTS
-    plan = json.loads((parts / PLAN_FILE).read_text(encoding="utf-8"))
-    try:
-        config = FitConfig.from_dict(plan["config"], origin=f"{parts / PLAN_FILE}")
-    except (KeyError, ConfigError) as exc:
-        raise CheckpointError(f"{parts / PLAN_FILE}: no readable configuration ({exc})") from None
+    plan, config = run_configuration(folder)
     if not (parts / DATA_FILE).is_file() or not (folder / WALKFORWARD_FILE).is_file():
         raise CheckpointError(f"{folder}: the walk-forward run is not finished (no {WALKFORWARD_FILE} or {DATA_FILE})")
-    config = variant_for(config).resolve_config(config)
     frame = load_source(parts / DATA_FILE, min_observations=1, seed=config.training.seed).frame
-    window = plan["plan"].get("window")
+    window = plan["plan"]["window"]
     regimes = config.model.names()
     table = pd.read_csv(folder / WALKFORWARD_FILE, dtype={"date": str, "market": str, "fit_date": str})
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
@@ -365,12 +368,10 @@ def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
         block = table[table["fit_date"] == saved["fit_date"]]
         if block.empty:
             continue
-        low = None if window is None else dates[max(0, int(dates.searchsorted(fit_date)) - int(window) + 1)]
+        low = window_start(dates, int(dates.searchsorted(fit_date)), window)
         fitted = rebuild_refit(saved, frame, low, fit_date, config)
-        within = frame["date"] <= until
-        if low is not None:
-            within &= frame["date"] >= low
-        scored = frame[within & frame["market"].isin(list(saved["markets"]))]
+        rows = rows_between(frame, low, until)
+        scored = rows[rows["market"].isin(list(saved["markets"]))]
         scored.attrs = dict(frame.attrs)
         panel = fitted.pipeline.transform(scored)
         pred = one_step_predictive(fitted, panel)

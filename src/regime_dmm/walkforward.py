@@ -68,6 +68,9 @@ __all__ = [
     "last_refit",
     "read_plan",
     "rebuild_refit",
+    "rows_between",
+    "run_configuration",
+    "window_start",
     "refit_dates",
     "walk_forward",
 ]
@@ -210,7 +213,7 @@ def _walk(
         fit_date = dates[pos]
         until = dates[min(pos + plan.refit_every, len(dates) - 1)]
         part = None if parts is None else parts / f"{i:04d}"
-        low = None if plan.window is None else dates[max(0, pos - plan.window + 1)]
+        low = window_start(dates, pos, plan.window)
         if part is not None and part.with_suffix(".csv").is_file() and part.with_suffix(".pt").is_file():
             saved = read_checkpoint(part.with_suffix(".pt"), PART_FORMAT, "walk-forward refit", PART_KEYS)
             previous, previous_markets = saved["params"], tuple(saved["markets"])
@@ -231,7 +234,7 @@ def _walk(
             continue
         if stop is not None:
             stop.phase = f"walk-forward refit on {fit_date.date()}"
-        train = _rows(frame, low, fit_date)
+        train = rows_between(frame, low, fit_date)
         counts = train.groupby("market", sort=False).size()
         markets = tuple(m for m in counts.index if counts[m] > config.training.min_observations)
         result = None
@@ -288,7 +291,7 @@ def rebuild_refit(
     and the run's rows ``frame``, without fitting: the training rows (``low`` .. ``fit_date``, its markets) through
     its own pipeline, its parameters. ``config``: the run's configuration, resolved."""
     pipeline = FeaturePipeline.from_dict(saved["features"])
-    train = _rows(frame, low, fit_date)
+    train = rows_between(frame, low, fit_date)
     train = train[train["market"].isin(list(saved["markets"]))]
     train.attrs = dict(frame.attrs)
     panel = pipeline.transform(train)
@@ -303,12 +306,7 @@ def last_refit(
     date of its window (None: expanding), its refit date, the last date the run filtered, the run's resolved
     configuration. Raises :class:`CheckpointError` (no finished refit), :class:`DataError` (a revised row)."""
     parts = Path(out) / PARTS
-    plan = read_plan(out)
-    try:
-        config = FitConfig.from_dict(plan["config"], origin=str(parts / PLAN_FILE))
-    except (KeyError, ConfigError) as exc:
-        raise CheckpointError(f"{parts / PLAN_FILE}: no readable configuration ({exc})") from None
-    config = variant_for(config).resolve_config(config)
+    plan, config = run_configuration(out)
     files = sorted(parts.glob("[0-9][0-9][0-9][0-9].pt"))
     if not files or not (parts / DATA_FILE).is_file():
         raise CheckpointError(f"{out} holds no finished walk-forward refit: run regime-dmm walkforward first")
@@ -316,9 +314,23 @@ def last_refit(
     saved = read_checkpoint(files[-1], PART_FORMAT, "walk-forward refit", PART_KEYS)
     fit_date, until = pd.Timestamp(saved["fit_date"]), pd.Timestamp(saved["until"])
     dates = pd.DatetimeIndex(np.unique(frame["date"].to_numpy()))
-    window = plan.get("plan", {}).get("window")
-    low = None if window is None else dates[max(0, int(dates.searchsorted(fit_date)) - int(window) + 1)]
+    low = window_start(dates, int(dates.searchsorted(fit_date)), plan["plan"].get("window"))
     return rebuild_refit(saved, frame, low, fit_date, config), low, fit_date, until, config
+
+
+def run_configuration(out: str | Path) -> tuple[dict[str, Any], FitConfig]:
+    """The ``plan.json`` of the walk-forward run in ``out`` and its configuration, resolved as its fits resolved it.
+    Raises :class:`CheckpointError` when either is missing or unreadable."""
+    plan = read_plan(out)
+    origin = str(Path(out) / PARTS / PLAN_FILE)
+    try:
+        config = FitConfig.from_dict(plan["config"], origin=origin)
+        window = plan["plan"]["window"]
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{origin}: no readable configuration ({exc})") from None
+    if window is not None and not isinstance(window, int):
+        raise CheckpointError(f"{origin}: the window is not a number of dates ({window!r})")
+    return plan, variant_for(config).resolve_config(config)
 
 
 #: A first fit on more dates than this (twenty years of business days) is reported before any work, with advice.
@@ -357,7 +369,14 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
-def _rows(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> pd.DataFrame:
+def window_start(dates: pd.DatetimeIndex, pos: int, window: int | None) -> pd.Timestamp | None:
+    """The first date a refit at ``dates[pos]`` sees: None for an expanding window, else the ``window``-th date
+    back (``pos`` included)."""
+    return None if window is None else dates[max(0, pos - window + 1)]
+
+
+def rows_between(frame: pd.DataFrame, low: pd.Timestamp | None, high: pd.Timestamp) -> pd.DataFrame:
+    """The rows dated ``low`` (None: from the first) to ``high``, with ``frame``'s attributes."""
     keep = frame["date"] <= high
     if low is not None:
         keep &= frame["date"] >= low
@@ -385,7 +404,7 @@ def filter_days(
             break
         if stop is not None and stop.requested():
             raise FitInterrupted(f"stopped while filtering {day.date()}")
-        rows = _rows(frame, low, day)
+        rows = rows_between(frame, low, day)
         today = set(rows.loc[rows["date"] == day, "market"])
         if not today:
             continue
