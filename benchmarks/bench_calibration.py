@@ -47,15 +47,6 @@ from regime_dmm.inference import posterior
 from regime_dmm.outputs import write_outputs
 
 
-def truth_frame(sim) -> pd.DataFrame:
-    """The simulation's true regimes as ``date, market, regime``."""
-    rows = []
-    for market, states in sim.true_regimes.items():
-        dates = sim.frame.loc[sim.frame["market"] == market, "date"].iloc[1:]
-        rows.append(pd.DataFrame({"date": dates.values, "market": market, "regime": [sim.regimes[k] for k in states]}))
-    return pd.concat(rows, ignore_index=True)
-
-
 def observed_probs(fit: rd.RegimeFit) -> pd.DataFrame:
     """The fit's filtered probabilities on each market's observed days (the days both methods are scored on)."""
     frame = fit.regimes_frame()
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     for shocks in args.shocks:
         for seed in range(args.seeds):
             sim = simulate_default(seed, shocks=shocks)
-            truth = truth_frame(sim)
+            truth = sim.truth_frame()
             start = time.perf_counter()
             fit = rd.fit(sim.frame, warn=False)
             with tempfile.TemporaryDirectory() as tmp:

@@ -35,13 +35,6 @@ def simulated(days: int, seed: int):
     return simulate_markets([spec], seed=seed, n_days=days, regimes=("calm", "volatile"))
 
 
-def truth_frame(sim) -> pd.DataFrame:
-    dates = sim.frame["date"].iloc[1:]
-    return pd.DataFrame(
-        {"date": dates.values, "market": "a", "regime": [sim.regimes[k] for k in sim.true_regimes["a"]]}
-    )
-
-
 @pytest.fixture(scope="module")
 def classic_fit(tmp_path_factory):
     sim = simulated(3000, seed=8)
@@ -74,7 +67,7 @@ def test_pit_equals_a_hand_written_forward_filter(classic_fit):
 
 def test_pit_is_uniform_and_intervals_cover_on_data_the_model_is_right_for(classic_fit):
     fit, out, sim = classic_fit
-    report = calibrate(out, truth=truth_frame(sim))
+    report = calibrate(out, truth=sim.truth_frame())
     row = report.table.iloc[0]
     assert row["days"] == 2999
     assert row["ks_distance"] < 0.035  # 95 % critical value of a uniform sample of 2,999: 0.025
@@ -113,7 +106,7 @@ def test_brier_scores_by_hand():
 def test_walk_forward_report_on_the_command_line(tmp_path, capsys):
     sim = simulated(330, seed=21)
     write_csv_frame(sim.frame, tmp_path / "prices.csv")
-    truth_frame(sim).assign(date=lambda f: f["date"].dt.strftime("%Y-%m-%d")).to_csv(
+    sim.truth_frame().assign(date=lambda f: f["date"].dt.strftime("%Y-%m-%d")).to_csv(
         tmp_path / "truth.csv", index=False
     )
     out = tmp_path / "wf"

@@ -346,7 +346,7 @@ def _fit_days(
     transitions = {m.name: m.transition for m in fit.markets}
     embedded = None
     if fit.truth is not None:
-        embedded = _truth_frame(fit.truth)
+        embedded = fit.truth.truth_frame()
     return days, probs, transitions, fit.regimes, embedded
 
 
@@ -387,19 +387,6 @@ def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
     ordered = pd.concat([g for _, g in probs.groupby("market", sort=False)], ignore_index=True)
     transitions = {m: np.stack(v) for m, v in matrices.items()}
     return days, ordered, transitions, regimes
-
-
-def _truth_frame(truth: Any) -> pd.DataFrame:
-    """The simulator's true regimes as ``date, market, regime`` rows."""
-    rows = []
-    for market, states in truth.true_regimes.items():
-        dates = truth.frame.loc[truth.frame["market"] == market, "date"].iloc[1:]
-        rows.append(
-            pd.DataFrame(
-                {"date": pd.to_datetime(dates).values, "market": market, "regime": [truth.regimes[k] for k in states]}
-            )
-        )
-    return pd.concat(rows, ignore_index=True)
 
 
 def _read_truth(truth: str | Path | pd.DataFrame, regimes: Sequence[str]) -> pd.DataFrame:

@@ -507,19 +507,8 @@ def cmd_simulate(args) -> int:
     data = simulate_default(seed=args.seed, shocks=args.shocks)
     write_csv(data, args.out)
     if args.truth:
-        rows = []
-        for market, regimes in data.true_regimes.items():
-            dates = data.frame.loc[data.frame["market"] == market, "date"].iloc[1:]
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "date": pd.to_datetime(dates).dt.strftime("%Y-%m-%d").values,
-                        "market": market,
-                        "regime": [data.regimes[k] for k in regimes],
-                    }
-                )
-            )
-        pd.concat(rows).to_csv(args.truth, index=False)
+        truth = data.truth_frame()
+        truth.assign(date=truth["date"].dt.strftime("%Y-%m-%d")).to_csv(args.truth, index=False)
     print(
         f"wrote {args.out} (simulated, seed {args.seed}, {args.shocks} shocks; markets: {', '.join(data.true_regimes)})"
     )

@@ -146,6 +146,16 @@ class SimulatedData:
         """Market names in frame order."""
         return tuple(self.true_regimes)
 
+    def truth_frame(self) -> pd.DataFrame:
+        """The true regimes as a long table: ``date`` (datetime64, each return date), ``market``, ``regime`` (name);
+        what ``regime-dmm simulate --truth`` writes and ``regime-dmm calibrate --truth`` reads."""
+        rows = []
+        for market, states in self.true_regimes.items():
+            dates = self.frame.loc[self.frame["market"] == market, "date"].iloc[1:]
+            names = [self.regimes[k] for k in states]
+            rows.append(pd.DataFrame({"date": pd.to_datetime(dates).values, "market": market, "regime": names}))
+        return pd.concat(rows, ignore_index=True)
+
 
 # ---------------------------------------------------------------------------
 # Markov chain helpers
