@@ -121,18 +121,10 @@ def update(fit_dir: str | Path, data: NewData, *, write: bool = True) -> UpdateR
 
 
 def _update(out: Path, data: NewData, write: bool) -> UpdateResult:
-    """:func:`update` inside the folder's lock."""
-    label = None if isinstance(data, (str, Path)) else "new data"
-    if (out / PARTS / PLAN_FILE).is_file():
-        table = read_prices(data, label=label)
-        source = _walk_forward_source(out, table)
-    elif (out / MODEL_FILE).is_file():
-        table = read_prices(data, label=label)
-        source = _fit_source(out, table)
-    else:
-        raise CheckpointError(
-            f"{out} holds no saved fit ({MODEL_FILE} not found) and no walk-forward run: write one with regime-dmm fit"
-        )
+    """:func:`update` inside the folder's lock (``out`` holds a walk-forward run or a saved fit)."""
+    table = read_prices(data, label=None if isinstance(data, (str, Path)) else "new data")
+    walk = (out / PARTS / PLAN_FILE).is_file()
+    source = _walk_forward_source(out, table) if walk else _fit_source(out, table)
     names, value_column = source.names, table.attrs["value_column"]
     previous = _previous_updates(out / UPDATES_FILE, source.base_dates)
     if previous is not None:
@@ -154,14 +146,12 @@ def _update(out: Path, data: NewData, write: bool) -> UpdateResult:
     rows = rows.sort_values(["market", "date"], key=lambda c: c.map(order) if c.name == "market" else c, kind="stable")
     rows = rows.reset_index(drop=True)
     markets = []
-    for market, (dates, probs, observed) in source.paths.items():
+    for market, (dates, probs) in source.paths.items():
         mine = rows[rows["market"] == market]
         all_dates = dates.append(pd.DatetimeIndex(pd.to_datetime(mine["date"])))
         all_probs = np.concatenate([probs, mine[[f"prob_{n}" for n in names]].to_numpy(float)])
-        path = _Path(market, all_dates, all_probs, np.concatenate([observed, mine["observed"].to_numpy(int) == 1]),
-                     len(dates), source.calendars[market])  # fmt: skip
         at = int(all_dates.searchsorted(known[market]))
-        markets.append(_market_update(path, names, min(at, path.length - 1)))
+        markets.append(_market_update(market, all_dates, all_probs, names, min(at, len(all_dates) - 1)))
     if write:
         atomic_write_text(out / UPDATES_FILE, rows.to_csv(index=False, lineterminator="\n"))
     frame = rows.copy()
@@ -173,51 +163,37 @@ def _update(out: Path, data: NewData, write: bool) -> UpdateResult:
 @dataclass
 class _Source:
     """What an update starts from: ``paths``: per market the filtered path known before any update (dates, ``(T,
-    K)`` probabilities, observed); ``base_dates``: its last day per market (fit order); ``filter_new(table,
+    K)`` probabilities); ``base_dates``: its last day per market (fit order); ``filter_new(table,
     known)``: the filtered rows of each market's days after ``known[market]``, each from the rows up to it."""
 
     names: tuple[str, ...]
-    paths: dict[str, tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]]
+    paths: dict[str, tuple[pd.DatetimeIndex, np.ndarray]]
     base_dates: dict[str, pd.Timestamp]
     calendars: dict[str, str]
     max_gap: int
     filter_new: Callable[[pd.DataFrame, dict[str, pd.Timestamp]], pd.DataFrame]
 
 
-@dataclass
-class _Path:
-    """One market's filtered path: ``dates (T,)``, ``probs (T, K)``, ``observed (T,)``; its first ``base`` days
-    were known before any update (fitted, or in ``walkforward.csv``); ``calendar``: business, daily or periodic."""
-
-    market: str
-    dates: pd.DatetimeIndex
-    probs: np.ndarray
-    observed: np.ndarray
-    base: int
-    calendar: str
-
-    @property
-    def length(self) -> int:
-        return len(self.dates)
-
-
-def _market_update(path: _Path, names: tuple[str, ...], known: int) -> MarketUpdate:
-    """The report of one market (see :class:`MarketUpdate`); ``known``: the index of its last known day."""
-    labels = path.probs.argmax(-1)
-    last = path.length - 1
+def _market_update(
+    market: str, dates: pd.DatetimeIndex, probs: np.ndarray, names: tuple[str, ...], known: int
+) -> MarketUpdate:
+    """The report of one market (see :class:`MarketUpdate`) from its filtered path (``dates (T,)``, ``probs (T,
+    K)``); ``known``: the index of its last known day."""
+    labels = probs.argmax(-1)
+    last = len(dates) - 1
     run = last
     while run > 0 and labels[run - 1] == labels[last]:
         run -= 1
     return MarketUpdate(
-        market=path.market,
-        date=path.dates[last].strftime("%Y-%m-%d"),
+        market=market,
+        date=dates[last].strftime("%Y-%m-%d"),
         regime=names[int(labels[last])],
-        probability=round(float(path.probs[last, labels[last]]), 6),
-        probabilities={n: round(float(p), 6) for n, p in zip(names, path.probs[last])},
+        probability=round(float(probs[last, labels[last]]), 6),
+        probabilities={n: round(float(p), 6) for n, p in zip(names, probs[last])},
         days_in_regime=last - run + 1,
-        regime_since=path.dates[run].strftime("%Y-%m-%d"),
+        regime_since=dates[run].strftime("%Y-%m-%d"),
         previous_regime=names[int(labels[last - 1])] if last > 0 else None,
-        known_date=path.dates[known].strftime("%Y-%m-%d"),
+        known_date=dates[known].strftime("%Y-%m-%d"),
         known_regime=names[int(labels[known])],
         changed=bool(labels[last] != labels[known]),
         new_days=last - known,
@@ -233,10 +209,7 @@ def _fit_source(out: Path, table: pd.DataFrame) -> _Source:
     _, post = fitted.posterior()
     filtered = post.filtered.numpy()
     panel = fitted.panel
-    paths = {
-        s.name: (s.dates, filtered[m, : s.length], np.asarray(s.observed, dtype=bool))
-        for m, s in enumerate(panel.series)
-    }
+    paths = {s.name: (s.dates, filtered[m, : s.length]) for m, s in enumerate(panel.series)}
     base = {s.name: s.dates[-1] for s in panel.series}
 
     def filter_new(rows: pd.DataFrame, known: dict[str, pd.Timestamp]) -> pd.DataFrame:
@@ -266,9 +239,7 @@ def _fit_source(out: Path, table: pd.DataFrame) -> _Source:
             s = alone.series[m]
             one = (pot.log_init[m : m + 1], pot.log_trans[m : m + 1, : s.length], pot.obs_ll[m : m + 1, : s.length])
             records.append(_record(market, day, last_filtered(*one)[0].exp().numpy(), s.observed[-1], names))
-        frame = _records_frame(records, names)
-        order = {m: i for i, m in enumerate(base)}
-        return frame.sort_values(["market", "date"], key=lambda c: c.map(order) if c.name == "market" else c)
+        return _records_frame(records, names)  # the caller orders the rows
 
     calendars = {s.name: s.calendar for s in panel.series}
     return _Source(names, paths, base, calendars, fit.config.data.max_gap, filter_new)
@@ -295,7 +266,7 @@ def _walk_forward_source(out: Path, table: pd.DataFrame) -> _Source:
     for series in fitted.panel.series:
         mine = done[done["market"] == series.name]
         dates = pd.DatetimeIndex(pd.to_datetime(mine["date"]))
-        paths[series.name] = (dates, mine[columns].to_numpy(float), mine["observed"].to_numpy(int) == 1)
+        paths[series.name] = (dates, mine[columns].to_numpy(float))
         base[series.name] = dates[-1] if len(dates) else until
 
     def filter_new(rows: pd.DataFrame, known: dict[str, pd.Timestamp]) -> pd.DataFrame:
