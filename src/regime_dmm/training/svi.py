@@ -542,9 +542,7 @@ def _names(markets: tuple[str, ...] | list[str]) -> str:
 
 def _where(names: list[str]) -> str:
     """`` (market 'a')`` / `` (markets 'a', 'b')``, or nothing."""
-    if not names:
-        return ""
-    return f" (market{'s' if len(names) > 1 else ''} " + ", ".join(f"'{n}'" for n in names) + ")"
+    return f" ({_names(names)})" if names else ""
 
 
 def _fault(
