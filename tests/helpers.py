@@ -61,3 +61,15 @@ def model_and_data(
     panel = pipeline.transform(table)
     model = variant.build_model(config, pipeline.spec, panel, dtype)
     return model, pipeline.model_data(panel, dtype), pipeline
+
+
+def stop_after(polls: int):
+    """A ``stop_requested`` callable for ``rd.fit`` that turns true on its ``polls``-th call (fits poll it once an
+    epoch), to stop a run at a chosen epoch."""
+    calls = {"n": 0}
+
+    def requested() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= polls
+
+    return requested

@@ -11,6 +11,8 @@ from regime_dmm.errors import ConfigError
 from regime_dmm.fitting import load_resume_state, resume_fit
 from regime_dmm.training.svi import CONVERGED_GAIN, CONVERGED_WINDOW
 
+from helpers import stop_after
+
 
 @pytest.fixture(scope="module")
 def frame():
@@ -44,12 +46,7 @@ def test_annealing_then_lbfgs_to_convergence_beats_adam_on_the_same_budget(frame
 def test_a_run_stopped_inside_lbfgs_resumes_to_the_same_result(frame, tmp_path):
     cfg = config(epochs=30)
     straight = rd.fit(frame, cfg)
-    calls = {"n": 0}
-
-    def stop_at_15():  # polled once per epoch: stops after epoch 15, the fifth L-BFGS iteration
-        calls["n"] += 1
-        return calls["n"] >= 15
-
+    stop_at_15 = stop_after(15)  # polled once per epoch: stops after epoch 15, the fifth L-BFGS iteration
     ckpt = tmp_path / "run.pt"
     with pytest.raises(rd.FitInterrupted):
         rd.fit(frame, cfg, checkpoint=ckpt, checkpoint_every=100, stop_requested=stop_at_15)

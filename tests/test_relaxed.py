@@ -18,7 +18,7 @@ from regime_dmm.guides.inference_network import StructuredRegimePosterior
 from regime_dmm.models import AnnealState, StepContext
 from regime_dmm.models.relaxed_dmm import RelaxedRegimeChain, WindowBatch, epoch_batches
 
-from helpers import FIT_OUTPUTS, model_and_data
+from helpers import FIT_OUTPUTS, model_and_data, stop_after
 
 K = 4
 
@@ -212,12 +212,7 @@ def test_relaxed_fit_is_reproducible_and_resumes_exactly(tmp_path):
     straight = rd.fit(frame, cfg)
     again = rd.fit(frame, cfg)
     pd.testing.assert_frame_equal(straight.regimes_frame(), again.regimes_frame())
-    calls = {"n": 0}
-
-    def stop_after_3():
-        calls["n"] += 1
-        return calls["n"] >= 3
-
+    stop_after_3 = stop_after(3)
     ckpt = tmp_path / "run.pt"
     with pytest.raises(rd.FitInterrupted):
         rd.fit(frame, cfg, checkpoint=ckpt, checkpoint_every=2, stop_requested=stop_after_3)

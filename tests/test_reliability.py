@@ -19,6 +19,8 @@ from regime_dmm.errors import CheckpointError, TrainingError
 from regime_dmm.fitting import load_resume_state, resume_fit
 from regime_dmm.persistence import MODEL_FORMAT, load_checkpoint
 
+from helpers import stop_after
+
 
 @pytest.fixture(scope="module")
 def frame():
@@ -35,12 +37,7 @@ def small_config(**training):
 def test_interrupted_and_resumed_run_equals_uninterrupted(frame, tmp_path):
     cfg = small_config()
     straight = rd.fit(frame, cfg)
-    calls = {"n": 0}
-
-    def stop_after_30():  # restart 1, epoch 6: one restart done, one in progress
-        calls["n"] += 1
-        return calls["n"] >= 30
-
+    stop_after_30 = stop_after(30)  # restart 1, epoch 6: one restart done, one in progress
     ckpt = tmp_path / "run.pt"
     with pytest.raises(rd.FitInterrupted):
         rd.fit(frame, cfg, checkpoint=ckpt, checkpoint_every=5, stop_requested=stop_after_30)
