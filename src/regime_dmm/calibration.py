@@ -101,8 +101,9 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
 
 
-def one_step_predictive(fitted: FittedModel, panel: Panel) -> dict[str, np.ndarray]:
-    """The one-step-ahead predictive distribution of each day's return on ``panel`` at the fitted parameters.
+def one_step_predictive(fitted: FittedModel, panel: Panel | None = None) -> dict[str, np.ndarray]:
+    """The one-step-ahead predictive distribution of each day's return on ``panel`` (None: the fitted days, whose
+    posterior the fitted model has already) at the fitted parameters.
 
     Returns arrays ``(M, T)`` (normalised units; days past a market's length are NaN): ``pit`` (the predictive
     CDF at the realised return), ``mean``, ``variance`` and ``x`` (the realised return), and ``observed (M, T)``
@@ -111,8 +112,8 @@ def one_step_predictive(fitted: FittedModel, panel: Panel) -> dict[str, np.ndarr
     """
     if fitted.config.training.inference != "exact" and not fitted.config.model.classic:
         raise RegimeDMMError("calibration needs exact regimes (training.inference: exact, or classic mode)")
-    data = fitted.model_data(panel)
-    pot, post = fitted.posterior(data)
+    data = fitted.data if panel is None else fitted.model_data(panel)
+    pot, post = fitted.posterior() if panel is None else fitted.posterior(data)
     values = fitted.point_estimate()
     shift = fitted.emission_shift(data)
     log_f = post.log_filtered.double()  # (M, T, K)
@@ -339,7 +340,7 @@ def _fit_days(
     fit = load_fit(folder, data=data)
     fitted = fit.require_fitted()
     panel = fitted.panel
-    pred = one_step_predictive(fitted, panel)
+    pred = one_step_predictive(fitted)  # the fitted days: the posterior load_fit computed
     days = _day_rows(panel, pred, [np.ones(s.length, dtype=bool) for s in panel.series])
     frame = fit.regimes_frame()
     probs = frame[["date", "market", *[f"filtered_{n}" for n in fit.regimes]]]
