@@ -124,5 +124,11 @@ def test_walk_forward_report_on_the_command_line(tmp_path, capsys):
     bad.write_text("date,market,regime\n2010-09-02,a,bubble\n")
     capsys.readouterr()
     assert main(["calibrate", str(out), "--truth", str(bad)]) == 2
-    assert "bubble" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bubble" in err and "row 2 (market 'a', date 2010-09-02)" in err and "Traceback" not in err
+    bad.write_text("date,market,regime\n2010-09-02,a,calm\nnot a day,a,calm\n")
+    assert main(["calibrate", str(out), "--truth", str(bad)]) == 2
+    assert "row 3 (market 'a')" in capsys.readouterr().err
+    assert main(["calibrate", str(out), "--truth", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path)]) == 2

@@ -391,11 +391,25 @@ def _walk_forward_days(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[s
 
 
 def _read_truth(truth: str | Path | pd.DataFrame, regimes: Sequence[str]) -> pd.DataFrame:
-    frame = truth if isinstance(truth, pd.DataFrame) else pd.read_csv(truth, dtype={"market": str, "regime": str})
+    """The true regimes as ``date`` (datetime64), ``market``, ``regime``; :class:`DataError` naming the file, or the
+    row, market and date, of what cannot be read."""
+    label = "the true regimes" if isinstance(truth, pd.DataFrame) else f"the true regimes ({truth})"
+    try:
+        frame = truth if isinstance(truth, pd.DataFrame) else pd.read_csv(truth, dtype={"market": str, "regime": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{label}: cannot be read ({type(exc).__name__}: {exc})") from None
     missing = {"date", "market", "regime"} - set(frame.columns)
     if missing:
-        raise DataError(f"the true regimes need columns date, market, regime; missing {sorted(missing)}")
-    unknown = sorted(set(frame["regime"]) - set(regimes))
-    if unknown:
-        raise DataError(f"the true regimes name {unknown}, not regimes of the fit ({list(regimes)})")
+        raise DataError(f"{label} need columns date, market, regime; missing {sorted(missing)}")
+    dates = pd.to_datetime(frame["date"], errors="coerce")
+    for row in np.flatnonzero(dates.isna().to_numpy())[:1]:
+        market = frame["market"].iloc[row]
+        raise DataError(f"{label}, row {row + 2} (market '{market}'): date {frame['date'].iloc[row]!r} is not a date")
+    unknown = ~frame["regime"].isin(list(regimes))
+    for row in np.flatnonzero(unknown.to_numpy())[:1]:
+        raise DataError(
+            f"{label}, row {row + 2} (market '{frame['market'].iloc[row]}', date {dates.iloc[row].date()}): regime "
+            f"{frame['regime'].iloc[row]!r} is not one of the fit's regimes {list(regimes)}"
+        )
+    frame = frame.assign(date=dates)
     return frame[["date", "market", "regime"]]
