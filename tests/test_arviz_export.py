@@ -14,6 +14,7 @@ import torch
 import regime_dmm as rd
 from regime_dmm import arviz_export
 from regime_dmm.arviz_export import load_netcdf, obs_index, save_netcdf, to_inference_data
+from regime_dmm.training.svi import isolated_parameters
 
 az = pytest.importorskip("arviz")
 
@@ -219,14 +220,15 @@ def test_observed_and_predictive(idata_map, idata_normal, fit_map):
 
 def test_seeded_and_leaves_param_store_and_rng_alone(fit_normal, fit_map):
     store = pyro.get_param_store()
-    with fit_map.fitted.active():  # a different fit's state is loaded
+    with isolated_parameters():  # a session's own parameters are in the store
+        pyro.param("session.weight", torch.arange(3.0))
         before = {k: v.detach().clone() for k, v in store.named_parameters()}
         rng_before = torch.get_rng_state().clone()
         a = to_inference_data(fit_normal, num_samples=5, seed=11)
         b = to_inference_data(fit_normal, num_samples=5, seed=11)
         c = to_inference_data(fit_normal, num_samples=5, seed=12)
         after = dict(store.named_parameters())
-    assert set(after) == set(before)
+    assert set(after) == set(before) == {"session.weight"}
     assert all(torch.equal(before[k], after[k].detach()) for k in before)
     assert torch.equal(torch.get_rng_state(), rng_before)
     np.testing.assert_array_equal(a.posterior["return_sd"].values, b.posterior["return_sd"].values)

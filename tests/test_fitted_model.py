@@ -6,6 +6,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from torch.distributions import biject_to
 
 import regime_dmm as rd
 import regime_dmm.arviz_export as arviz_export
@@ -65,14 +66,39 @@ def test_each_fit_keeps_its_own_parameters(two_fits):
     assert pot_a.log_init.shape[-1] == 4 and b.fitted.potentials().log_init.shape[-1] == 2
 
 
-def test_the_store_is_left_as_it_was(two_fits):
+def test_queries_never_touch_the_store(two_fits, monkeypatch):
     a, _ = two_fits
     pyro.clear_param_store()
     pyro.param("someone_elses", torch.ones(3))
-    a.fitted.posterior(a.fitted.data, a.fitted.point_estimate())
-    a.fitted.draws(2, seed=0)
-    assert list(pyro.get_param_store().keys()) == ["someone_elses"]
+    store = pyro.get_param_store()
+
+    def untouchable(*_args, **_kwargs):
+        raise AssertionError("a query of a fitted model used Pyro's parameter store")
+
+    with monkeypatch.context() as patch:  # parameters as values: every query is plain arithmetic
+        for name in ("get_param", "setdefault", "get_state", "set_state", "clear", "named_parameters", "__getitem__"):
+            patch.setattr(type(store), name, untouchable)
+        a.fitted.posterior(a.fitted.data, a.fitted.point_estimate())
+        a.fitted.smoothed()
+        a.fitted.draws(2, seed=0)
+        a.fitted.num_parameters()
+        a.fitted.emission_shift()
+    assert list(store.keys()) == ["someone_elses"]
     pyro.clear_param_store()
+
+
+def test_normal_draws_follow_the_guides_normal(small_fit):
+    normal = small_fit(0, 250, training={"epochs": 20, "restarts": 1, "guide": "normal"})  # shared with the plots
+    sites = normal.fitted._globals.normal
+    assert sites is not None and "ret_scale_base" in sites
+    loc, scale, support = sites["ret_scale_base"]
+    draws = normal.fitted.draws(4000, seed=2)
+    u = torch.stack([biject_to(support).inv(d["ret_scale_base"]) for d in draws])  # unconstrained
+    se = scale / len(draws) ** 0.5
+    assert ((u.mean(0) - loc).abs() < 5 * se).all()
+    assert ((u.std(0) / scale - 1).abs() < 0.1).all()
+    point = normal.fitted.point_estimate()["ret_scale_base"]  # the normal guide's median
+    torch.testing.assert_close(point, biject_to(support)(loc))
 
 
 def test_posterior_is_the_exact_filter_of_its_potentials(two_fits):

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pyro import poutine
 
 from regime_dmm import FitConfig, fit
 from regime_dmm.cli import main
@@ -99,9 +98,8 @@ def _direct_filter(result, full: pd.DataFrame) -> list[np.ndarray]:
         lengths=panel.lengths,
     )
     fitted = result.fitted
-    with fitted.active(), torch.no_grad():  # the fitted parameters, evaluated here without FittedModel.posterior
-        values = fitted.guide.point_estimate(data)
-        pot = poutine.condition(fitted.model.log_potentials, data=values)(data)
+    with torch.no_grad():  # the fitted parameters, evaluated here without FittedModel.posterior
+        pot = fitted.model.potentials(fitted.point_estimate(), data)
     filtered = posterior(pot.log_init, pot.log_trans, pot.obs_ll).filtered.numpy()
     return [filtered[m, : s.length] for m, s in enumerate(series)]
 

@@ -15,18 +15,18 @@ never touch Pyro's global parameter store or ``poutine`` themselves:
 * :meth:`num_parameters` - the number of free parameters (for BIC and the summary);
 * :meth:`pooling` - the shared regime ladder and the learned degree of pooling across markets.
 
-Its parameters live in the object: each method swaps them into Pyro's parameter store for the
-duration of the call and restores whatever was there before, so several fits can live side by
-side in one session.
+Its parameters live in the object as plain values (dynamax's style): the guide's point estimate and,
+for the normal guide, each global site's loc and scale (:class:`~regime_dmm.guides.GlobalsPosterior`);
+the networks' weights in the model's and guide's own modules; and the unconstrained tensors a
+checkpoint saves. They are read out of Pyro's parameter store once, at construction, in an isolated
+store (:func:`~regime_dmm.training.svi.isolated_parameters`); after that no query touches the store, so
+several fits live side by side in one session and a query costs only its arithmetic.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -37,7 +37,7 @@ from .data.features import FeaturePipeline, ModelData, Panel
 from .guides.base import RegimeGuide
 from .inference import HMMPosterior, posterior
 from .models.base import Potentials, RegimeModel
-from .training.restarts import materialise, restore_parameters
+from .training.svi import isolated_parameters, materialise, restore_parameters
 from .training.variants import Variant, variant_for
 
 __all__ = ["FittedModel"]
@@ -82,11 +82,11 @@ class FittedModel:
         self.model = model
         self.guide = guide
         self.dtype = data.x.dtype
-        with _swapped_store(None):
+        with isolated_parameters():
             materialise(model, guide, data)
-            restore_parameters(params)
-            self._state = pyro.get_param_store().get_state()
-        self._point: Values | None = None
+            restore_parameters(params)  # the networks' modules now hold the fitted weights
+            self._globals = guide.read_out(data)
+        self._params = {name: value.detach().clone() for name, value in params.items()}
         self._evaluation: tuple[Potentials, HMMPosterior] | None = None
 
     @classmethod
@@ -105,31 +105,22 @@ class FittedModel:
         return cls(variant, config, pipeline, panel, pipeline.model_data(panel, dtype), model, guide, params)
 
     # ---- parameters ----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Pyro's parameter store holds exactly this fit's parameters inside the block; restored afterwards."""
-        with _swapped_store(self._state):
-            yield
-
     def parameters(self) -> dict[str, torch.Tensor]:
-        """A copy of the parameters (name -> unconstrained tensor), for checkpoints."""
-        return {name: value.detach().clone() for name, value in self._state["params"].items()}
+        """A copy of the parameters (name -> unconstrained tensor, as in Pyro's param store), for checkpoints."""
+        return {name: value.clone() for name, value in self._params.items()}
 
     def point_estimate(self) -> Values:
-        """Point estimate of the global parameters (name -> constrained value; cached)."""
-        if self._point is None:
-            with self.active():
-                self._point = self.guide.point_estimate(self.data)
-        return {name: value.clone() for name, value in self._point.items()}
+        """Point estimate of the global parameters (name -> constrained value; a copy)."""
+        return {name: value.clone() for name, value in self._globals.point.items()}
 
     def draws(self, num_draws: int, seed: int = 0) -> list[Values]:
         """``num_draws`` draws of the global parameters from the guide, or ``[point estimate]`` for a
         point-mass guide. Seeded; torch's global random state is left as it was."""
-        if self.guide.is_point_estimate:
+        if self._globals.is_point_estimate:
             return [self.point_estimate()]
-        with self.active(), torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            return [self.guide.draw(self.data) for _ in range(int(num_draws))]
+            return [self._globals.draw() for _ in range(int(num_draws))]
 
     def describe_draws(self, num_draws: int) -> str:
         """What :meth:`draws` returns, in words."""
@@ -144,8 +135,8 @@ class FittedModel:
         """Log-potentials of ``data`` (default: the fitted data) at ``values`` (default: the point estimate)."""
         data = self.data if data is None else data
         values = self.point_estimate() if values is None else values
-        with self.active(), torch.no_grad():
-            return poutine.condition(self.model.log_potentials, data=values)(data).detached()
+        with torch.no_grad():
+            return self.model.potentials(values, data).detached()
 
     def posterior(self, data: ModelData | None = None, values: Values | None = None) -> tuple[Potentials, HMMPosterior]:
         """``(potentials, exact posterior)`` of ``data`` at ``values``; computed once for the fitted data
@@ -161,13 +152,12 @@ class FittedModel:
     def smoothed(self) -> torch.Tensor:
         """The smoothed regime probabilities ``(M, T, K)`` the fit reports: the exact posterior's, or
         the guide's own marginals where it has them (the relaxed mode's inference network)."""
-        with self.active():
-            own = self.guide.regime_marginals(self.model, self.data, self.point_estimate())
+        own = self.guide.regime_marginals(self.model, self.data, self.point_estimate())
         return self.posterior()[1].smoothed if own is None else own.detach()
 
     def emission_shift(self, data: ModelData | None = None) -> torch.Tensor | None:
         """The emission network's daily shifts ``(M, T, K)`` of the return location (normalised), or None."""
-        with self.active(), torch.no_grad():
+        with torch.no_grad():
             return self.model.emission_shift(self.data if data is None else data)
 
     def scale_floors(self) -> dict[str, float] | None:
@@ -212,45 +202,21 @@ class FittedModel:
         Counts the model's global sites (initial K-1 and transition K(K-1) per market, emission
         parameters) and network weights; the guide's variational parameters are not counted.
         """
-        with self.active(), torch.no_grad():
-            trace = poutine.trace(poutine.condition(self.model.log_potentials, data=self.point_estimate())).get_trace(
-                self.data
+        with torch.no_grad():
+            trace = poutine.trace(poutine.condition(self.model.sample_globals, data=self.point_estimate())).get_trace(
+                self.dtype
             )
-        total = 0
+        total = sum(int(w.numel()) for net in self.model.networks() for w in net.parameters())
         nodes: dict[str, Any] = dict(trace.nodes)
         for name, site in nodes.items():
-            if site["type"] == "sample":
-                if name.startswith("_") or site["infer"].get("is_auxiliary") or isinstance(site["fn"], dist.Unit):
-                    continue
-                support = site["fn"].support
-            elif site["type"] == "param":
-                support = constraints.real
-            else:
+            if site["type"] != "sample" or name.startswith("_") or isinstance(site["fn"], dist.Unit):
                 continue
-            value = site["value"]
-            base = support
+            base = site["fn"].support
             while hasattr(base, "base_constraint"):
                 base = base.base_constraint
+            value = site["value"]
             n = int(value.numel())
             if base is constraints.simplex and value.dim() >= 1 and value.shape[-1] > 0:
                 n = n // value.shape[-1] * (value.shape[-1] - 1)
             total += n
         return total
-
-
-@contextlib.contextmanager
-def _swapped_store(state: Any) -> Iterator[None]:
-    """Pyro's param store holds ``state`` (empty for None) inside the block; what it held is restored after.
-
-    ``set_state`` merges into the store, so it is cleared first.
-    """
-    store = pyro.get_param_store()
-    saved = store.get_state()
-    store.clear()
-    if state is not None:
-        store.set_state(state)
-    try:
-        yield
-    finally:
-        store.clear()
-        store.set_state(saved)

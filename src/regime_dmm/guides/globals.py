@@ -15,8 +15,8 @@ parameters):
 Network weights are ``pyro.module`` parameters (point estimates) in every case.
 
 Every guide offers the same small interface: ``guide(data, ctx)`` (the Pyro guide),
-``point_estimate(data)``, ``draw(data)`` (one draw of the globals; the point estimate for a
-point-mass guide), ``is_point_estimate``, ``regime_marginals(...)`` (None: the exact posterior
+``point_estimate(data)``, ``read_out(data)`` (the point estimate and, for the normal guide, its
+distribution as plain tensors), ``is_point_estimate``, ``regime_marginals(...)`` (None: the exact posterior
 gives the regimes) and ``describe_draws(n)``.
 """
 
@@ -35,7 +35,7 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from ..data.features import ModelData
 from ..models.base import RegimeModel, StepContext
 from ..models.classic import ClassicMarkovSwitching
-from .base import Values
+from .base import GlobalsPosterior, Values
 
 __all__ = ["GlobalsGuide", "PointGuide", "sample_site_values"]
 
@@ -73,17 +73,27 @@ class GlobalsGuide:
                 return _sample_values(self.auto, data)
             return {k: v.detach() for k, v in self.auto.median(data, None).items()}
 
-    def draw(self, data: ModelData) -> Values:
-        """One draw of every global site from the guide (the mode for the MAP guide)."""
+    def read_out(self, data: ModelData) -> GlobalsPosterior:
+        """The point estimate and, for the normal guide, each site's unconstrained loc and scale with its
+        support (:class:`~regime_dmm.guides.base.GlobalsPosterior`)."""
+        point = self.point_estimate(data)
+        if not isinstance(self.auto, AutoNormal):
+            return GlobalsPosterior(point)
+        auto = self.auto
+        assert auto.prototype_trace is not None, "the guide has run (its parameters exist)"
         with torch.no_grad():
-            return _sample_values(self.auto, data)
+            normal = {}
+            for name, site in auto.prototype_trace.iter_stochastic_nodes():
+                loc, scale = auto._get_loc_and_scale(name)
+                normal[name] = (loc.detach().clone(), scale.detach().clone(), site["fn"].support)
+        return GlobalsPosterior(point, normal)
 
     def regime_marginals(self, model: RegimeModel, data: ModelData, values: Values) -> torch.Tensor | None:
         """None: the regimes' marginals are the exact posterior's."""
         return None
 
     def describe_draws(self, num_draws: int) -> str:
-        """What the draws of :meth:`draw` are, for the ArviZ export's ``note``."""
+        """What the draws of :meth:`GlobalsPosterior.draw` are, for the ArviZ export's ``note``."""
         if self.is_point_estimate:
             return (
                 "point estimate (MAP of the global parameters, map guide) with one draw: no posterior "
@@ -144,7 +154,9 @@ class PointGuide:
         with torch.no_grad():
             return {k: v.detach() for k, v in self.parameters().items()}
 
-    draw = point_estimate
+    def read_out(self, data: ModelData | None = None) -> GlobalsPosterior:
+        """The maximum-likelihood values (a point estimate)."""
+        return GlobalsPosterior(self.point_estimate())
 
     def regime_marginals(self, model: RegimeModel, data: ModelData, values: Values) -> torch.Tensor | None:
         """None: the regimes' marginals are the exact posterior's."""

@@ -56,6 +56,7 @@ from ..models.relaxed_dmm import (
     relaxed_step,
     stack_steps,
 )
+from .base import GlobalsPosterior
 from .globals import sample_site_values
 
 __all__ = ["InferenceNetwork", "RelaxedGuide", "StructuredRegimePosterior", "inference_marginals", "reverse_within"]
@@ -228,7 +229,9 @@ class RelaxedGuide:
         with torch.no_grad():
             return sample_site_values(poutine.trace(self.globals_guide).get_trace(data, StepContext()))
 
-    draw = point_estimate
+    def read_out(self, data: ModelData) -> GlobalsPosterior:
+        """The MAP point estimate of the globals (the inference network keeps its weights in its module)."""
+        return GlobalsPosterior(self.point_estimate(data))
 
     def regime_marginals(self, model: RegimeModel, data: ModelData, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """q's marginal regime probabilities ``(M, T, K)`` over each market's full series

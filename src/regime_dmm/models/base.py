@@ -4,7 +4,8 @@ and the exact-likelihood objective.
 A model variant (exact DMM, classic, relaxed DMM) is a :class:`RegimeModel` built as
 ``Variant(dims, hyper)``: the sizes from the feature pipeline (:class:`ModelDims`) and its own
 explicit hyperparameters. It writes ``sample_globals`` (its global parameters as Pyro sample
-sites) and ``log_potentials(data)`` (initial, transition and per-day emission log-likelihoods);
+sites), ``potentials(values, data)`` (initial, transition and per-day emission log-likelihoods at
+given values: a plain function) and ``log_potentials(data)`` (the globals sampled, then ``potentials``);
 this base class turns log-potentials into the ``pyro.factor`` terms of the objective with the
 exact posterior of :mod:`regime_dmm.inference`.
 
@@ -102,7 +103,7 @@ class StepContext:
 class RegimeModel(PyroModule):
     """Base class of the model variants: ``model(data, ctx)`` adds the exact likelihood and penalties.
 
-    Subclasses set ``dims`` and implement :meth:`sample_globals` and :meth:`log_potentials`.
+    Subclasses set ``dims`` and implement :meth:`sample_globals`, :meth:`potentials` and :meth:`log_potentials`.
     """
 
     dims: ModelDims
@@ -122,6 +123,12 @@ class RegimeModel(PyroModule):
 
     def log_potentials(self, data: ModelData) -> Potentials:  # pragma: no cover - abstract
         """Sample the globals and return the log-potentials of ``data`` (shapes in :class:`Potentials`)."""
+        raise NotImplementedError
+
+    def potentials(self, g: dict[str, torch.Tensor], data: ModelData) -> Potentials:  # pragma: no cover - abstract
+        """The log-potentials of ``data`` at the globals ``g`` (name -> constrained value) and the networks'
+        current weights: a plain function of values (dynamax's style), no Pyro site, no parameter store.
+        :meth:`log_potentials` samples the globals and calls it."""
         raise NotImplementedError
 
     def networks(self) -> list[torch.nn.Module]:

@@ -128,8 +128,12 @@ class ClassicMarkovSwitching(RegimeModel):
         return g["ret_loc"][..., None], scale[..., None]
 
     def log_potentials(self, data: ModelData) -> Potentials:
-        """Potentials of the return (the first emitted feature) at the globals."""
-        g = self.sample_globals(data.x.dtype)
+        """Potentials of the return (the first emitted feature) at the sampled globals."""
+        return self.potentials(self.sample_globals(data.x.dtype), data)
+
+    def potentials(self, g: dict[str, torch.Tensor], data: ModelData) -> Potentials:
+        """Potentials of the return at the globals ``g`` (name -> constrained value): a plain function, no
+        Pyro site (shapes in :class:`~regime_dmm.models.base.Potentials`)."""
         loc, scale = self.emission_base(g)
         steps = data.x.shape[-2]
         log_a = g["transition"].clamp(min=1e-300).log()[..., None, :, :].expand(-1, steps, -1, -1)

@@ -165,8 +165,7 @@ class ExactRegimeDMM(RegimeModel):
             "ladder_steps": pyro.sample("ladder_steps", step_prior.expand([k - 1]).to_event(1)),
         }
         if self.pooling == "full":
-            g["ret_loc"] = g["ladder_loc"].expand(m, k)
-            g["ret_scale_steps"] = g["ladder_steps"].expand(m, k - 1)
+            g = self.with_derived(g)
         else:
             median, spread = POOLING_SCALE_PRIOR
             tau = pyro.sample(
@@ -179,6 +178,14 @@ class ExactRegimeDMM(RegimeModel):
             )
         g["ret_scale_base"] = scale_base()
         return g
+
+    def with_derived(self, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``g`` with the values that are not sites of their own: under full pooling every market's
+        ``ret_loc (M, K)`` and ``ret_scale_steps (M, K-1)`` are the shared ladder's."""
+        if self.pooling != "full" or "ret_loc" in g:
+            return g
+        k, m = self.num_regimes, self.num_markets
+        return dict(g, ret_loc=g["ladder_loc"].expand(m, k), ret_scale_steps=g["ladder_steps"].expand(m, k - 1))
 
     def ladder_starting_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``values`` (per-market starting values) with the shared ladder's sites added when pooled: the
@@ -250,12 +257,21 @@ class ExactRegimeDMM(RegimeModel):
         return self.emission_net(data.history)[..., 0]
 
     def log_potentials(self, data: ModelData) -> Potentials:
-        """Potentials of ``data`` at sampled globals (see the module docstring for the model)."""
+        """Potentials of ``data`` at sampled globals (see the module docstring for the model), with the
+        networks registered and the walls and the networks' weight prior added as factors."""
         self.register_networks()
         g = self.sample_globals(data.x.dtype)
-        loc, scale = self.emission_base(g)
-        self.floor_prior(scale)
+        pot = self.potentials(g, data)
+        self.floor_prior(pot.emission_scale)
         self.separation_prior(g)
+        return pot
+
+    def potentials(self, g: dict[str, torch.Tensor], data: ModelData) -> Potentials:
+        """Potentials of ``data`` at the globals ``g`` (name -> constrained value) and the networks' current
+        weights: a plain function, no Pyro site and no parameter store (shapes in :class:`Potentials`).
+        Under full pooling ``g`` may hold the shared ladder's sites only (:meth:`with_derived`)."""
+        g = self.with_derived(g)
+        loc, scale = self.emission_base(g)
         log_a = g["transition"].clamp(min=1e-30).log()  # (M, K, K)
         steps = data.x.shape[-2]
         log_a = log_a[..., None, :, :].expand(-1, steps, -1, -1)

@@ -51,7 +51,6 @@ full data at the current global parameters (no gradient), so both modes are comp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -331,9 +330,7 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
     @torch.no_grad()
     def full_terms(self, g: dict[str, torch.Tensor], data: ModelData) -> ModelTerms:
         """The same terms on every market's full series (days 0 .. T-1), from the exact potentials."""
-        values = {k: v.detach() for k, v in g.items()}
-        with poutine.block():
-            pot = poutine.condition(partial(ExactRegimeDMM.log_potentials, self), data=values)(data)
+        pot = ExactRegimeDMM.potentials(self, {k: v.detach() for k, v in g.items()}, data)
         return ModelTerms(pot.log_init, pot.log_trans.exp(), pot.obs_ll)
 
     def emission_dist(self, g, z, loc_w, scale_w, market):
@@ -431,9 +428,8 @@ class RelaxedRegimeDMM(ExactRegimeDMM):
 
     def exact_log_likelihood(self, g: dict[str, torch.Tensor], data: ModelData) -> torch.Tensor:
         """Exact ``log Z`` ``(M,)`` of the full data at the globals ``g`` (no gradient, no sites)."""
-        values = {k: v.detach() for k, v in g.items()}
-        with torch.no_grad(), poutine.block():
-            pot = poutine.condition(partial(ExactRegimeDMM.log_potentials, self), data=values)(data)
+        with torch.no_grad():
+            pot = ExactRegimeDMM.potentials(self, {k: v.detach() for k, v in g.items()}, data)
             return log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll)
 
 

@@ -15,7 +15,6 @@ t distribution", Statistics and Computing 10).
 from __future__ import annotations
 
 import torch
-from pyro import poutine
 
 from ..data.features import ModelData
 from ..guides.globals import PointGuide
@@ -31,7 +30,7 @@ _EMPTY_REGIME_DAYS = 1e-6  # expected days below which a regime gets no M-step u
 def classic_posterior(model: ClassicMarkovSwitching, guide: PointGuide, data: ModelData) -> ExpectedStatistics:
     """The E-step at the guide's current parameters: log-likelihood, smoothed and pairwise marginals."""
     with torch.no_grad():
-        pot = poutine.condition(model.log_potentials, data=guide.point_estimate())(data)
+        pot = model.potentials(guide.point_estimate(), data)
     return expected_statistics(pot.log_init, pot.log_trans, pot.obs_ll)
 
 

@@ -21,26 +21,17 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 
 from ..config import FitConfig
 from ..data.features import FeatureSpec, ModelData, Panel
-from ..errors import CheckpointError, RegimeDMMError, TrainingError
+from ..errors import RegimeDMMError, TrainingError
 from ..guides.base import RegimeGuide
-from ..models.base import RegimeModel, StepContext
+from ..models.base import RegimeModel
 from .run_state import BestRestart, InProgress, RestartRecord, RunState
-from .svi import LoopState
+from .svi import LoopState, clear_parameters, materialise, restore_parameters, snapshot_parameters
 from .variants import Variant
 
-__all__ = [
-    "FitInterrupted",
-    "StopControl",
-    "TrainedRun",
-    "materialise",
-    "restore_parameters",
-    "run_restarts",
-    "snapshot_parameters",
-]
+__all__ = ["FitInterrupted", "StopControl", "TrainedRun", "run_restarts"]
 
 
 class FitInterrupted(RegimeDMMError):
@@ -97,36 +88,6 @@ class TrainedRun:
     state: RunState
 
 
-def materialise(model: RegimeModel, guide: RegimeGuide, data: ModelData) -> None:
-    """Run guide and model once (no gradient) so that every parameter exists in Pyro's param store."""
-    with torch.no_grad():
-        Trace_ELBO().differentiable_loss(model.model, guide, data, StepContext())
-
-
-def snapshot_parameters() -> dict[str, torch.Tensor]:
-    """A copy of every parameter in Pyro's param store (unconstrained values)."""
-    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
-
-
-def restore_parameters(values: dict[str, torch.Tensor]) -> None:
-    """Copy ``values`` into the existing parameters of Pyro's param store, in place.
-
-    Raises :class:`CheckpointError` when the names or shapes differ from the store's.
-    """
-    store = dict(pyro.get_param_store().named_parameters())
-    missing = set(store) ^ set(values)
-    if missing:
-        raise CheckpointError(f"checkpoint parameters do not match the model: {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for name, p in store.items():
-            if p.shape != values[name].shape:
-                raise CheckpointError(
-                    f"checkpoint parameter {name} has shape {tuple(values[name].shape)}, "
-                    f"the model expects {tuple(p.shape)}"
-                )
-            p.copy_(values[name])
-
-
 def run_restarts(
     variant: Variant,
     config: FitConfig,
@@ -175,7 +136,7 @@ def run_restarts(
     for restart in range(tc.restarts):
         if restart in done:
             continue
-        pyro.clear_param_store()
+        clear_parameters()
         pyro.set_rng_seed(tc.seed * 1009 + restart)
         rng = np.random.default_rng([tc.seed, restart])
         current = state.current if state.current is not None and state.current.restart == restart else None
@@ -189,7 +150,7 @@ def run_restarts(
             values = start.values
         else:  # the checkpoint holds the parameters and the warm start's reference usage
             reference, values = current.reference_usage, variant.placeholder_values(panel, config, dtype)
-        pyro.clear_param_store()
+        clear_parameters()
         model.reset_parameters()
         guide = variant.build_guide(model, config, values, dtype)
         loop = None

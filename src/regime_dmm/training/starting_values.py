@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pyro import poutine
 
 from ..config import ModelConfig
 from ..data.features import ModelData, Panel
@@ -319,7 +318,7 @@ def _fitted_state(
     log-likelihood ``(M,)``."""
     with torch.no_grad():
         g = {k: v.clone() for k, v in guide.point_estimate().items()}
-        pot = poutine.condition(classic.log_potentials, data=g)(data)
+        pot = classic.potentials(g, data)
         post = expected_statistics(pot.log_init, pot.log_trans, pot.obs_ll)
     mask = data.mask.to(post.smoothed.dtype)[..., None]
     usage = (post.smoothed * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -17,13 +17,22 @@ rolled back and the memory cleared, and counts as a fault like Adam's.
 
 Classic mode (no latent sites, deterministic objective) is optimised by L-BFGS instead:
 the maximum-likelihood estimate to machine precision in a few dozen iterations.
+
+Pyro's global parameter store is the training loop's working memory, and this module (with the
+guides, which create their parameters there) is the only one that touches it:
+:func:`clear_parameters` before a restart, :func:`snapshot_parameters` and :func:`restore_parameters`
+for the best restart and checkpoints, :func:`materialise` to create a guide's parameters without a
+step, and :func:`isolated_parameters` for the one pass in which a fitted model reads its values out
+(:class:`~regime_dmm.fitted.FittedModel` then holds plain tensors and never uses the store).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +44,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 
 from ..config import TrainConfig
 from ..data.features import ModelData
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 from ..guides.base import RegimeGuide
 from ..guides.globals import PointGuide
 from ..inference import log_normalizer
@@ -45,7 +54,68 @@ from ..threads import refresh_threads
 from .annealing import Schedule
 from .em import em_polish
 
-__all__ = ["LoopState", "TrainOutcome", "format_epoch", "train_lbfgs", "train_svi"]
+__all__ = [
+    "LoopState",
+    "TrainOutcome",
+    "clear_parameters",
+    "format_epoch",
+    "isolated_parameters",
+    "materialise",
+    "restore_parameters",
+    "snapshot_parameters",
+    "train_lbfgs",
+    "train_svi",
+]
+
+
+def clear_parameters() -> None:
+    """Empty Pyro's parameter store (before a restart builds its guide)."""
+    pyro.clear_param_store()
+
+
+def materialise(model: RegimeModel, guide: RegimeGuide, data: ModelData) -> None:
+    """Run guide and model once (no gradient) so that every parameter exists in Pyro's param store."""
+    with torch.no_grad():
+        Trace_ELBO().differentiable_loss(model.model, guide, data, StepContext())
+
+
+def snapshot_parameters() -> dict[str, torch.Tensor]:
+    """A copy of every parameter in Pyro's param store (name -> unconstrained tensor)."""
+    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+
+
+def restore_parameters(values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` (name -> unconstrained tensor) into the existing parameters of Pyro's param store,
+    in place (a network registered with ``pyro.module`` gets them in its own weights).
+
+    Raises :class:`CheckpointError` when the names or shapes differ from the store's.
+    """
+    store = dict(pyro.get_param_store().named_parameters())
+    missing = set(store) ^ set(values)
+    if missing:
+        raise CheckpointError(f"checkpoint parameters do not match the model: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, p in store.items():
+            if p.shape != values[name].shape:
+                raise CheckpointError(
+                    f"checkpoint parameter {name} has shape {tuple(values[name].shape)}, "
+                    f"the model expects {tuple(p.shape)}"
+                )
+            p.copy_(values[name])
+
+
+@contextmanager
+def isolated_parameters() -> Iterator[None]:
+    """Pyro's param store is empty inside the block, and holds what it held before afterwards (a fit
+    read out in a session that trains another). ``set_state`` merges into the store, so it is cleared first."""
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
+    try:
+        yield
+    finally:
+        store.clear()
+        store.set_state(saved)
 
 
 @dataclass
@@ -317,7 +387,7 @@ def train_lbfgs(
         values = guide.parameters()
         if not all(bool(torch.isfinite(v).all()) for v in values.values()):
             return None
-        pot = poutine.condition(model.log_potentials, data=values)(data)
+        pot = model.potentials(values, data)
         loss = -log_normalizer(pot.log_init, pot.log_trans, pot.obs_ll).sum()
         return loss + model.floor_penalty(pot.emission_scale)  # walls below and above the regime sds
 
@@ -382,7 +452,10 @@ def _objective(
     """The loss of one step (``batch``: a minibatch, None for the full data) at the current parameters, with the
     step's context (diagnostics)."""
     ctx = StepContext(anneal=state, batch=batch)
-    with pyro.validation_enabled(False):  # a non-finite value must reach the checks, not raise inside Pyro
+    # A non-finite value must reach the loop's checks (a fault, logged with its market), not raise inside
+    # Pyro, nor print Pyro's own "Encountered NaN" warning beside the loop's message (sweep workers' stderr).
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         return elbo.differentiable_loss(model.model, guide, data, ctx), ctx
 
 
