@@ -103,7 +103,10 @@ def markets(count: int, days: int, seed: int) -> pd.DataFrame:
 
 def bench_sweep(args) -> None:
     frame = markets(args.markets, args.days, args.seed)
-    config = rd.FitConfig().replace(training={"epochs": args.epochs, "restarts": args.restarts})
+    base = rd.FitConfig()
+    args.epochs = base.training.epochs if args.epochs is None else args.epochs
+    args.restarts = base.training.restarts if args.restarts is None else args.restarts
+    config = base.replace(training={"epochs": args.epochs, "restarts": args.restarts})
     print(
         f"\n(b) sweep: {args.markets} markets x {args.days} days, K = 4, each market its own fit, "
         f"{args.epochs} epochs x {args.restarts} restarts, held-out 20 %, --no-outputs"
@@ -136,8 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markets", type=int, default=200)
     parser.add_argument("--days", type=int, default=2500)
-    parser.add_argument("--epochs", type=int, default=300, help="epochs per restart in the sweep (default 300)")
-    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per restart (default: the package's)")
+    parser.add_argument("--restarts", type=int, default=None, help="restarts per fit (default: the package's)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
