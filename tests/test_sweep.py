@@ -158,7 +158,20 @@ def test_a_sweep_task_equals_the_same_fit_run_by_regime_dmm_fit(tmp_path, capsys
     theirs = pd.read_csv(tmp_path / "fit" / "regimes.csv")
     pd.testing.assert_frame_equal(ours, theirs)
     assert row["shifts_per_year"] == pytest.approx(summary["markets"]["c"]["shifts_per_year"], abs=1e-5)
+    # the fit's regime warnings, as summary.json has them (issue #20: the sweep table carries them too)
+    expected = "; ".join(f"{w['market']}: {w['kind']}({','.join(w['regimes'])})" for w in summary["regime_warnings"])
+    assert row["regime_warnings"] == expected
     capsys.readouterr()
+
+
+def test_a_task_row_carries_the_fits_regime_warnings():
+    frame = markets(days=150)  # 150 observed days cannot carry four regimes: a few_days finding at least
+    task = next(t for t in plan_sweep(frame, ks=[4], configs={"tiny": CONFIG}) if t.markets == ("a",))
+    row = run_task(task, frame[frame["market"] == "a"], 0.0, None, False)
+    assert row["status"] == "ok", row["error"]
+    findings = row["regime_warnings"].split("; ")
+    assert "a: few_days(calm,neutral,volatile,panic)" in findings
+    assert all(f.startswith("a: ") for f in findings)
 
 
 def test_run_task_records_a_failure_instead_of_raising():

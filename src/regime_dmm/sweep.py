@@ -80,7 +80,8 @@ __all__ = [
 #: Columns of ``sweep.csv``, in order. Log-likelihoods in nats, input units; ``usage``: JSON
 #: ``{market: {regime: share}}``; ``shifts_per_year``: the mean over the task's markets of the changes
 #: of the most probable smoothed regime per calendar year; ``epochs``: epochs run over all restarts;
-#: ``peak_rss_mb``: the worker process's peak resident memory so far.
+#: ``peak_rss_mb``: the worker process's peak resident memory so far; ``regime_warnings``: the fit's regime
+#: warnings, ``market: kind(regimes)`` joined by ``; `` (empty: none; see :mod:`regime_dmm.regime_checks`).
 SWEEP_COLUMNS = [
     "task_id",
     "markets",
@@ -96,6 +97,7 @@ SWEEP_COLUMNS = [
     "n_params",
     "usage",
     "shifts_per_year",
+    "regime_warnings",
     "epochs",
     "wall_seconds",
     "worker",
@@ -215,6 +217,9 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
                 {m.name: dict(zip(result.regimes, np.round(m.usage, 6).tolist())) for m in result.markets}
             ),
             shifts_per_year=float(np.mean([m.shifts_per_year() for m in result.markets])),
+            regime_warnings="; ".join(
+                f"{w['market']}: {w['kind']}({','.join(w['regimes'])})" for w in result.regime_warnings
+            ),
             epochs=int(len(result.history)),
             train_days=int(sum(np.asarray(m.observed).sum() for m in result.markets)),
         )
