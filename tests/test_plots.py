@@ -163,3 +163,13 @@ def test_usage_bars_text_matches_usage(fit):
         assert name in text
     with pytest.raises(ValueError):
         plots.usage_bars_text(fit, width=0)
+
+
+def test_volatility_table_puts_the_markets_sds_side_by_side_in_input_units(fit):
+    lines = plots.volatility_table_text(fit).splitlines()
+    assert "relative to each market" in lines[0]
+    assert lines[1].split() == ["market", *fit.regimes]
+    for line, m in zip(lines[2:], fit.markets, strict=True):
+        name, *values = line.split()
+        assert name == m.name
+        np.testing.assert_allclose([float(v) for v in values], m.emission["return_sd"], rtol=5e-3)

@@ -31,7 +31,7 @@ from .fitting import FitInterrupted, StopControl, fit, load_resume_state, resume
 from .nowcast import filter_update, forecast_table
 from .outputs import write_outputs
 from .persistence import load_fit
-from .plots import save_all, usage_bars_text
+from .plots import save_all, usage_bars_text, volatility_table_text
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
 from .update import CHANGED_EXIT_CODE, UPDATES_FILE, describe, update
@@ -348,6 +348,8 @@ def cmd_fit(args) -> int:
             print()
             print("Regime usage (smoothed posterior):")
             print(usage_bars_text(result))
+            print()
+            print(volatility_table_text(result))
             for m in result.markets:
                 print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
                 print(_print_matrix(result.regimes, m.transition))

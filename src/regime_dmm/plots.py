@@ -36,6 +36,7 @@ __all__ = [
     "plot_training",
     "save_all",
     "usage_bars_text",
+    "volatility_table_text",
 ]
 
 #: Fixed colour of each default regime name (calm .. panic).
@@ -380,4 +381,27 @@ def usage_bars_text(fit: RegimeFit, width: int = 30) -> str:
             bar = "█" * filled + "░" * (width - filled)
             pct = f"{100.0 * u:5.1f}%" if np.isfinite(u) else "  n/a"
             lines.append(f"  {name:<{pad}}  {bar}  {pct}")
+    return "\n".join(lines)
+
+
+def volatility_table_text(fit: RegimeFit) -> str:
+    """Each regime's daily return sd in the input's units, markets side by side (one row a market), e.g.::
+
+        daily return sd by regime (input units; names are relative to each market's own volatility):
+        market            calm      neutral   volatile  panic
+        traditional_cre   0.00497   0.0108    0.0221    0.0447
+
+    A market's names order its own regimes by volatility, so "volatile" in a token may be a smaller move than
+    "neutral" in a REIT index (issue #20): this table shows it at a glance.
+    """
+    regimes = list(fit.regimes)
+    pad = max([len("market")] + [len(m.name) for m in fit.markets]) + 2
+    cells = max([10] + [len(r) + 2 for r in regimes])
+    lines = [
+        "daily return sd by regime (input units; names are relative to each market's own volatility):",
+        f"{'market':<{pad}}" + "".join(f"{r:<{cells}}" for r in regimes).rstrip(),
+    ]
+    for m in fit.markets:
+        sd = np.asarray(m.emission["return_sd"], dtype=float)
+        lines.append(f"{m.name:<{pad}}" + "".join(f"{v:<{cells}.3g}" for v in sd).rstrip())
     return "\n".join(lines)
