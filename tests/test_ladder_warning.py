@@ -9,7 +9,7 @@ import pytest
 
 import regime_dmm as rd
 from regime_dmm.evaluation import oracle_states
-from regime_dmm.regime_checks import CALM_SPLIT_SHARE, WALL_MARGIN, ladder_findings
+from regime_dmm.regime_checks import CALM_SPLIT_DAYS, CALM_SPLIT_SHARE, WALL_MARGIN, ladder_findings
 
 REGIMES = ("calm", "neutral", "volatile", "panic")
 
@@ -32,12 +32,15 @@ def test_a_step_at_the_separation_wall_names_its_pair():
 
 
 def test_a_calm_regime_split_off_the_next_is_reported():
-    short = CALM_SPLIT_SHARE * 28.0 * 0.9
-    (finding,) = ladder_findings(market([1.0, 2.0, 4.0, 8.0], [short, 28.0, 12.0, 6.0]), REGIMES, 1.5)
+    ladder = [1.0, 2.0, 4.0, 8.0]
+    (finding,) = ladder_findings(market(ladder, [3.0, 28.0, 12.0, 6.0]), REGIMES, 1.5)
     assert finding["regimes"] == list(REGIMES) and "one step too high" in finding["detail"]
     # a never-left neighbour (duration None) counts as infinitely long
-    assert ladder_findings(market([1.0, 2.0, 4.0, 8.0], [5.0, None, 12.0, 6.0]), REGIMES, 1.5)
-    assert not ladder_findings(market([1.0, 2.0, 4.0, 8.0], [CALM_SPLIT_SHARE * 28.0 * 1.1, 28.0, 12, 6]), REGIMES, 1.5)
+    assert ladder_findings(market(ladder, [3.0, None, 12.0, 6.0]), REGIMES, 1.5)
+    # a calm regime lasting a third of the next one's duration or more is not split off ...
+    assert not ladder_findings(market(ladder, [CALM_SPLIT_SHARE * 12.0 * 1.1, 12.0, 12, 6]), REGIMES, 1.5)
+    # ... nor one that lasts a week or more, however long the next one (a real calm state beside a long neutral)
+    assert not ladder_findings(market(ladder, [CALM_SPLIT_DAYS * 1.1, 111.8, 12, 6]), REGIMES, 1.5)
 
 
 @pytest.mark.slow

@@ -19,8 +19,9 @@ Per market:
   adjacent regimes whose volatility ratio sits at the separation wall (within ``WALL_MARGIN`` of
   ``model.min_ratio``: the prior, not the data, holds them apart, so one true regime may be split there
   and two merged elsewhere); and a calmest regime that lasts under ``CALM_SPLIT_SHARE`` of the next one's
-  expected duration (the quietest days of one regime split off - heavy-tailed shocks are peaked - so
-  every name above it is one step too high, and the most volatile two true regimes share a name).
+  expected duration and under ``CALM_SPLIT_DAYS`` days (the quietest days of one regime split off -
+  heavy-tailed shocks are peaked - so every name above it is one step too high, and the most volatile two
+  true regimes share a name).
   Measured on the 20-seed recovery benchmark (both shock laws, ``benchmarks/bench_recovery.py``): every
   seed below 0.85 of the oracle shows one of them or an ``indistinguishable`` pair, against at most one
   seed a market at 0.95 or more.
@@ -40,6 +41,7 @@ import numpy as np
 from .results import MarketResult, RegimeFit
 
 __all__ = [
+    "CALM_SPLIT_DAYS",
     "CALM_SPLIT_SHARE",
     "DAYS_PER_REGIME",
     "FLEETING_DAYS",
@@ -57,8 +59,10 @@ DAYS_PER_REGIME = 50
 FLEETING_DAYS = 2.0
 #: A volatility ratio of adjacent regimes below ``model.min_ratio`` times this is at the separation wall.
 WALL_MARGIN = 1.03
-#: A calmest regime lasting less than this share of the next regime's expected duration is split off.
+#: A calmest regime lasting less than this share of the next regime's expected duration, and under
+#: ``CALM_SPLIT_DAYS`` days (bursts of under a week, not a state of the market), is split off.
 CALM_SPLIT_SHARE = 1 / 3
+CALM_SPLIT_DAYS = 5.0
 
 
 def never_left(m: MarketResult) -> list[int]:
@@ -170,7 +174,7 @@ def ladder_findings(m: MarketResult, regimes: tuple[str, ...], min_ratio: float)
                     }
                 )
     durations = [np.inf if d is None else d for d in m.durations()]
-    if len(regimes) > 1 and durations[0] < CALM_SPLIT_SHARE * durations[1]:
+    if len(regimes) > 1 and durations[0] < min(CALM_SPLIT_SHARE * durations[1], CALM_SPLIT_DAYS):
         out.append(
             {
                 "market": m.name,

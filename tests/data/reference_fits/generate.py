@@ -20,6 +20,12 @@ histories byte-identical but moves the classic case's 500-iteration L-BFGS paths
 traditional market: restart 0 ends at log-likelihood 1808.403 (was 1807.566), restart 1 at 1807.332 (was
 1805.906), with other regimes (its usage calm 0.03 / neutral 0.18 / volatile 0.75 / panic 0.04, was 0.39 /
 0.42 / 0.14 / 0.05: 400 days of four regimes have many optima of nearly equal likelihood).
+Regenerated again after 0.5.0 (issues #18 and #20): the classic and relaxed ``summary.json`` gain ``ladder``
+regime warnings (a calm regime of 1.0 days beside a neutral of 13: the new check, #20); and
+``exact_normal_studentt_vol``'s warm start redoes a rare regime by MAP EM, which now stops after 100 iterations
+or a 1e-3-nat gain like the warm start's other EMs (it ran to 300 iterations / 1e-9 nats, #18), so its
+regimes, history and summary move (its smoothed probabilities by up to 1e-3 or so). The parameters-as-values
+refactor of #18 alone left all four byte-identical (checked at commit 38b8df7).
 
     python tests/data/reference_fits/generate.py
 """
