@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import distributed
 import numpy as np
@@ -424,3 +425,37 @@ def test_a_stop_reports_the_tasks_still_running_on_a_remote_cluster(tmp_path):
     assert (table["status"] == "ok").sum() >= 1 and len(running) == 1, table[["task_id", "status", "error"]]
     assert (cancelled["error"].str.contains("cancelled before it finished")).sum() == len(cancelled) - 1
     assert "1 cancelled ones still run to their end on the cluster's workers" in str(caught.value)
+
+
+def test_a_stop_while_a_result_is_read_stops_the_sweep_and_fails_no_task(tmp_path):
+    """The stop handler raises where the parent happens to be; inside ``future.result()`` that is not the
+    task's failure (it was recorded as ``failed: FitInterrupted`` and the sweep ran on to exit 1)."""
+    from regime_dmm.sweep import TASKS_FOLDER, _run
+    from regime_dmm.training.restarts import FitInterrupted
+
+    frame = markets()
+    todo = [t for t in plan_sweep(frame, configs={"tiny": CONFIG}) if t.markets != ("flat",)]
+
+    class Future:
+        def __init__(self, key):
+            self.key = key
+
+        def result(self):
+            raise FitInterrupted("stopped while starting")  # what the handler raises mid-call
+
+    class Client:
+        cancelled: list = []
+
+        def submit(self, *_args, key, **_kwargs):
+            return Future(key)
+
+        def cancel(self, futures):
+            Client.cancelled += futures
+
+    (tmp_path / TASKS_FOLDER).mkdir()
+    rows: dict = {}
+    with pytest.raises(FitInterrupted):
+        fake = SimpleNamespace(as_completed=iter, KilledWorker=distributed.KilledWorker)
+        _run(fake, Client(), todo, frame, 0.2, tmp_path, False, False, rows, lambda _m: None, False)
+    assert {r["status"] for r in rows.values()} == {"cancelled"} and len(rows) == len(todo)
+    assert len(Client.cancelled) == len(todo) and not list((tmp_path / TASKS_FOLDER).iterdir())

@@ -468,6 +468,8 @@ def _run(
             task = futures[future]
             try:
                 row = future.result()
+            except (KeyboardInterrupt, FitInterrupted):  # a stop that arrived while the result was read: a stop,
+                raise  # not this task's failure (it was recorded "failed", and the sweep ran on, exit 1)
             except distributed.KilledWorker as exc:
                 row = _failed(task, f"KilledWorker: the task's worker was lost twice ({exc})")
             except Exception as exc:
