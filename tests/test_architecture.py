@@ -50,11 +50,14 @@ LAYERS: list[set[str]] = [
 ]
 LAYER = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
-#: Only these modules may touch Pyro's global parameter store or its random seed: the fitted model, the
-#: restart runner and the SVI loop, and the classic model's point-mass guide (its parameters live there).
-#: Issue #18: Pyro's parameter store is the SVI loop's working memory; the guides create their parameters
-#: there. Nothing else touches it (the fitted model holds plain values; restarts go through the loop's module).
+#: Issue #18: Pyro's parameter store is the SVI loop's working memory and the point-mass guide keeps its
+#: parameters there: only these modules use the store's API (``pyro.param``, ``get_param_store``, ...).
+#: (``pyro.module`` in the models and the relaxed guide registers network weights when a Pyro step runs.)
 PARAM_STORE_MODULES = {"training.svi", "guides.globals"}
+#: The SVI module's store helpers are used by the restart runner (training) and by the fitted model, once,
+#: to read its values out at construction; its queries use none of them (tests/test_fitted_model.py).
+STORE_HELPERS = ("clear_parameters", "snapshot_parameters", "restore_parameters", "materialise", "isolated_parameters")
+STORE_HELPER_USERS = {"training.restarts", "fitted"}
 #: These consumers of a fit ask the fitted model; they never use the param store or poutine.
 CONSUMERS = {
     "results",
@@ -187,8 +190,11 @@ def _source_mentions(module: str, names: tuple[str, ...]) -> list[str]:
 
 
 def test_only_the_svi_loop_and_the_guides_touch_the_param_store():
-    touching = {m for m in MODULES if _source_mentions(m, ("get_param_store", "clear_param_store", "param_state"))}
+    api = ("get_param_store", "clear_param_store", "param")  # "param": the attribute of pyro.param
+    touching = {m for m in MODULES if _source_mentions(m, api)}
     assert touching == PARAM_STORE_MODULES
+    helpers = {m for m in MODULES if _source_mentions(m, STORE_HELPERS)}
+    assert helpers == STORE_HELPER_USERS
 
 
 @pytest.mark.parametrize("module", sorted(CONSUMERS))

@@ -66,8 +66,14 @@ def test_each_fit_keeps_its_own_parameters(two_fits):
     assert pot_a.log_init.shape[-1] == 4 and b.fitted.potentials().log_init.shape[-1] == 2
 
 
-def test_queries_never_touch_the_store(two_fits, monkeypatch):
-    a, _ = two_fits
+@pytest.mark.parametrize("kind", ["map", "normal", "relaxed"])
+def test_queries_never_touch_the_store(kind, two_fits, small_fit, monkeypatch):
+    if kind == "map":
+        a = two_fits[0]
+    elif kind == "normal":  # draws from the mean-field normal (shared with the plots)
+        a = small_fit(0, 250, training={"epochs": 20, "restarts": 1, "guide": "normal"})
+    else:  # smoothed marginals from the inference network
+        a = small_fit(0, 250, training={"epochs": 3, "restarts": 1, "inference": "relaxed"})
     pyro.clear_param_store()
     pyro.param("someone_elses", torch.ones(3))
     store = pyro.get_param_store()
@@ -92,6 +98,10 @@ def test_normal_draws_follow_the_guides_normal(small_fit):
     sites = normal.fitted._globals.normal
     assert sites is not None and "ret_scale_base" in sites
     loc, scale, support = sites["ret_scale_base"]
+    # they are the guide's trained parameters (the checkpoint's unconstrained tensors; scales are softplus'd)
+    saved = normal.fitted.parameters()
+    torch.testing.assert_close(loc, saved["AutoNormal.locs.ret_scale_base"])
+    torch.testing.assert_close(scale, torch.nn.functional.softplus(saved["AutoNormal.scales.ret_scale_base"]))
     draws = normal.fitted.draws(4000, seed=2)
     u = torch.stack([biject_to(support).inv(d["ret_scale_base"]) for d in draws])  # unconstrained
     se = scale / len(draws) ** 0.5

@@ -41,6 +41,8 @@ def test_a_calm_regime_split_off_the_next_is_reported():
     assert not ladder_findings(market(ladder, [CALM_SPLIT_SHARE * 12.0 * 1.1, 12.0, 12, 6]), REGIMES, 1.5)
     # ... nor one that lasts a week or more, however long the next one (a real calm state beside a long neutral)
     assert not ladder_findings(market(ladder, [CALM_SPLIT_DAYS * 1.1, 111.8, 12, 6]), REGIMES, 1.5)
+    # with two regimes a short calm is no shifted ladder of names (there is no name above to shift)
+    assert not ladder_findings(market([1.0, 2.0], [3.0, 28.0]), ("calm", "volatile"), 1.5)
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from pyro.distributions import constraints
 
 from .config import FitConfig
 from .data.features import FeaturePipeline, ModelData, Panel
-from .guides.base import RegimeGuide
+from .guides.base import GlobalsPosterior, RegimeGuide
 from .inference import HMMPosterior, posterior
 from .models.base import Potentials, RegimeModel
 from .training.svi import isolated_parameters, materialise, restore_parameters
@@ -85,7 +85,9 @@ class FittedModel:
         with isolated_parameters():
             materialise(model, guide, data)
             restore_parameters(params)  # the networks' modules now hold the fitted weights
-            self._globals = guide.read_out(data)
+            read = guide.read_out(data)
+        # copies: a guide's traced values can share memory with its parameters, which an optimiser moves in place
+        self._globals = GlobalsPosterior({k: v.detach().clone() for k, v in read.point.items()}, read.normal)
         self._params = {name: value.detach().clone() for name, value in params.items()}
         self._evaluation: tuple[Potentials, HMMPosterior] | None = None
 

@@ -16,12 +16,12 @@ Per market:
 * **never left**: a regime whose expected duration is more than ten times the sample, reported as
   "never left in the sample" instead of a duration nobody can believe;
 * **ladder**: names that may be shifted by one (issue #20). Two signs, each naming the regimes it concerns:
-  adjacent regimes whose volatility ratio sits at the separation wall (within ``WALL_MARGIN`` of
-  ``model.min_ratio``: the prior, not the data, holds them apart, so one true regime may be split there
-  and two merged elsewhere); and a calmest regime that lasts under ``CALM_SPLIT_SHARE`` of the next one's
-  expected duration and under ``CALM_SPLIT_DAYS`` days (the quietest days of one regime split off -
-  heavy-tailed shocks are peaked - so every name above it is one step too high, and the most volatile two
-  true regimes share a name).
+  adjacent regimes whose volatility ratio sits at or just above the separation wall (below ``WALL_MARGIN``
+  times ``model.min_ratio``: the data barely hold them apart, so one true regime may be split there and two
+  merged elsewhere); and, with three regimes or more, a calmest regime that lasts under ``CALM_SPLIT_SHARE``
+  of the next one's expected duration and under ``CALM_SPLIT_DAYS`` days (the quietest days of one regime
+  split off - heavy-tailed shocks are peaked - so every name above it is one step too high, and the most
+  volatile two true regimes share a name).
   Measured on the 20-seed recovery benchmark (both shock laws, ``benchmarks/bench_recovery.py``): every
   seed below 0.85 of the oracle shows one of them or an ``indistinguishable`` pair, against at most one
   seed a market at 0.95 or more.
@@ -29,7 +29,8 @@ Per market:
 Each finding is ``{market, kind, regimes, detail, advice}``; an empty list means the regimes are
 distinguishable and each is used. A market gets one piece of advice, the same in each of its findings
 (:func:`market_advice`): a number of regimes its observed days can carry (``DAYS_PER_REGIME`` a regime),
-heavy tails only where the emissions are Gaussian, and more data where even two regimes are too many.
+a look at the regimes' daily sds beside the other markets' where the ladder may be shifted, heavy tails only
+where the emissions are Gaussian, and more data where even two regimes are too many.
 """
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ def check_regimes(fit: RegimeFit, floors: dict[str, float] | None = None) -> lis
 
 
 def ladder_findings(m: MarketResult, regimes: tuple[str, ...], min_ratio: float) -> list[dict[str, Any]]:
-    """The ``ladder`` findings of market ``m`` (see the module docstring): adjacent regimes at the separation
-    wall (``min_ratio`` > 1, the fit's ``model.min_ratio``) and a calm regime split off the next one."""
+    """The ``ladder`` findings of market ``m`` (see the module docstring): adjacent regimes whose volatility
+    ratio is below ``WALL_MARGIN`` times ``min_ratio`` (> 1, the fit's ``model.min_ratio``), and, with three
+    regimes or more, a calm regime split off the next one."""
     out: list[dict[str, Any]] = []
     sd = np.asarray(m.emission.get("return_scale", m.emission["return_sd"]), dtype=float)
     if min_ratio > 1:
@@ -167,23 +169,23 @@ def ladder_findings(m: MarketResult, regimes: tuple[str, ...], min_ratio: float)
                         "market": m.name,
                         "kind": "ladder",
                         "regimes": [regimes[j], regimes[j + 1]],
-                        "detail": f"regimes {regimes[j]} and {regimes[j + 1]} sit at the separation wall (volatility "
-                        f"ratio {ratio:.2f}, model.min_ratio {min_ratio:g}): the prior, not the data, holds them "
-                        "apart, so a true regime may be split here and two merged elsewhere - the names from "
-                        f"{regimes[j + 1]} up may be one step off",
+                        "detail": f"regimes {regimes[j]} and {regimes[j + 1]} sit at or just above the separation "
+                        f"wall (volatility ratio {ratio:.2f}, model.min_ratio {min_ratio:g}): the data barely hold "
+                        "them apart, so a true regime may be split here and two merged elsewhere - the names around "
+                        "this pair may be one step off",
                     }
                 )
     durations = [np.inf if d is None else d for d in m.durations()]
-    if len(regimes) > 1 and durations[0] < min(CALM_SPLIT_SHARE * durations[1], CALM_SPLIT_DAYS):
+    if len(regimes) > 2 and durations[0] < min(CALM_SPLIT_SHARE * durations[1], CALM_SPLIT_DAYS):
         out.append(
             {
                 "market": m.name,
                 "kind": "ladder",
                 "regimes": list(regimes),
                 "detail": f"regime {regimes[0]} lasts {durations[0]:.1f} days on average against {regimes[1]}'s "
-                f"{durations[1]:.1f}: it looks like the quietest days of {regimes[1]} split off, so every name may "
-                f"be one step too high ({regimes[1]} holding the calm days, {regimes[-2]} and {regimes[-1]} "
-                "sharing the most volatile ones)",
+                f"{durations[1]:.1f}: it looks like the quietest days of {regimes[1]} split off, so the names may be "
+                f"one step too high ({regimes[1]} would be the true {regimes[0]}, each name above it the true one "
+                f"below, and {regimes[-1]} would mix the two most volatile true regimes)",
             }
         )
     return out
@@ -210,6 +212,8 @@ def market_advice(findings: list[dict[str, Any]], k: int, days: int, emission: s
         parts = [f"try --regimes {target} (regime-dmm select --regimes 2..{k} compares them on held-out days)"]
     else:
         parts = ["the data may hold a single regime (no K below 2 is fitted)"]
+    if "ladder" in kinds:
+        parts.append("check the names against each regime's daily sd, which the fit prints beside the other markets'")
     if "fleeting" in kinds and emission != "studentt":
         parts.append("or heavy tails for single extreme days (--emission studentt)")
     return ", ".join(parts)

@@ -181,8 +181,9 @@ class ExactRegimeDMM(RegimeModel):
 
     def with_derived(self, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``g`` with the values that are not sites of their own: under full pooling every market's
-        ``ret_loc (M, K)`` and ``ret_scale_steps (M, K-1)`` are the shared ladder's."""
-        if self.pooling != "full" or "ret_loc" in g:
+        ``ret_loc (M, K)`` and ``ret_scale_steps (M, K-1)`` are the shared ladder's (always derived from it,
+        whatever ``g`` holds under those names)."""
+        if self.pooling != "full":
             return g
         k, m = self.num_regimes, self.num_markets
         return dict(g, ret_loc=g["ladder_loc"].expand(m, k), ret_scale_steps=g["ladder_steps"].expand(m, k - 1))

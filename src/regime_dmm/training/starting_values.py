@@ -50,9 +50,10 @@ WARM_START_DF = 5.0
 #: L-BFGS iterations of each warm-start HMM before EM takes over (0.3.0: 200, always reached; with 40 the
 #: embedded default's warm starts end within 0.4 nats of 0.3.0's, on the same ladders, in a quarter of the time).
 WARM_LBFGS_ITERATIONS = 40
-#: Every EM of the warm start (the Student-t polish and the rare-regime guard's MAP EM) stops after this many
-#: iterations or a gain below this many nats: a start, not an answer (classic mode's EM runs to 300 iterations
-#: or 1e-9 nats; the guard's MAP EM did too until 0.6.0: 3.4 s of a 9.5 s K = 5 fit of the embedded default).
+#: The warm start's EMs after its L-BFGS (the Student-t ladder's polish and the rare-regime guard's MAP EM)
+#: stop after this many iterations or a gain below this many nats: a start, not an answer. The Gaussian
+#: ladder's polish inside ``train_lbfgs`` runs as classic mode's EM does (300 iterations or 1e-9 nats); the
+#: guard's MAP EM did too until 0.6.0 (3.4 s of a 9.5 s K = 5 fit of the embedded default; 1.8 s now).
 WARM_EM_ITERATIONS = 100
 WARM_EM_TOLERANCE = 1e-3
 #: ... after which each market's degrees of freedom are chosen on this grid by the HMM's log-likelihood (100:
