@@ -184,6 +184,17 @@ def warm_start(
     hyper = ClassicHyper(floor, robust_floor(panel, model.min_scale), scale_ceiling(panel), min_step)
     returns_only = data.returns_only()
 
+    def guard_em(classic: ClassicMarkovSwitching, guide: PointGuide) -> None:
+        """The rare-regime guard's MAP EM (a prior on the regime means), stopped as the warm start's EMs are."""
+        em_map(
+            classic,
+            guide,
+            returns_only,
+            mean_prior_days=MEAN_PRIOR_DAYS,
+            max_iter=WARM_EM_ITERATIONS,
+            tol=WARM_EM_TOLERANCE,
+        )
+
     def fitted(shock_df: tuple[float, ...] | None) -> tuple[ClassicMarkovSwitching, _Fitted]:
         classic = ClassicMarkovSwitching(dims, dataclasses.replace(hyper, shock_df=shock_df))
         start = _above_min_step(values, min_step)
@@ -199,26 +210,12 @@ def warm_start(
             # a regime of a handful of days (one extreme day's return as its mean): start again, MAP
             again = _above_min_step(initial_values(panel, model, rng, dtype), min_step)
             guide.set_values({k: v for k, v in again.items() if k in state[0]})
-            em_map(
-                classic,
-                guide,
-                returns_only,
-                mean_prior_days=MEAN_PRIOR_DAYS,
-                max_iter=WARM_EM_ITERATIONS,
-                tol=WARM_EM_TOLERANCE,
-            )
+            guard_em(classic, guide)
             state = _fitted_state(classic, guide, returns_only)
         if studentt:  # each market's own tails: the best df on a grid, then EM at it
             classic = _with_best_df(classic, guide, returns_only)
             if guarded:  # keep the prior on the means: plain EM would pull them back onto the extreme days
-                em_map(
-                    classic,
-                    guide,
-                    returns_only,
-                    mean_prior_days=MEAN_PRIOR_DAYS,
-                    max_iter=WARM_EM_ITERATIONS,
-                    tol=WARM_EM_TOLERANCE,
-                )
+                guard_em(classic, guide)
             else:
                 em_polish(classic, guide, returns_only, max_iter=WARM_EM_ITERATIONS, tol=WARM_EM_TOLERANCE)
             state = _fitted_state(classic, guide, returns_only)
