@@ -1,6 +1,12 @@
 """Choosing K: held-out one-step-ahead likelihood, BIC, parameter counts, `regime-dmm select`."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,7 +54,7 @@ def _three_regimes(days: int = DAYS, seed: int = 2) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def two_regime_table():
-    return select_regimes(_two_regimes(), ks=[3, 2], config=CLASSIC)
+    return select_regimes(_two_regimes(), ks=[3, 2], config=CLASSIC, workers=1)
 
 
 def test_two_regime_data_choose_two(two_regime_table):
@@ -91,7 +97,7 @@ def test_heldout_score_is_the_forward_filtered_predictive_likelihood(two_regime_
 
 
 def test_three_regime_data_choose_three():
-    table = select_regimes(_three_regimes(), ks=[2, 3], config=CLASSIC)
+    table = select_regimes(_three_regimes(), ks=[2, 3], config=CLASSIC, workers=1)
     by_k = table.set_index("K")
     assert table["K"].iloc[0] == 3
     assert by_k.loc[3, "heldout_loglik"] - by_k.loc[2, "heldout_loglik"] > 5.0
@@ -105,6 +111,9 @@ def test_bad_arguments():
         select_regimes(_two_regimes(100), ks=[1, 2], config=CLASSIC)
     with pytest.raises(ConfigError, match="holdout"):
         select_regimes(_two_regimes(100), ks=[2], config=CLASSIC, holdout=1.5)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="workers"):
+            select_regimes(_two_regimes(100), ks=[2], config=CLASSIC, workers=bad)
     assert parse_regimes("2..4") == [2, 3, 4]
     assert parse_regimes("3, 2,3") == [3, 2]
     for bad in ("4..2", "x", "1,2", ""):
@@ -145,3 +154,45 @@ def test_cli_select(tmp_path, capsys):
         main(["select", "--data", str(tmp_path / "missing.csv"), "--regimes", "2", "--out", str(tmp_path / "y")]) == 2
     )
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_fits_in_worker_processes_give_the_table_of_one_process(two_regime_table):
+    """The K fitted side by side in spawned processes (one torch thread each) give the same rows as the fits
+    one after another in this process: same held-out and training scores, BIC, choice and order."""
+    parallel = select_regimes(_two_regimes(), ks=[3, 2], config=CLASSIC, workers=2)
+    assert list(parallel.columns) == COLUMNS
+    pd.testing.assert_frame_equal(
+        parallel.drop(columns="fit_seconds"), two_regime_table.drop(columns="fit_seconds"), check_exact=True
+    )
+    assert (parallel["fit_seconds"] > 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+def test_ctrl_c_stops_the_worker_processes_and_writes_nothing(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the workers ignore it (no traceback from each), the
+    parent ends the pool, exits 130, leaves no worker behind and writes no output folder."""
+    out = tmp_path / "sel"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "regime_dmm.cli", "select", "--regimes", "2..5", "--workers", "2", "--out", str(out)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: list[str] = []
+    while len(workers) < 2 and proc.poll() is None:  # the pool's processes (and the resource tracker)
+        time.sleep(0.2)
+        found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        workers = found.stdout.split()
+    assert proc.poll() is None, "select ended before its workers started"
+    time.sleep(2.0)  # into the workers' imports or fits
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    end = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "worker processes outlived select"
+    assert not out.exists()

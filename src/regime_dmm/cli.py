@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--holdout", type=float, default=0.2, help="share of each market's last days held out (default 0.2)"
     )
+    sel.add_argument(
+        "--workers",
+        type=int,
+        help="processes fitting the K side by side (default: one per core, at most one per K; 1: one process, "
+        "with each fit's training log)",
+    )
     sel.add_argument("--out", default="regime_dmm_select", help="output folder (default: regime_dmm_select)")
     sel.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     sel.add_argument("--quiet", action="store_true", help="no per-epoch log")
@@ -550,7 +556,9 @@ def cmd_select(args) -> int:
     config = _config(args, regimes=False)  # --regimes is the range of K compared
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
-    table = select_regimes(_data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print)
+    table = select_regimes(
+        _data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print, workers=args.workers
+    )
     print(f"\nModel selection (held-out: last {args.holdout:.0%} of each market's days; best first):")
     shown = table.drop(columns=[c for c in ("waic", "loo") if table[c].isna().all()])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -18,13 +18,27 @@ by less than a nat.
 
 WAIC / LOO need draws from the posterior of the global parameters; the fits here are point
 estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table.attrs["notes"]``).
+
+The fits of the K are independent, so they run side by side in ``workers`` processes (default: one per
+core, at most one per K), each with its share of the cores' torch threads, the largest K first (it takes
+longest). A fit's result does not depend on its thread count, so the table is the same as one process's
+(tested), and on the 2-core machine K = 2..6 on the embedded default take about two thirds of the time
+one process takes (one process's fits gain only about 1.4x from a second thread; README, Speed). The
+processes are started by :mod:`multiprocessing` (spawn: a fresh interpreter, safe beside torch's
+threads, and the same on every OS); Dask (:mod:`regime_dmm.sweep`) is the tool for fits past one
+machine. ``workers=1`` fits in this process and streams each fit's training log.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +52,7 @@ from .errors import ConfigError, DataError, TrainingError
 from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
 from .results import RegimeFit
+from .threads import available_cores
 
 __all__ = ["COLUMNS", "bic", "plot_selection", "score_fit", "select_regimes", "training_part"]
 
@@ -70,6 +85,7 @@ def select_regimes(
     config: FitConfig | None = None,
     holdout: float = 0.2,
     log: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Fit K = each of ``ks`` on the first ``1 - holdout`` of each market's days; score the rest.
 
@@ -80,34 +96,36 @@ def select_regimes(
     (NaN: see ``attrs["notes"]``), heldout_days, train_days, note (why a K failed), heldout_se
     (paired standard error of the difference to the best K, nats) and chosen (True on the smallest K
     within one standard error of the best: the K to use).
+
+    ``workers``: processes that fit the K side by side (None: one per core, at most one per K; 1: every
+    fit in this process, with its training log passed to ``log``; see the module docstring). ``fit_seconds``
+    is each fit's own wall time in its process.
+
+    Raises :class:`ConfigError` (bad ``ks``, ``holdout`` or ``workers``), :class:`DataError` (a market with
+    too few days for the split) and :class:`TrainingError` when every K failed.
     """
     config = config or FitConfig()
     ks = _check_ks(ks)
     if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 < holdout < 1:
         raise ConfigError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    workers = _check_workers(workers, len(ks))
     print_ = log or (lambda _msg: None)
     full = load_source(data, min_observations=config.training.min_observations, seed=config.training.seed).frame
     train = training_part(full, holdout, config.training.min_observations)
+    share = f"the first {1 - holdout:.0%} of each market's days"
 
-    rows = []
-    for k in ks:
-        cfg = config.with_num_regimes(k)
-        print_(f"[select] K = {k}: fitting on the first {1 - holdout:.0%} of each market's days")
-        start = time.perf_counter()
-        try:
-            fit = _fit(train, cfg, log)
-        except TrainingError as exc:
-            print_(f"[select] K = {k}: failed ({exc})")
-            rows.append({"K": k, "fit_seconds": time.perf_counter() - start, "note": f"failed: {exc}"})
-            continue
-        seconds = time.perf_counter() - start
-        row = score_fit(fit, full)
-        row.update(K=k, fit_seconds=round(seconds, 3), note="")
+    if workers == 1:
+        rows = []
+        for k in ks:
+            print_(f"[select] K = {k}: fitting on {share}")
+            rows.append(_report(_fit_and_score(train, full, config.with_num_regimes(k), log, None), print_))
+    else:
+        threads = max(1, available_cores() // workers)
         print_(
-            f"[select] K = {k}: held-out log-likelihood {row['heldout_loglik']:.3f} "
-            f"({row['heldout_per_day']:.4f} per day), BIC {row['bic']:.1f}"
+            f"[select] K = {', '.join(map(str, ks))}: fitting on {share} in {workers} processes "
+            f"({threads} torch thread{'s' if threads > 1 else ''} each)"
         )
-        rows.append(row)
+        rows = _fit_in_processes(train, full, config, ks, workers, threads, print_)
     if all(r.get("note") for r in rows):
         raise TrainingError("every K failed: " + "; ".join(f"K={r['K']}: {r['note']}" for r in rows))
     _one_standard_error(rows)
@@ -230,8 +248,125 @@ def plot_selection(table: pd.DataFrame) -> Figure:
 # ---------------------------------------------------------------------------
 
 
-def _fit(train: pd.DataFrame, config: FitConfig, log: Callable[[str], None] | None) -> RegimeFit:
-    return fit(train, config, log=log, warn=False)
+def _fit(
+    train: pd.DataFrame, config: FitConfig, log: Callable[[str], None] | None, threads: int | None = None
+) -> RegimeFit:
+    return fit(train, config, log=log, warn=False, threads=threads)
+
+
+def _fit_and_score(
+    train: pd.DataFrame,
+    full: pd.DataFrame,
+    config: FitConfig,
+    log: Callable[[str], None] | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    """One K: its fit on ``train`` scored on ``full`` (a row of the table), or a row whose note says why the
+    fit failed (:class:`TrainingError`; other errors propagate)."""
+    k = config.model.num_regimes
+    start = time.perf_counter()
+    try:
+        result = _fit(train, config, log, threads)
+    except TrainingError as exc:
+        return {"K": k, "fit_seconds": round(time.perf_counter() - start, 3), "note": f"failed: {exc}"}
+    seconds = time.perf_counter() - start
+    row = score_fit(result, full)
+    row.update(K=k, fit_seconds=round(seconds, 3), note="")
+    return row
+
+
+def _report(row: dict[str, Any], print_: Callable[[str], None]) -> dict[str, Any]:
+    """Print one K's result line; returns ``row``."""
+    if row["note"]:
+        print_(f"[select] K = {row['K']}: {row['note']}")
+    else:
+        print_(
+            f"[select] K = {row['K']}: held-out log-likelihood {row['heldout_loglik']:.3f} "
+            f"({row['heldout_per_day']:.4f} per day), BIC {row['bic']:.1f}, fit {row['fit_seconds']:.1f} s"
+        )
+    return row
+
+
+def _worker_start() -> None:
+    """Start of a worker process: a terminal's Ctrl-C, which reaches the whole process group, is left to the
+    parent (which ends the pool: no traceback from every worker), and third-party warnings stay out of the
+    terminal (as in the command line)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.filterwarnings("ignore", module=r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy)(\..*)?")
+
+
+def _fit_in_processes(
+    train: pd.DataFrame,
+    full: pd.DataFrame,
+    config: FitConfig,
+    ks: list[int],
+    workers: int,
+    threads: int,
+    print_: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The rows of ``ks`` fitted in a pool of ``workers`` spawned processes, largest K first (the longest fits
+    start first), in the order of ``ks``. On any error or interrupt the pool is terminated at once (no fit
+    goes on behind the caller's back) and the error is raised; a SIGTERM to this process ends it so, with
+    ``SystemExit(143)`` (128 + SIGTERM, the shell's convention)."""
+    with _terminated_by_sigterm():
+        pool = _pool(workers)
+        try:
+            pending = {
+                k: pool.apply_async(_fit_and_score, (train, full, config.with_num_regimes(k), None, threads))
+                for k in sorted(ks, reverse=True)
+            }
+            rows: dict[int, dict[str, Any]] = {}
+            while pending:
+                for k in [k for k, job in pending.items() if job.ready()]:
+                    rows[k] = _report(pending.pop(k).get(), print_)
+                if pending:
+                    next(iter(pending.values())).wait(0.2)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    return [rows[k] for k in ks]
+
+
+def _pool(workers: int) -> Any:
+    """A pool of ``workers`` spawned processes that ignore SIGINT from their start (the disposition is inherited
+    across the spawn's exec, so a Ctrl-C during their imports prints no traceback either)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _terminated_by_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` (in the main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_workers(workers: int | None, num_ks: int) -> int:
+    """The number of processes: ``workers``, or (None) one per core, at most ``num_ks``; :class:`ConfigError`
+    when it is not an integer >= 1."""
+    if workers is None:
+        return max(1, min(available_cores(), num_ks))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    return min(int(workers), num_ks)
 
 
 def _check_ks(ks: Iterable[int]) -> list[int]:
