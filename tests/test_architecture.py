@@ -36,10 +36,11 @@ LAYERS: list[set[str]] = [
         "training.starting_values",
         "training.variants",
         "training.run_state",
+        "training.hooks",
         "training.restarts",
     },
     {"fitted"},
-    {"results"},
+    {"results", "naming"},
     {"evaluation", "nowcast", "arviz_export", "plots", "posterior_plots", "cross_market", "regime_checks", "backtest"},
     {"fitting"},
     {"persistence", "selection", "walkforward"},
@@ -251,3 +252,21 @@ def test_public_modules_declare_all_and_document_their_public_api():
                             undocumented.append(f"{module}.{node.name}.{item.name}")
     assert not missing_all, missing_all
     assert not undocumented, undocumented
+
+
+def test_training_layers_take_one_hooks_object():
+    """Issue #18, plumbing: the caller's side of training (log, progress bar, stop control, checkpoint, epoch
+    callback) travels down ``run_restarts``, ``Variant.train`` and ``train_svi`` as one ``TrainingHooks``, not
+    as the same keyword arguments threaded through each layer."""
+    import inspect
+
+    from regime_dmm.training.restarts import run_restarts
+    from regime_dmm.training.svi import train_svi
+    from regime_dmm.training.variants import VARIANTS
+
+    threaded = {"log", "progress", "on_epoch", "stop", "stop_requested", "save", "checkpoint_every"}
+    layers = [run_restarts, train_svi] + [type(v).train for v in VARIANTS.values()]
+    for fn in layers:
+        params = set(inspect.signature(fn).parameters)
+        assert "hooks" in params, fn.__qualname__
+        assert not params & threaded, (fn.__qualname__, sorted(params & threaded))

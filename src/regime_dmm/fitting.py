@@ -29,7 +29,8 @@ from .regime_checks import check_regimes, format_regime_warnings
 from .results import RegimeFit, compute_results
 from .threads import using_threads
 from .training.collapse import detect_collapse, format_collapse, posterior_entropy
-from .training.restarts import FitInterrupted, StopControl, run_restarts
+from .training.hooks import FitInterrupted, StopControl, TrainingHooks
+from .training.restarts import run_restarts
 from .training.run_state import DataIdentity, RunCheckpoint, RunState
 from .training.variants import variant_for
 
@@ -121,6 +122,14 @@ def fit(
             if path is not None:
                 RunCheckpoint(config.to_dict(), identity, state).save(path)
 
+        hooks = TrainingHooks(
+            log=log,
+            progress=progress,
+            stop=stop,
+            stop_requested=stop_requested,
+            save=save if path is not None else None,
+            checkpoint_every=checkpoint_every,
+        )
         try:
             run = run_restarts(
                 variant,
@@ -130,12 +139,7 @@ def fit(
                 model_data,
                 dtype=dtype,
                 state=state,
-                save=save if path is not None else None,
-                checkpoint_every=checkpoint_every,
-                stop_requested=stop_requested,
-                stop=stop,
-                log=log,
-                progress=progress,
+                hooks=hooks,
                 warm_params=initial_params,
             )
         except FitInterrupted as exc:

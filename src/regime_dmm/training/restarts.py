@@ -13,9 +13,8 @@ The model is built once per run; the guide once per restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,59 +23,15 @@ import torch
 
 from ..config import FitConfig
 from ..data.features import FeatureSpec, ModelData, Panel
-from ..errors import RegimeDMMError, TrainingError
+from ..errors import TrainingError
 from ..guides.base import RegimeGuide
 from ..models.base import RegimeModel
+from .hooks import FitInterrupted, StopControl, TrainingHooks
 from .run_state import BestRestart, InProgress, RestartRecord, RunState
 from .svi import LoopState, clear_parameters, materialise, restore_parameters, snapshot_parameters
 from .variants import Variant
 
 __all__ = ["FitInterrupted", "StopControl", "TrainedRun", "run_restarts"]
-
-
-class FitInterrupted(RegimeDMMError):
-    """Training was stopped on request (SIGINT/SIGTERM); a checkpoint was saved when one was asked for."""
-
-    def __init__(self, message: str, checkpoint: Any = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-class StopControl:
-    """Stop requests (SIGINT/SIGTERM) honoured within moments in every phase of a fit.
-
-    Install :meth:`handler` as the signal handler. Inside :meth:`graceful` (the SVI epochs, which
-    end in well under a second and checkpoint as they stop) a signal only sets :attr:`signal`, and
-    the training loop stops at the end of the epoch with a checkpoint. Anywhere else (loading, the
-    warm start, L-BFGS and EM, the posterior, writing outputs) the handler raises
-    :class:`FitInterrupted` at once, naming :attr:`phase`; outputs are written all or nothing.
-    """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.phase = "starting"
-        self._graceful = 0
-
-    def requested(self) -> bool:
-        """True once a stop was asked for."""
-        return self.signal is not None
-
-    @contextmanager
-    def graceful(self) -> Iterator[None]:
-        """A block that polls :meth:`requested` itself (and checkpoints before stopping)."""
-        self._graceful += 1
-        try:
-            yield
-        finally:
-            self._graceful -= 1
-        if self.signal is not None and not self._graceful:  # arrived after the block's last poll
-            raise FitInterrupted(f"stopped while {self.phase}")
-
-    def handler(self, signum: int, _frame: Any) -> None:
-        """The signal handler (see the class docstring)."""
-        self.signal = signum
-        if not self._graceful:
-            raise FitInterrupted(f"stopped while {self.phase}")
 
 
 @dataclass
@@ -97,12 +52,7 @@ def run_restarts(
     *,
     dtype: torch.dtype,
     state: RunState | None = None,
-    save: Callable[[], None] | None = None,
-    checkpoint_every: int = 50,
-    stop_requested: Callable[[], bool] | None = None,
-    stop: StopControl | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
+    hooks: TrainingHooks | None = None,
     warm_params: dict[str, torch.Tensor] | None = None,
 ) -> TrainedRun:
     """Train ``config.training.restarts`` restarts (those not finished in ``state``) and keep the best.
@@ -112,23 +62,16 @@ def run_restarts(
     starts from them instead of the classic HMM's warm start (a walk-forward refit). Raises
     :class:`CheckpointError` when their names or shapes do not fit the model.
 
-    ``save()`` persists ``state`` (called every ``checkpoint_every`` epochs, after each restart and on
-    a stop request). ``stop_requested()`` (and ``stop``, a :class:`StopControl` whose handler is
-    installed for SIGINT/SIGTERM) is polled after every epoch: when it turns true the state is saved
-    and :class:`FitInterrupted` raised; outside the epochs ``stop`` raises at once. Raises
-    :class:`TrainingError` when every restart fails.
+    ``hooks`` (:class:`~.hooks.TrainingHooks`): ``hooks.save()`` persists ``state`` (every
+    ``hooks.checkpoint_every`` epochs, after each restart and on a stop request); the stop requests are polled
+    after every epoch: when one arrives the state is saved and :class:`FitInterrupted` raised; outside the
+    epochs ``hooks.stop`` raises at once. Raises :class:`TrainingError` when every restart fails.
     """
-
-    def stopping() -> bool:
-        return (stop_requested is not None and stop_requested()) or (stop is not None and stop.requested())
-
-    def phase(text: str) -> None:
-        if stop is not None:
-            stop.phase = text
-
+    hooks = hooks or TrainingHooks()
     tc = config.training
     state = state if state is not None else RunState()
-    print_ = log or (lambda _msg: None)
+    print_ = hooks.say
+    save = hooks.save
     markets = list(panel.markets)
     model = variant.build_model(config, spec, panel, dtype)
     guide = None
@@ -144,7 +87,7 @@ def run_restarts(
         if warm:
             reference, values = None, variant.placeholder_values(panel, config, dtype)
         elif current is None:
-            phase(f"warm-starting restart {restart}")
+            hooks.phase(f"warm-starting restart {restart}")
             start = variant.starting_values(panel, data, config, rng, dtype)
             reference = None if start.reference_usage is None else start.reference_usage.tolist()
             values = start.values
@@ -167,27 +110,19 @@ def run_restarts(
             print_(f"[restart {restart}] starts from the given parameters")
 
         def on_epoch(loop_state: LoopState, restart: int = restart, reference: Any = reference) -> None:
-            halt = stopping()
-            if save is not None and (halt or loop_state.epoch % checkpoint_every == 0):
+            halt = hooks.stopping()
+            if save is not None and (halt or loop_state.epoch % hooks.checkpoint_every == 0):
                 state.current = InProgress(restart, loop_state, snapshot_parameters(), torch.get_rng_state(), reference)
                 save()
             if halt:
                 raise FitInterrupted(f"stopped at restart {restart}, epoch {loop_state.epoch}")
 
-        phase(f"training restart {restart}")
+        hooks.phase(f"training restart {restart}")
+        stop, restart_hooks = hooks.stop, replace(hooks, on_epoch=on_epoch)
         try:
             with stop.graceful() if stop is not None and variant.polls_stop else nullcontext():
                 outcome = variant.train(
-                    model,
-                    guide,
-                    data,
-                    config,
-                    markets,
-                    restart=restart,
-                    log=log,
-                    progress=progress,
-                    loop=loop,
-                    on_epoch=on_epoch,
+                    model, guide, data, config, markets, restart=restart, loop=loop, hooks=restart_hooks
                 )
         except TrainingError as exc:
             print_(f"[restart {restart}] failed: {exc}")

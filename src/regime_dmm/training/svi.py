@@ -53,6 +53,7 @@ from ..models.classic import ClassicMarkovSwitching
 from ..threads import refresh_threads
 from .annealing import Schedule
 from .em import em_polish
+from .hooks import TrainingHooks
 
 __all__ = [
     "LoopState",
@@ -182,19 +183,18 @@ def train_svi(
     elbo: Trace_ELBO,
     batches: Callable[[int], list[Any]] | None = None,
     restart: int = 0,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
     max_faults: int = 5,
     loop: LoopState | None = None,
-    on_epoch: Callable[[LoopState], None] | None = None,
+    hooks: TrainingHooks | None = None,
     refine_after: int | None = None,
 ) -> TrainOutcome:
     """Run SVI for ``training.epochs`` epochs (or until the loss plateaus) with ClippedAdam, then (``refine_after``)
     L-BFGS.
 
     ``elbo``: the objective (``Trace_ELBO`` for the exact models); ``batches(epoch)``: the
-    minibatches of one epoch (None: one full-data step). ``loop`` continues a checkpointed run;
-    ``on_epoch(loop)`` is called after every completed epoch (checkpoints, interrupts). The schedules
+    minibatches of one epoch (None: one full-data step). ``loop`` continues a checkpointed run; ``hooks``
+    (:class:`~.hooks.TrainingHooks`) give the log, the progress bar and ``on_epoch(loop)``, called after
+    every completed epoch (checkpoints, interrupts). The schedules
     are called as ``schedule(epoch, schedule_epochs, state)`` (default ``training.epochs``).
     ``refine_after``: every epoch after this one is on the final objective (beta = 1) and is one iteration of
     full-batch L-BFGS with a strong-Wolfe line search (Nocedal and Wright 2006, "Numerical Optimization",
@@ -204,143 +204,35 @@ def train_svi(
     (exact regimes, MAP guide, full batch).
     Raises :class:`TrainingError` after ``max_faults`` consecutive non-finite steps.
     """
-    tc = training
-    schedule_epochs = schedule_epochs or tc.epochs
-    state = AnnealState()
-    loop = loop or LoopState(lr=tc.lr)
-    observations = max(int(data.emitting.sum()), 1)  # observed market-days: the per-day log's divisor
-    log_every = max(1, tc.epochs // 10)
-    bar = _progress(tc.epochs, restart, progress, initial=loop.epoch)
-    optimizer = None
-    lbfgs: torch.optim.LBFGS | None = None
-    seen: list[_Evaluation] = []  # the last L-BFGS iteration's evaluations
-    params: dict[str, torch.Tensor] = {}
-    for epoch in range(loop.epoch + 1, tc.epochs + 1):
+    hooks = hooks or TrainingHooks()
+    loop = loop or LoopState(lr=training.lr)
+    run = _Restart(model, guide, data, training, elbo, markets, restart, loop, hooks.log, max_faults)
+    schedule_epochs = schedule_epochs or training.epochs
+    log_every = max(1, training.epochs // 10)
+    bar = _progress(training.epochs, restart, hooks.progress, initial=loop.epoch)
+    for epoch in range(loop.epoch + 1, training.epochs + 1):
         if loop.stopped_early:
             break
         refresh_threads()  # this fit's share of the cores, as other fits start and end
         for schedule in schedules:
-            schedule(epoch, schedule_epochs, state)
-        step_losses: list[float] = []
-        step_norms: list[dict[str, float]] = []
-        diag = None
-        carried: tuple[torch.Tensor, torch.Tensor] | None = None  # minibatches: last usage of each market
+            schedule(epoch, schedule_epochs, run.state)
+        steps = _EpochSteps()
         if refine_after is not None and epoch > refine_after:  # the final objective: L-BFGS to convergence
-            state.beta = 1.0
-            if not params:  # no Adam epoch ran (no warm-up): the parameters are created by one evaluation
-                with torch.no_grad():
-                    _objective(model, guide, data, elbo, state)
-                params = dict(pyro.get_param_store().named_parameters())
-            if lbfgs is None:
-                lbfgs = _lbfgs(list(params.values()), loop.lbfgs)
-            problem, first, stalled = _lbfgs_iteration(
-                lbfgs, params, lambda: _objective(model, guide, data, elbo, state), seen, data.markets
-            )
-            if problem is None:
-                assert first is not None
-                step_losses.append(first.loss)
-                step_norms.append(first.norms)
-                ctx = first.ctx
-                assert ctx.diagnostics is not None, "the model must write its diagnostics into the step context"
-                carried = _carry(carried, ctx.diagnostics)
-                diag = dict(ctx.diagnostics, usage=carried[0].clone(), entropy=carried[1].clone())
-                loop.consecutive_faults = 0
-                if stalled:  # every trial of the line search failed: memory cleared; twice in a row, stop here
-                    loop.stalls += 1
-                    if log:
-                        log(f"[restart {restart}] epoch {epoch}: L-BFGS line search found no finite step")
-                else:
-                    loop.stalls = 0
-            else:
-                _fault(loop, restart, epoch, problem, None, log, max_faults, data.markets)
-        for batch in (batches(epoch) if batches is not None else [None]) if lbfgs is None else []:
-            loss, ctx = _objective(model, guide, data, elbo, state, batch)
-            if optimizer is None:  # parameters exist once model and guide have run
-                params = dict(pyro.get_param_store().named_parameters())
-                optimizer = ClippedAdam(list(params.values()), lr=loop.lr, clip_norm=tc.clip_norm)
-                if loop.optimizer is not None:
-                    optimizer.load_state_dict(loop.optimizer)
-            optimizer.zero_grad()
-            if not torch.isfinite(loss):
-                problem = "loss" + _where(_loss_markets(ctx, data.markets))
-            else:
-                loss.backward()
-                problem = _non_finite_gradient(params, data.markets)
-            if problem is None:
-                norms = _grad_norms(params)
-                before = _snapshot(params)
-                optimizer.step()
-                problem = _rolled_back(params, before, data.markets)
-            if problem is not None:
-                _fault(loop, restart, epoch, problem, optimizer, log, max_faults, data.markets)
-                continue
-            loop.consecutive_faults = 0
-            step_losses.append(float(loss.detach()))
-            step_norms.append(norms)
-            assert ctx.diagnostics is not None, "the model must write its diagnostics into the step context"
-            carried = _carry(carried, ctx.diagnostics)
-            diag = dict(ctx.diagnostics, usage=carried[0].clone(), entropy=carried[1].clone())
-        if not step_losses:  # every step of the epoch was skipped
-            loop.epoch = epoch
-            _keep_optimizers(loop, optimizer, lbfgs)
-            if on_epoch:
-                on_epoch(loop)
-            continue
-        assert diag is not None
-        norms = step_norms[0] if len(step_norms) == 1 else _mean_norms(step_norms)
-        row: dict[str, Any] = {
-            "restart": restart,
-            "epoch": epoch,
-            "loss": step_losses[0] if len(step_losses) == 1 else sum(step_losses) / len(step_losses),
-            "log_likelihood": float(diag["log_likelihood"].sum()),
-            "recon": float(diag["recon"]),
-            "kl": float(diag["kl"]),
-            "entropy": float(diag["entropy"].mean()),
-            "diversity": float(diag["diversity"]),
-            "separation": float(diag["separation"]),
-            "entropy_penalty": float(diag["entropy_penalty"]),
-            "beta": state.beta,
-            "tau": state.tau,
-            "lr": loop.lr,
-            "optimizer": "lbfgs" if lbfgs is not None else "adam",
-            **norms,
-        }
-        for m, name in enumerate(markets):
-            for k, value in enumerate(diag["usage"][m].tolist()):
-                row[f"usage[{name}][{k}]"] = value
-        row.update(_per_day(row, observations), rarity=float(diag["rarity"]))
-        loop.history.append(row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.1f}", beta=f"{state.beta:.2f}")
-        if log and (epoch % log_every == 0 or epoch == tc.epochs):
-            log(f"[restart {restart}] " + format_epoch(row, tc.epochs))
-        if lbfgs is not None:  # converged: the last iterations gained (almost) nothing
-            refined = [r["loss"] for r in loop.history if r.get("optimizer") == "lbfgs"]
-            window = refined[-CONVERGED_WINDOW - 1 :]
-            if len(window) > CONVERGED_WINDOW and window[0] - window[-1] < CONVERGED_GAIN * observations:
-                loop.stopped_early = True
-                if log:
-                    log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (L-BFGS converged)")
-            elif loop.stalls >= 2:
-                loop.stopped_early = True
-                if log:
-                    log(f"[restart {restart}] L-BFGS cannot move from epoch {epoch}'s parameters: kept")
-        # Early stopping only once the objective is the full ELBO (beta = 1).
-        elif state.beta >= 1.0:
-            ref = loop.best if math.isfinite(loop.best) else row["loss"]
-            if row["loss"] < loop.best - tc.tolerance * abs(ref):
-                loop.best, loop.since_best = row["loss"], 0
-            else:
-                loop.since_best += 1
-                if loop.since_best >= tc.patience:
-                    loop.stopped_early = True
-                    if log:
-                        log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (plateau: stopped early)")
+            run.lbfgs_epoch(epoch, steps)
+        else:
+            run.adam_epoch(epoch, batches(epoch) if batches is not None else [None], steps)
+        if steps.losses:  # else every step of the epoch was skipped
+            row = run.history_row(epoch, steps)
+            loop.history.append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.1f}", beta=f"{run.state.beta:.2f}")
+            if hooks.log and (epoch % log_every == 0 or epoch == training.epochs):
+                hooks.log(f"[restart {restart}] " + format_epoch(row, training.epochs))
+            run.check_stop(epoch, row)
         loop.epoch = epoch
-        _keep_optimizers(loop, optimizer, lbfgs)
-        if on_epoch:
-            on_epoch(loop)
+        _keep_optimizers(loop, run.adam, run.lbfgs)
+        hooks.epoch_done(loop)
     if bar is not None:
         bar.close()
     if not loop.history:
@@ -349,6 +241,167 @@ def train_svi(
             "and training.lr"
         )
     return TrainOutcome(loop.history, loop.history[-1]["loss"], loop.epoch, loop.stopped_early, loop.faults)
+
+
+@dataclass
+class _EpochSteps:
+    """What one epoch's finite steps gave: their losses and gradient norms, and the diagnostics (usage and entropy
+    carried over the epoch's minibatches)."""
+
+    losses: list[float] = field(default_factory=list)
+    norms: list[dict[str, float]] = field(default_factory=list)
+    diag: dict[str, Any] | None = None
+    carried: tuple[torch.Tensor, torch.Tensor] | None = None  # minibatches: last usage of each market
+
+    def add(self, loss: float, norms: dict[str, float], ctx: StepContext) -> None:
+        self.losses.append(loss)
+        self.norms.append(norms)
+        assert ctx.diagnostics is not None, "the model must write its diagnostics into the step context"
+        self.carried = _carry(self.carried, ctx.diagnostics)
+        self.diag = dict(ctx.diagnostics, usage=self.carried[0].clone(), entropy=self.carried[1].clone())
+
+
+class _Restart:
+    """One restart's training: its model, guide, objective, annealing state and optimisers (Adam through the
+    annealing, then L-BFGS), one epoch at a time (see :func:`train_svi`)."""
+
+    def __init__(
+        self,
+        model: RegimeModel,
+        guide: RegimeGuide,
+        data: ModelData,
+        training: TrainConfig,
+        elbo: Trace_ELBO,
+        markets: Sequence[str],
+        restart: int,
+        loop: LoopState,
+        log: Callable[[str], None] | None,
+        max_faults: int,
+    ):
+        self.model, self.guide, self.data, self.training, self.elbo = model, guide, data, training, elbo
+        self.markets, self.restart, self.loop, self.log, self.max_faults = markets, restart, loop, log, max_faults
+        self.state = AnnealState()
+        self.observations = max(int(data.emitting.sum()), 1)  # observed market-days: the per-day log's divisor
+        self.adam: ClippedAdam | None = None
+        self.lbfgs: torch.optim.LBFGS | None = None
+        self.seen: list[_Evaluation] = []  # the last L-BFGS iteration's evaluations
+        self.params: dict[str, torch.Tensor] = {}
+
+    def objective(self, batch: Any = None) -> tuple[torch.Tensor, StepContext]:
+        return _objective(self.model, self.guide, self.data, self.elbo, self.state, batch)
+
+    def fault(self, epoch: int, problem: str) -> None:
+        _fault(self.loop, self.restart, epoch, problem, self.adam, self.log, self.max_faults, self.data.markets)
+
+    def lbfgs_epoch(self, epoch: int, steps: _EpochSteps) -> None:
+        """One L-BFGS iteration on the final objective (beta = 1)."""
+        loop = self.loop
+        self.state.beta = 1.0
+        if not self.params:  # no Adam epoch ran (no warm-up): the parameters are created by one evaluation
+            with torch.no_grad():
+                self.objective()
+            self.params = dict(pyro.get_param_store().named_parameters())
+        if self.lbfgs is None:
+            self.lbfgs = _lbfgs(list(self.params.values()), loop.lbfgs)
+        problem, first, stalled = _lbfgs_iteration(
+            self.lbfgs, self.params, self.objective, self.seen, self.data.markets
+        )
+        if problem is not None:
+            _fault(loop, self.restart, epoch, problem, None, self.log, self.max_faults, self.data.markets)
+            return
+        assert first is not None
+        steps.add(first.loss, first.norms, first.ctx)
+        loop.consecutive_faults = 0
+        if stalled:  # every trial of the line search failed: memory cleared; twice in a row, stop here
+            loop.stalls += 1
+            if self.log:
+                self.log(f"[restart {self.restart}] epoch {epoch}: L-BFGS line search found no finite step")
+        else:
+            loop.stalls = 0
+
+    def adam_epoch(self, epoch: int, batches: list[Any], steps: _EpochSteps) -> None:
+        """One ClippedAdam step per minibatch (one full-data step without minibatches)."""
+        loop = self.loop
+        for batch in batches:
+            loss, ctx = self.objective(batch)
+            if self.adam is None:  # parameters exist once model and guide have run
+                self.params = dict(pyro.get_param_store().named_parameters())
+                self.adam = ClippedAdam(list(self.params.values()), lr=loop.lr, clip_norm=self.training.clip_norm)
+                if loop.optimizer is not None:
+                    self.adam.load_state_dict(loop.optimizer)
+            self.adam.zero_grad()
+            problem: str | None
+            if not torch.isfinite(loss):
+                problem = "loss" + _where(_loss_markets(ctx, self.data.markets))
+            else:
+                loss.backward()
+                problem = _non_finite_gradient(self.params, self.data.markets)
+            if problem is None:
+                norms = _grad_norms(self.params)
+                before = _snapshot(self.params)
+                self.adam.step()
+                problem = _rolled_back(self.params, before, self.data.markets)
+            if problem is not None:
+                self.fault(epoch, problem)
+                continue
+            loop.consecutive_faults = 0
+            steps.add(float(loss.detach()), norms, ctx)
+
+    def history_row(self, epoch: int, steps: _EpochSteps) -> dict[str, Any]:
+        """The epoch's row of the training history."""
+        diag = steps.diag
+        assert diag is not None
+        norms = steps.norms[0] if len(steps.norms) == 1 else _mean_norms(steps.norms)
+        row: dict[str, Any] = {
+            "restart": self.restart,
+            "epoch": epoch,
+            "loss": steps.losses[0] if len(steps.losses) == 1 else sum(steps.losses) / len(steps.losses),
+            "log_likelihood": float(diag["log_likelihood"].sum()),
+            "recon": float(diag["recon"]),
+            "kl": float(diag["kl"]),
+            "entropy": float(diag["entropy"].mean()),
+            "diversity": float(diag["diversity"]),
+            "separation": float(diag["separation"]),
+            "entropy_penalty": float(diag["entropy_penalty"]),
+            "beta": self.state.beta,
+            "tau": self.state.tau,
+            "lr": self.loop.lr,
+            "optimizer": "lbfgs" if self.lbfgs is not None else "adam",
+            **norms,
+        }
+        for m, name in enumerate(self.markets):
+            for k, value in enumerate(diag["usage"][m].tolist()):
+                row[f"usage[{name}][{k}]"] = value
+        row.update(_per_day(row, self.observations), rarity=float(diag["rarity"]))
+        return row
+
+    def check_stop(self, epoch: int, row: dict[str, Any]) -> None:
+        """Set ``loop.stopped_early`` when training is done: L-BFGS converged (the last iterations gained almost
+        nothing) or stuck; or, under Adam on the final objective (beta = 1), a plateau of ``patience`` epochs."""
+        loop, tc, restart = self.loop, self.training, self.restart
+        if self.lbfgs is not None:
+            refined = [r["loss"] for r in loop.history if r.get("optimizer") == "lbfgs"]
+            window = refined[-CONVERGED_WINDOW - 1 :]
+            if len(window) > CONVERGED_WINDOW and window[0] - window[-1] < CONVERGED_GAIN * self.observations:
+                loop.stopped_early = True
+                if self.log:
+                    self.log(f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (L-BFGS converged)")
+            elif loop.stalls >= 2:
+                loop.stopped_early = True
+                if self.log:
+                    self.log(f"[restart {restart}] L-BFGS cannot move from epoch {epoch}'s parameters: kept")
+        elif self.state.beta >= 1.0:
+            ref = loop.best if math.isfinite(loop.best) else row["loss"]
+            if row["loss"] < loop.best - tc.tolerance * abs(ref):
+                loop.best, loop.since_best = row["loss"], 0
+            else:
+                loop.since_best += 1
+                if loop.since_best >= tc.patience:
+                    loop.stopped_early = True
+                    if self.log:
+                        self.log(
+                            f"[restart {restart}] " + format_epoch(row, tc.epochs) + "\n    (plateau: stopped early)"
+                        )
 
 
 def train_lbfgs(

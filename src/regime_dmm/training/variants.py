@@ -41,6 +41,7 @@ from ..models import (
 )
 from ..models.relaxed_dmm import epoch_batches
 from .annealing import Schedule, default_schedules
+from .hooks import TrainingHooks
 from .starting_values import (
     WarmStart,
     initial_values,
@@ -116,10 +117,8 @@ class Variant:
         markets: Sequence[str],
         *,
         restart: int,
-        log: Callable[[str], None] | None,
-        progress: bool,
         loop: LoopState | None,
-        on_epoch: Callable[[LoopState], None] | None,
+        hooks: TrainingHooks,
     ) -> TrainOutcome:
         """Train one restart by SVI with :meth:`elbo` over :meth:`batches` (raises
         :class:`~regime_dmm.errors.TrainingError` when it cannot)."""
@@ -133,10 +132,8 @@ class Variant:
             elbo=self.elbo(),
             batches=self.batches(data, config, restart),
             restart=restart,
-            log=log,
-            progress=progress,
             loop=loop,
-            on_epoch=on_epoch,
+            hooks=hooks,
             refine_after=config.annealing_epochs(True) if self.refines(config) else None,
             schedule_epochs=config.schedule_epochs(self.refines(config)),
         )
@@ -286,10 +283,8 @@ class ClassicVariant(Variant):
         markets: Sequence[str],
         *,
         restart: int,
-        log: Callable[[str], None] | None,
-        progress: bool,
         loop: LoopState | None,
-        on_epoch: Callable[[LoopState], None] | None,
+        hooks: TrainingHooks,
     ) -> TrainOutcome:
         """L-BFGS then EM (no epochs, no schedules); with ``model.min_scale`` > 0, a fit that left a regime
         of a handful of days is redone from the same start by MAP EM (:func:`~.starting_values.redo_rare_regimes`)."""
