@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "--classic", action="store_true", help="maximum-likelihood Gaussian Markov-switching model of the return"
     )
     fit.add_argument("--emission", choices=["gaussian", "studentt"], help="emission distribution of the return")
+    fit.add_argument(
+        "--naming",
+        choices=["relative", "shared"],
+        help="regime names by each market's own volatility (relative, default) or on one ladder of daily sds for all "
+        "markets (shared)",
+    )
     fit.add_argument("--guide", choices=["map", "normal"], help="guide for the global parameters")
     fit.add_argument(
         "--inference",
@@ -286,6 +292,8 @@ def _config(args, *, regimes: bool = True) -> FitConfig:
         model["classic"] = True
     if getattr(args, "emission", None):
         model["emission"] = args.emission
+    if getattr(args, "naming", None):
+        model["naming"] = args.naming
     for key in ("seed", "epochs", "restarts", "lr", "guide", "inference", "straight_through", "tau_floor"):
         if getattr(args, key, None) is not None:
             training[key] = getattr(args, key)

@@ -64,6 +64,10 @@ class ModelConfig:
     # regimes' mean returns (normalised units) are "none": free per market, "partial": drawn around a shared
     # ladder with a learned spread (hierarchical prior), or "full": one ladder for every market.
     pooling: str = "partial"
+    # How regimes are named across markets (regime_dmm.naming): "relative" (default): by each market's own
+    # volatility order; "shared": on one ladder of daily return sds in input units for all markets, so that
+    # "panic" in a REIT index and in a token are moves of about the same size. The fit is the same either way.
+    naming: str = "relative"
 
     def names(self) -> tuple[str, ...]:
         """The ``K`` regime names, calmest first (defaults: calm/volatile, calm/volatile/panic,
@@ -237,6 +241,10 @@ class FitConfig:
             (
                 m.min_ratio == 0 or 1 <= m.min_ratio <= 10,
                 f"model.min_ratio must be 0 (off) or in [1, 10], got {m.min_ratio}",
+            ),
+            (
+                m.naming in ("relative", "shared"),
+                f"model.naming must be relative or shared, got {m.naming!r}",
             ),
             (
                 m.pooling in ("none", "partial", "full"),

@@ -269,9 +269,17 @@ def cross_market(
     return out
 
 
+def _sd_labels(fit: RegimeFit, market: str, regimes: list[str]) -> list[str]:
+    """``name\nsd`` per regime of ``market`` (daily return sd, input units, in %): names are relative to each
+    market's own volatility, the sds are on one scale."""
+    sd = np.asarray(fit.market(market).emission["return_sd"], dtype=float)
+    return [f"{name}\n{100 * v:.2g}%" for name, v in zip(regimes, sd)]
+
+
 def plot_cross_market(fit: RegimeFit, pairs: list[dict[str, Any]] | None = None) -> Figure:
-    """Per pair of markets: the co-occurrence heatmap (share of shared days) and the cross-correlation of
-    their stress probabilities against the lag, with the best lag and its 90 % interval."""
+    """Per pair of markets: the co-occurrence heatmap (share of shared days; each regime's daily sd in input units
+    beside its name, as the names are relative to each market) and the cross-correlation of their stress
+    probabilities against the lag, with the best lag and its 90 % interval."""
     pairs = cross_market(fit) if pairs is None else pairs
     regimes = list(fit.regimes)
     n = max(len(pairs), 1)
@@ -298,10 +306,11 @@ def plot_cross_market(fit: RegimeFit, pairs: list[dict[str, Any]] | None = None)
                     fontsize=8,
                     color="white" if share[i, j] > 0.6 * share.max() else "black",
                 )
-        ax_heat.set_xticks(range(len(regimes)), regimes)
-        ax_heat.set_yticks(range(len(regimes)), regimes)
-        ax_heat.set_xlabel(pair["second"])
-        ax_heat.set_ylabel(pair["first"])
+        # each regime's daily sd in input units beside its name: the names are each market's own (issue #20)
+        ax_heat.set_xticks(range(len(regimes)), _sd_labels(fit, pair["second"], regimes), fontsize=8)
+        ax_heat.set_yticks(range(len(regimes)), _sd_labels(fit, pair["first"], regimes), fontsize=8)
+        ax_heat.set_xlabel(f"{pair['second']} (regime, daily sd)")
+        ax_heat.set_ylabel(f"{pair['first']} (regime, daily sd)")
         ax_heat.set_title(f"regimes on the {pair['shared_days']} shared days (share of days)", fontsize=10)
         lead = pair["lead_lag"]
         corr = lead.get("correlation_by_lag")

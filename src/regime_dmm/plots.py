@@ -392,16 +392,25 @@ def volatility_table_text(fit: RegimeFit) -> str:
         traditional_cre   0.00497   0.0108    0.0221    0.0447
 
     A market's names order its own regimes by volatility, so "volatile" in a token may be a smaller move than
-    "neutral" in a REIT index (issue #20): this table shows it at a glance.
+    "neutral" in a REIT index (issue #20): this table shows it at a glance. With several markets, the names on
+    one ladder for all markets (:mod:`regime_dmm.naming`) follow, one row a market, when any differs.
     """
     regimes = list(fit.regimes)
+    shared = fit.shared_names()
+    relative = fit.config.model.naming != "shared"
     pad = max([len("market")] + [len(m.name) for m in fit.markets]) + 2
     cells = max([10] + [len(r) + 2 for r in regimes])
+    head = "names are relative to each market's own volatility" if relative else "model.naming: shared"
     lines = [
-        "daily return sd by regime (input units; names are relative to each market's own volatility):",
+        f"daily return sd by regime (input units; {head}):",
         f"{'market':<{pad}}" + "".join(f"{r:<{cells}}" for r in regimes).rstrip(),
     ]
     for m in fit.markets:
         sd = np.asarray(m.emission["return_sd"], dtype=float)
         lines.append(f"{m.name:<{pad}}" + "".join(f"{v:<{cells}.3g}" for v in sd).rstrip())
+    if shared is not None and len(fit.markets) > 1 and any(names != regimes for names in shared.values()):
+        where = "the names shown" if not relative else "model.naming: shared, or --naming shared"
+        lines.append(f"the same regimes named on one ladder of daily sds for all markets ({where}):")
+        for m in fit.markets:
+            lines.append(f"{m.name:<{pad}}" + "".join(f"{n:<{cells}}" for n in shared[m.name]).rstrip())
     return "\n".join(lines)

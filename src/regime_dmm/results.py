@@ -23,6 +23,7 @@ from .errors import RegimeDMMError
 from .fitted import FittedModel
 from .inference import forecast as forecast_probs
 from .inference import stationary_distribution, viterbi
+from .naming import RELATIVE_NOTE, shared_ladder, shared_names
 
 __all__ = ["NEVER_LEFT_SAMPLES", "MarketResult", "RegimeFit", "compute_results", "emission_overlap"]
 
@@ -133,22 +134,44 @@ class RegimeFit:
             raise RegimeDMMError("this fit has no fitted model (reload it with regime_dmm.load_fit)")
         return self.fitted
 
+    def shared_names(self) -> dict[str, list[str]] | None:
+        """Each market's regimes named on one volatility ladder for all markets (:mod:`regime_dmm.naming`): market
+        -> K names in the order of :attr:`regimes`; None when a regime's daily sd is not finite (a Student-t
+        with df <= 2 has none)."""
+        try:
+            return shared_names({m.name: m.emission["return_sd"] for m in self.markets}, self.regimes)
+        except ValueError:
+            return None
+
+    def display_names(self) -> dict[str, list[str]]:
+        """The names shown for each market's regimes: the shared ones under ``model.naming: shared`` (when they
+        exist), else :attr:`regimes` (relative to each market's own volatility)."""
+        shared = self.shared_names() if self.config.model.naming == "shared" else None
+        return shared if shared is not None else {m.name: list(self.regimes) for m in self.markets}
+
     def regimes_frame(self) -> pd.DataFrame:
         """Long table, one row per day of each market's grid: date, market, regime (most probable smoothed),
         prob_<name> per regime (smoothed, p(z_t = k | all days)), viterbi, observed (1: a real
         observation; 0: a masked day, whose regime comes from its neighbours), then filtered_<name> per
         regime: p(z_t = k | days up to t) at the fitted parameters (the forward recursion; the
-        parameters themselves were fitted on all days - walk-forward refits remove that too)."""
+        parameters themselves were fitted on all days - walk-forward refits remove that too), and
+        shared_regime: the most probable regime's name on the volatility ladder shared by all markets
+        (:mod:`regime_dmm.naming`; empty when it does not exist). The prob/filtered columns are keyed by the
+        relative names; ``regime`` and ``viterbi`` show :meth:`display_names` (shared under
+        ``model.naming: shared``)."""
         frames = []
+        shown, shared = self.display_names(), self.shared_names()
         for m in self.markets:
+            names = shown[m.name]
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
-            frame["regime"] = [self.regimes[k] for k in m.smoothed.argmax(-1)]
+            frame["regime"] = [names[k] for k in m.smoothed.argmax(-1)]
             for k, name in enumerate(self.regimes):
                 frame[f"prob_{name}"] = m.smoothed[:, k]
-            frame["viterbi"] = [self.regimes[k] for k in m.viterbi]
+            frame["viterbi"] = [names[k] for k in m.viterbi]
             frame["observed"] = np.asarray(m.observed, dtype=np.int64)
             for k, name in enumerate(self.regimes):
                 frame[f"filtered_{name}"] = m.filtered[:, k]
+            frame["shared_regime"] = [shared[m.name][k] for k in m.smoothed.argmax(-1)] if shared else ""
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
@@ -172,8 +195,11 @@ class RegimeFit:
     def summary(self) -> dict[str, Any]:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
+        shown, shared = self.display_names(), self.shared_names()
         for m in self.markets:
             markets[m.name] = {
+                "daily_sd": dict(zip(self.regimes, _round(m.emission["return_sd"]))),
+                "shared_name": None if shared is None else dict(zip(self.regimes, shared[m.name])),
                 "usage": dict(zip(self.regimes, _round(m.usage))),
                 "transition_matrix": _round(m.transition),
                 "base_transition_matrix": _round(m.base_transition),
@@ -183,7 +209,7 @@ class RegimeFit:
                     for r, d, v in zip(self.regimes, m.durations(), _round(m.expected_duration))
                 },
                 "emission": {k: dict(zip(self.regimes, _round(v))) for k, v in m.emission.items()},
-                "current_regime": self.regimes[int(m.current_probs.argmax())],
+                "current_regime": shown[m.name][int(m.current_probs.argmax())],
                 "current_probabilities": dict(zip(self.regimes, _round(m.current_probs))),
                 "first_date": m.dates[0].strftime("%Y-%m-%d"),
                 "last_date": m.dates[-1].strftime("%Y-%m-%d"),
@@ -195,8 +221,22 @@ class RegimeFit:
                 "never_left": [r for r, d in zip(self.regimes, m.durations()) if d is None],
                 "shifts_per_year": round(m.shifts_per_year(), 6),
             }
+        try:
+            ladder = _round(shared_ladder({m.name: m.emission["return_sd"] for m in self.markets}))
+        except ValueError:
+            ladder = None
         return {
             "regimes": list(self.regimes),
+            "naming": {
+                "mode": self.config.model.naming,
+                "note": RELATIVE_NOTE
+                if self.config.model.naming == "relative"
+                else (
+                    "current_regime and regimes.csv's regime and viterbi use the shared names: each regime named "
+                    "by its daily sd on one ladder for all markets (shared_ladder, input units)"
+                ),
+                "shared_ladder": None if ladder is None else dict(zip(self.regimes, ladder)),
+            },
             "markets": markets,
             "log_likelihood": round(self.log_likelihood, 6),
             "log_likelihood_normalised": round(sum(m.log_likelihood_normalised for m in self.markets), 6),
