@@ -41,7 +41,8 @@ def test_fit_writes_every_output(small_csv, tmp_path, capsys):
     assert [c for c in regimes.columns if c.startswith("prob_")] == prob_cols
     assert regimes[prob_cols].sum(axis=1).sub(1).abs().max() < 1e-5
     filtered_cols = [f"filtered_{n}" for n in ("calm", "neutral", "volatile", "panic")]
-    assert list(regimes.columns[-4:]) == filtered_cols  # added after the 0.1 columns
+    assert list(regimes.columns[-5:-1]) == filtered_cols  # added after the 0.1 columns
+    assert regimes.columns[-1] == "shared_regime"  # added after those (issue #20)
     assert regimes[filtered_cols].sum(axis=1).sub(1).abs().max() < 1e-5
     assert set(regimes["market"]) == {"traditional_cre", "tokenized_reit"}
     summary = json.loads((out / "summary.json").read_text())

@@ -169,7 +169,15 @@ def test_volatility_table_puts_the_markets_sds_side_by_side_in_input_units(fit):
     lines = plots.volatility_table_text(fit).splitlines()
     assert "relative to each market" in lines[0]
     assert lines[1].split() == ["market", *fit.regimes]
-    for line, m in zip(lines[2:], fit.markets, strict=True):
+    n = len(fit.markets)
+    for line, m in zip(lines[2 : 2 + n], fit.markets, strict=True):
         name, *values = line.split()
         assert name == m.name
         np.testing.assert_allclose([float(v) for v in values], m.emission["return_sd"], rtol=5e-3)
+    shared = fit.shared_names()
+    if any(names != list(fit.regimes) for names in shared.values()):  # then the names on one ladder follow
+        assert "one ladder" in lines[2 + n]
+        for line, m in zip(lines[3 + n :], fit.markets, strict=True):
+            assert line.split() == [m.name, *shared[m.name]]
+    else:
+        assert len(lines) == 2 + n

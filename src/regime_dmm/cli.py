@@ -364,13 +364,16 @@ def cmd_fit(args) -> int:
             print(usage_bars_text(result))
             print()
             print(volatility_table_text(result))
+            shown = result.display_names()
             for m in result.markets:
                 print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
                 print(_print_matrix(result.regimes, m.transition))
                 few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
+                top = int(m.current_probs.argmax())
+                own = "" if shown[m.name][top] == result.regimes[top] else f"; on its own ladder: {result.regimes[top]}"
                 print(
-                    f"current regime ({m.dates[-1].date()}): {result.regimes[int(m.current_probs.argmax())]}"
-                    f" (p = {m.current_probs.max():.2f}"
+                    f"current regime ({m.dates[-1].date()}): {shown[m.name][top]}"
+                    f" (p = {m.current_probs.max():.2f}{own}"
                     + ("; too few days for this many regimes: not to be trusted)" if few else ")")
                 )
                 print(f"regime shifts per year: {m.shifts_per_year():.1f}")

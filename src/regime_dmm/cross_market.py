@@ -272,7 +272,10 @@ def cross_market(
 def _sd_labels(fit: RegimeFit, market: str, regimes: list[str]) -> list[str]:
     """``name\nsd`` per regime of ``market`` (daily return sd, input units, in %): names are relative to each
     market's own volatility, the sds are on one scale."""
-    sd = np.asarray(fit.market(market).emission["return_sd"], dtype=float)
+    emission = fit.market(market).emission
+    if "return_sd" not in emission:
+        return list(regimes)
+    sd = np.asarray(emission["return_sd"], dtype=float)
     return [f"{name}\n{100 * v:.2g}%" for name, v in zip(regimes, sd)]
 
 
