@@ -159,6 +159,9 @@ def test_a_sweep_task_equals_the_same_fit_run_by_regime_dmm_fit(tmp_path, capsys
     theirs = pd.read_csv(tmp_path / "fit" / "regimes.csv")
     pd.testing.assert_frame_equal(ours, theirs)
     assert row["shifts_per_year"] == pytest.approx(summary["markets"]["c"]["shifts_per_year"], abs=1e-5)
+    for path in ("filtered", "viterbi"):  # issue #19: the day-by-day and Viterbi paths' shifts too
+        key = f"shifts_per_year_{path}"
+        assert row[key] == pytest.approx(summary["markets"]["c"][key], abs=1e-5)
     # the fit's regime warnings, as summary.json has them (issue #20: the sweep table carries them too)
     expected = "; ".join(f"{w['market']}: {w['kind']}({','.join(w['regimes'])})" for w in summary["regime_warnings"])
     assert row["regime_warnings"] == expected
@@ -356,6 +359,16 @@ def test_shifts_per_year_counts_changes_of_the_most_probable_regime():
         log_likelihood_normalised=0.0,
     )
     assert m.shifts_per_year() == pytest.approx(2 / (365 / 365.25))
+    # the filtered path (what could be read day by day) and the Viterbi path are counted on their own labels
+    flicker = labels.copy()
+    flicker[[10, 20, 30]] = 1  # three one-day visits: six more shifts
+    m.filtered = np.eye(2)[flicker]
+    m.viterbi = np.where(np.arange(366) < 300, 0, 1)  # one shift
+    assert m.shifts_per_year("filtered") == pytest.approx(8 / (365 / 365.25))
+    assert m.shifts_per_year("viterbi") == pytest.approx(1 / (365 / 365.25))
+    assert m.shifts_per_year() == pytest.approx(2 / (365 / 365.25))
+    with pytest.raises(ValueError, match="path"):
+        m.shifts_per_year("forecast")
 
 
 def test_cli_sweep_config_variants_failed_tasks_and_option_errors(tmp_path, capsys):

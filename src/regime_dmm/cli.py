@@ -376,7 +376,11 @@ def cmd_fit(args) -> int:
                     f" (p = {m.current_probs.max():.2f}{own}"
                     + ("; too few days for this many regimes: not to be trusted)" if few else ")")
                 )
-                print(f"regime shifts per year: {m.shifts_per_year():.1f}")
+                print(
+                    f"regime shifts per year: {m.shifts_per_year('filtered'):.1f} filtered (day by day, what could "
+                    f"be traded), {m.shifts_per_year():.1f} smoothed (sees later days), "
+                    f"{m.shifts_per_year('viterbi'):.1f} Viterbi"
+                )
                 durations = result.summary()["markets"][m.name]["never_left"]
                 if durations:
                     print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")

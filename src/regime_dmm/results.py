@@ -72,10 +72,22 @@ class MarketResult:
             out[f"{regimes[k]}|{regimes[k + 1]}"] = {"bhattacharyya": round(bc, 6), "hellinger": round(h, 6)}
         return out
 
-    def shifts_per_year(self) -> float:
-        """Regime shifts per calendar year: changes of the most probable smoothed regime from one day to the
-        next, divided by the years from the first to the last date (365.25 days each); 0.0 for one day."""
-        labels = self.smoothed.argmax(-1)
+    def shifts_per_year(self, path: str = "smoothed") -> float:
+        """Regime shifts per calendar year along ``path``: changes of its regime from one day to the next, divided
+        by the years from the first to the last date (365.25 days each); 0.0 for one day.
+
+        ``path``: ``"smoothed"`` (the most probable regime given every day, p(z_t | x_1..x_T): it sees later
+        days), ``"filtered"`` (the most probable regime given the days up to t, p(z_t | x_1..x_t): what could
+        have been read on the day, at the fitted parameters) or ``"viterbi"`` (the most probable joint path;
+        Viterbi 1967). Raises ``ValueError`` for another path."""
+        if path == "smoothed":
+            labels = self.smoothed.argmax(-1)
+        elif path == "filtered":
+            labels = self.filtered.argmax(-1)
+        elif path == "viterbi":
+            labels = np.asarray(self.viterbi)
+        else:
+            raise ValueError(f"path must be smoothed, filtered or viterbi, got {path!r}")
         shifts = int(np.count_nonzero(labels[1:] != labels[:-1]))
         years = (self.dates[-1] - self.dates[0]).days / 365.25
         return shifts / years if years > 0 else 0.0
@@ -220,6 +232,8 @@ class RegimeFit:
                 "overlap": m.overlap(self.regimes),
                 "never_left": [r for r, d in zip(self.regimes, m.durations()) if d is None],
                 "shifts_per_year": round(m.shifts_per_year(), 6),
+                "shifts_per_year_filtered": round(m.shifts_per_year("filtered"), 6),
+                "shifts_per_year_viterbi": round(m.shifts_per_year("viterbi"), 6),
             }
         try:
             ladder = _round(shared_ladder({m.name: m.emission["return_sd"] for m in self.markets}))

@@ -79,9 +79,11 @@ __all__ = [
 
 #: Columns of ``sweep.csv``, in order. Log-likelihoods in nats, input units; ``usage``: JSON
 #: ``{market: {regime: share}}``; ``shifts_per_year``: the mean over the task's markets of the changes
-#: of the most probable smoothed regime per calendar year; ``epochs``: epochs run over all restarts;
-#: ``peak_rss_mb``: the worker process's peak resident memory so far; ``regime_warnings``: the fit's regime
-#: warnings, ``market: kind(regimes)`` joined by ``; `` (empty: none; see :mod:`regime_dmm.regime_checks`).
+#: of the most probable smoothed regime per calendar year (``shifts_per_year_filtered``: of the filtered one,
+#: what could be read day by day; ``shifts_per_year_viterbi``: of the Viterbi path); ``epochs``: epochs run
+#: over all restarts; ``peak_rss_mb``: the worker process's peak resident memory so far; ``regime_warnings``:
+#: the fit's regime warnings, ``market: kind(regimes)`` joined by ``; `` (empty: none; see
+#: :mod:`regime_dmm.regime_checks`).
 SWEEP_COLUMNS = [
     "task_id",
     "markets",
@@ -105,6 +107,8 @@ SWEEP_COLUMNS = [
     "train_days",
     "peak_rss_mb",
     "key",
+    "shifts_per_year_filtered",
+    "shifts_per_year_viterbi",
 ]
 
 SWEEP_FILE = "sweep.csv"
@@ -217,6 +221,8 @@ def run_task(task: SweepTask, frame: pd.DataFrame, holdout: float, fit_dir: str 
                 {m.name: dict(zip(result.regimes, np.round(m.usage, 6).tolist())) for m in result.markets}
             ),
             shifts_per_year=float(np.mean([m.shifts_per_year() for m in result.markets])),
+            shifts_per_year_filtered=float(np.mean([m.shifts_per_year("filtered") for m in result.markets])),
+            shifts_per_year_viterbi=float(np.mean([m.shifts_per_year("viterbi") for m in result.markets])),
             regime_warnings="; ".join(
                 f"{w['market']}: {w['kind']}({','.join(w['regimes'])})" for w in result.regime_warnings
             ),
