@@ -103,6 +103,11 @@ def test_command_line_backtests_a_walkforward_output(tmp_path, capsys):
     metrics = pd.read_csv(out / "backtest.csv")
     assert metrics["strategy"].tolist() == ["long_cash", "buy_and_hold"]
     assert (metrics["days"] == len(pd.read_csv(out / "walkforward.csv"))).all()
+    # the refits' relabelled days (walkforward_refits.csv), pooled over the refits, beside each strategy
+    refits = pd.read_csv(out / "walkforward_refits.csv")
+    assert len(refits) >= 1
+    pooled = refits["relabelled_days"].sum() / refits["overlap_days"].sum()
+    assert metrics["relabelled_share"].tolist() == pytest.approx([pooled, pooled], abs=1e-6)
     assert (out / "backtest.png").stat().st_size > 0
     assert main(["backtest", str(out), "--risk-off", "volatile", "--risk-free-column", "rf"]) == 0
     with_rf = pd.read_csv(out / "backtest.csv").set_index("strategy")

@@ -6,13 +6,26 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import regime_dmm as rd
+from regime_dmm.checkpoints import read_checkpoint
 from regime_dmm.cli import main
 from regime_dmm.data import simulate_default
 from regime_dmm.errors import CheckpointError, ConfigError
 from regime_dmm.nowcast import nowcast
-from regime_dmm.walkforward import WALKFORWARD_FILE, WalkForwardPlan, describe_plan, refit_dates, walk_forward
+from regime_dmm.walkforward import (
+    PART_FORMAT,
+    PART_KEYS,
+    PARTS,
+    REFITS_FILE,
+    WALKFORWARD_FILE,
+    WalkForwardPlan,
+    describe_plan,
+    refit_dates,
+    relabelled_days,
+    walk_forward,
+)
 
 import helpers
 from helpers import write_csv_frame
@@ -47,6 +60,43 @@ def test_every_row_uses_a_fit_made_before_its_day(classic_run):
     assert table["date"].tolist() == later.tolist()  # every later day, once
     np.testing.assert_allclose(table[names].sum(axis=1), 1.0, atol=1e-5)
     assert (out / WALKFORWARD_FILE).read_text().startswith("date,market,regime,filtered_calm")
+
+
+def test_each_refit_reports_the_days_it_relabels(classic_run):
+    """Issue #19: every refit after the first says how many of the days both it and the previous refit saw it
+    names differently (walkforward_refits.csv, table.attrs["refits"])."""
+    frame, out, table = classic_run
+    refits = pd.read_csv(out / REFITS_FILE)
+    columns = ["refit", "fit_date", "market", "overlap_days", "relabelled_days", "relabelled_share"]
+    assert list(refits.columns) == columns
+    assert refits["refit"].tolist() == [1, 2, 3] and (refits["market"] == "a").all()
+    assert refits["fit_date"].tolist() == sorted(table["fit_date"].unique())[1:]
+    # expanding window: the days both saw are the earlier refit's, every one of them observed here
+    dates = frame["date"]
+    for row, earlier in zip(refits.itertuples(), sorted(table["fit_date"].unique())):
+        assert row.overlap_days == int((dates <= pd.Timestamp(earlier)).sum()) - 1  # returns: one fewer than prices
+    assert ((refits["relabelled_share"] >= 0) & (refits["relabelled_share"] <= 1)).all()
+    pd.testing.assert_frame_equal(table.attrs["refits"].reset_index(drop=True), refits, check_dtype=False, atol=1e-6)
+
+
+def test_relabelled_days_count_the_days_whose_regime_changed(classic_run):
+    """A later refit that can never enter the volatile regime relabels exactly the days the earlier refit called
+    volatile - counted here from an ordinary fit on the same days (the first refit is that fit); the same refit
+    twice relabels none."""
+    frame, out, _ = classic_run
+    saved = read_checkpoint(out / PARTS / "0000.pt", PART_FORMAT, "walk-forward refit", PART_KEYS)
+    fit_date = pd.Timestamp(saved["fit_date"])
+    earlier = dict(saved, fit_date=fit_date, low=None)
+    assert [r["relabelled_days"] for r in relabelled_days(earlier, earlier, frame, CLASSIC, 1)] == [0]
+    never = {k: v.clone() for k, v in saved["params"].items()}
+    never["classic.initial"] = torch.tensor([[0.0, -1e3]], dtype=torch.float64)
+    never["classic.transition"] = torch.tensor([[[0.0, -1e3], [0.0, -1e3]]], dtype=torch.float64)
+    later = dict(earlier, params=never)
+    [row] = relabelled_days(earlier, later, frame, CLASSIC, 1)
+    first = rd.fit(frame[frame["date"] <= fit_date], CLASSIC).regimes_frame()
+    volatile = int(((first["regime"] == "volatile") & (first["observed"] == 1)).sum())
+    assert volatile > 0
+    assert row["relabelled_days"] == volatile and row["overlap_days"] == int(first["observed"].sum())
 
 
 def test_first_block_equals_the_nowcast_of_a_fit_on_the_days_before(classic_run):  # to the CSV's 6 decimals

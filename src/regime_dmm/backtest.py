@@ -97,6 +97,7 @@ def backtest(
     prices: pd.DataFrame,
     spec: StrategySpec | None = None,
     risk_free: pd.Series | None = None,
+    refits: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The metrics table and, per market, the daily frame (date, return, stress, position, strategy
     and buy-and-hold equity, regime).
@@ -105,7 +106,9 @@ def backtest(
     made from (:func:`~regime_dmm.load_prices`: ``price`` or log ``return`` column); ``risk_free``:
     an annual rate in percent indexed by date (None: 0). Rows of the
     metrics table: per market ``strategy`` in (``long_cash``, ``buy_and_hold``) with the figures of
-    the module docstring, ``shifts_per_year`` and ``mean_regime_duration`` (days).
+    the module docstring, ``shifts_per_year`` and ``mean_regime_duration`` (days), and, with ``refits`` (the
+    walk-forward's ``walkforward_refits.csv``), ``relabelled_share``: the share of the days two consecutive refits
+    both saw that the later one names differently, over all refits (NaN without it).
     Raises :class:`DataError` when a market of ``walkforward`` is missing from ``prices`` or a
     setting does not fit.
     """
@@ -153,6 +156,10 @@ def backtest(
             rf = quoted / 100.0 / per_year
         strategy = position * simple + (1.0 - position) * rf - cost  # cash earns the risk-free rate
         shifts, duration = persistence(wf["regime"].to_numpy(), years)
+        relabelled = float("nan")
+        if refits is not None and (refits["market"].astype(str) == str(market)).any():
+            mine = refits[refits["market"].astype(str) == str(market)]
+            relabelled = float(mine["relabelled_days"].sum() / max(int(mine["overlap_days"].sum()), 1))
         for name, ret, pos in (("long_cash", strategy, position), ("buy_and_hold", simple, np.ones_like(simple))):
             rows.append(
                 {
@@ -161,6 +168,7 @@ def backtest(
                     **_metrics(ret, pos, per_year, rf),
                     "shifts_per_year": shifts,
                     "mean_regime_duration": duration,
+                    "relabelled_share": relabelled,
                 }
             )
         daily[str(market)] = pd.DataFrame(

@@ -35,7 +35,14 @@ from .plots import save_all, usage_bars_text, volatility_table_text
 from .selection import plot_selection, select_regimes
 from .sweep import SweepInterrupted, sweep
 from .update import CHANGED_EXIT_CODE, UPDATES_FILE, describe, update
-from .walkforward import DEFAULT_START_DATES, WALKFORWARD_FILE, WalkForwardPlan, read_plan, walk_forward
+from .walkforward import (
+    DEFAULT_START_DATES,
+    REFITS_FILE,
+    WALKFORWARD_FILE,
+    WalkForwardPlan,
+    read_plan,
+    walk_forward,
+)
 
 __all__ = ["main", "parse_integers", "parse_regimes"]
 
@@ -490,7 +497,9 @@ def cmd_backtest(args) -> int:
         if not files:
             raise RegimeDMMError("--risk-free-column needs the data as CSV files (give --data FILE)")
         risk_free = read_risk_free(files, args.risk_free_column)
-    metrics, daily = backtest(walkforward, prices, spec, risk_free)
+    refits_path = out / REFITS_FILE
+    refits = pd.read_csv(refits_path, dtype={"market": str}) if refits_path.is_file() else None
+    metrics, daily = backtest(walkforward, prices, spec, risk_free, refits)
     print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     with staged_files(out) as tmp:
         metrics.to_csv(tmp / BACKTEST_FILE, index=False, float_format="%.6f")

@@ -27,6 +27,12 @@ row is a :class:`~regime_dmm.errors.DataError` naming market, date and both valu
 written); the days of the last refit's block that the earlier run could not see yet are filtered with that
 refit's saved parameters (no refit), and only the refits the new days call for are run, so the table is the
 one a single run on all the days gives.
+
+**Stable names** (issue #19). A refit may move the ladder so that days the previous refit called ``calm``
+are now ``neutral``. For every refit after the first, :func:`relabelled_days` compares the two refits'
+regimes (the most probable smoothed regime of each observed day) on the days both saw, market by market;
+the table is returned as ``table.attrs["refits"]`` and written to ``out/walkforward_refits.csv``, and the run
+prints its median and largest share.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ __all__ = [
     "last_refit",
     "read_plan",
     "rebuild_refit",
+    "relabelled_days",
+    "REFITS_FILE",
     "rows_between",
     "run_configuration",
     "window_start",
@@ -77,6 +85,10 @@ __all__ = [
 
 #: The output table's file name.
 WALKFORWARD_FILE = "walkforward.csv"
+#: The refits' companion table: one row per refit and market (:func:`relabelled_days`).
+REFITS_FILE = "walkforward_refits.csv"
+#: Its columns.
+REFITS_COLUMNS = ["refit", "fit_date", "market", "overlap_days", "relabelled_days", "relabelled_share"]
 #: Without ``start``, the first refit is on the 500th date of the data (about two years of business days);
 #: a fixed count, so that appending days never moves it.
 DEFAULT_START_DATES = 500
@@ -208,6 +220,7 @@ def _walk(
     previous: dict[str, torch.Tensor] | None = None
     previous_markets: tuple[str, ...] = ()
     blocks: list[pd.DataFrame] = []
+    refits: list[dict[str, Any]] = []  # each refit's parameters, markets, pipeline, date and window start
     started, refitted = time.perf_counter(), 0
     for i, pos in enumerate(positions):
         fit_date = dates[pos]
@@ -230,6 +243,7 @@ def _walk(
                 _write_part(part, block, previous, previous_markets, fit_date, until, saved["features"])
                 print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {len(more)} rows added (no refit)")
             blocks.append(block)
+            refits.append(dict(saved, fit_date=fit_date, low=low))
             bar.update(1)
             continue
         if stop is not None:
@@ -266,6 +280,8 @@ def _walk(
         if part is not None:
             _write_part(part, block, previous, markets, fit_date, until, fitted.pipeline.to_dict())
         blocks.append(block)
+        features = fitted.pipeline.to_dict()
+        refits.append(dict(params=previous, markets=markets, features=features, fit_date=fit_date, low=low))
         refitted += 1
         spent = time.perf_counter() - started
         left = _duration(spent / refitted * (len(positions) - i - 1))
@@ -278,8 +294,28 @@ def _walk(
     columns = _columns(names)
     table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
     table = table[columns].reset_index(drop=True)
+    if stop is not None:
+        stop.phase = "comparing the refits' regimes"
+    relabels = pd.DataFrame(
+        [row for i in range(1, len(refits)) for row in relabelled_days(refits[i - 1], refits[i], frame, resolved, i)],
+        columns=REFITS_COLUMNS,
+    )
+    table.attrs["refits"] = relabels
+    if len(relabels):
+        share = relabels.groupby("refit").apply(
+            lambda g: g["relabelled_days"].sum() / max(int(g["overlap_days"].sum()), 1), include_groups=False
+        )
+        worst = int(share.idxmax())
+        when = relabels.loc[relabels["refit"] == worst, "fit_date"].iloc[0]
+        print_(
+            f"names relabelled against the previous refit (share of the days both saw): median {share.median():.1%}, "
+            f"largest {share.max():.1%} (refit {worst + 1} on {when})"
+        )
     if out is not None:
         text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        atomic_write_text(
+            Path(out) / REFITS_FILE, relabels.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        )
         atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
     return table
 
@@ -296,6 +332,50 @@ def rebuild_refit(
     train.attrs = dict(frame.attrs)
     panel = pipeline.transform(train)
     return FittedModel.build(config, pipeline, panel, saved["params"], getattr(torch, config.training.dtype))
+
+
+def relabelled_days(
+    earlier: dict[str, Any], later: dict[str, Any], frame: pd.DataFrame, config: FitConfig, refit: int
+) -> list[dict[str, Any]]:
+    """How many of the days two refits both saw the later one names differently, per market they share.
+
+    ``earlier`` / ``later``: a refit's ``params``, ``markets``, ``features`` (its pipeline), ``fit_date`` and
+    ``low`` (its window's first date, None: expanding). The days both saw are the run's rows from the later
+    window's start to the earlier refit's date; each refit gives every observed day the most probable smoothed
+    regime (its own parameters and normalisation, those rows only), and a day is relabelled when the two
+    differ. Returns one dict per shared market with ``refit`` (the later one's index), ``fit_date`` (ISO),
+    ``market``, ``overlap_days``, ``relabelled_days`` and ``relabelled_share`` (NaN for no day); none when the
+    rows leave no fit (a market without enough rows there is left out)."""
+    low, high = later["low"], earlier["fit_date"]
+    labels = []
+    for refit_info in (earlier, later):
+        try:
+            fitted = rebuild_refit(refit_info, frame, low, high, config)
+        except (DataError, CheckpointError):
+            return []
+        _, post = fitted.posterior()
+        smoothed = post.smoothed.numpy()
+        labels.append(
+            {
+                s.name: pd.Series(smoothed[m, : s.length].argmax(-1), index=s.dates)[np.asarray(s.observed, dtype=bool)]
+                for m, s in enumerate(fitted.panel.series)
+            }
+        )
+    rows = []
+    for market in [m for m in later["markets"] if m in labels[0] and m in labels[1]]:
+        a, b = labels[0][market].align(labels[1][market], join="inner")
+        changed = int((a != b).sum())
+        rows.append(
+            {
+                "refit": refit,
+                "fit_date": later["fit_date"].strftime("%Y-%m-%d"),
+                "market": market,
+                "overlap_days": int(len(a)),
+                "relabelled_days": changed,
+                "relabelled_share": changed / len(a) if len(a) else float("nan"),
+            }
+        )
+    return rows
 
 
 def last_refit(
