@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "regime_dmm"
 #: The exact-inference core is pure tensor maths on log-potentials (as dynamax's inference module):
 #: it sits at the bottom so that every model, guide and consumer calls the same recursions.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "atomic", "threads", "inference", "inference.exact"},
+    {"_version", "errors", "atomic", "threads", "processes", "inference", "inference.exact"},
     {"config", "checkpoints"},
     {"data", "data.loader", "data.observations", "data.features", "data.simulator", "data.sources"},
     {

@@ -53,6 +53,8 @@ def test_shared_names_refuse_what_has_no_ladder():
         shared_names({"a": [0.01, np.inf, 0.05]}, NAMES)
     with pytest.raises(ValueError, match="names"):
         shared_names({"a": [0.01, 0.02]}, NAMES)
+    with pytest.raises(ValueError, match="increase"):  # unordered sds would give unordered cuts: wrong names
+        shared_names({"a": [0.01, 0.05, 0.02]}, NAMES)
     with pytest.raises(ConfigError, match="model.naming"):
         FitConfig().replace(model={"naming": "global"}).validate()
 
@@ -101,3 +103,24 @@ def test_cli_prints_the_names_on_one_ladder(tmp_path, capsys):
     assert "model.naming: shared" in printed and "named on one ladder" in printed
     regimes = (tmp_path / "fit" / "regimes.csv").read_text().splitlines()[0]
     assert regimes.endswith("shared_regime")
+
+
+def test_shared_naming_without_a_ladder_says_so():
+    """Under ``model.naming: shared``, a regime without a finite daily sd (a Student-t with df <= 2) leaves no
+    shared ladder: the relative names are shown, and summary.json and the volatility table say why."""
+    import dataclasses
+
+    from regime_dmm.plots import volatility_table_text
+
+    model = {"classic": True, "num_regimes": 3, "naming": "shared"}
+    result = fit(_index_and_token(400), FitConfig().replace(model=model, training={"restarts": 1}), warn=False)
+    token = result.market("token")
+    sd = list(token.emission["return_sd"])
+    sd[-1] = float("inf")
+    broken = dataclasses.replace(token, emission=dict(token.emission, return_sd=sd))
+    result = dataclasses.replace(result, markets=[result.market("index"), broken])
+    assert result.shared_names() is None
+    assert result.display_names() == {"index": list(NAMES), "token": list(NAMES)}
+    naming = result.summary()["naming"]
+    assert naming["mode"] == "shared" and naming["applied"] == "relative" and "not finite" in naming["note"]
+    assert "no shared ladder" in volatility_table_text(result).splitlines()[0]

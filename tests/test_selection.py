@@ -156,22 +156,33 @@ def test_cli_select(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_fits_in_worker_processes_give_the_table_of_one_process(two_regime_table):
-    """The K fitted side by side in spawned processes (one torch thread each) give the same rows as the fits
-    one after another in this process: same held-out and training scores, BIC, choice and order."""
-    parallel = select_regimes(_two_regimes(), ks=[3, 2], config=CLASSIC, workers=2)
+@pytest.mark.parametrize("mode", ["classic", "dmm"])
+def test_fits_in_worker_processes_give_the_table_of_one_process(two_regime_table, mode, monkeypatch):
+    """The K fitted side by side in spawned processes (one torch thread each) give the same rows as the fits one
+    after another in this process with two threads: same held-out and training scores, BIC, choice and order."""
+    if mode == "classic":
+        config, data, serial = CLASSIC, _two_regimes(), two_regime_table
+    else:
+        config = FitConfig().replace(training={"epochs": 40, "anneal_epochs": 10})
+        data = _two_regimes(days=500)
+        monkeypatch.setenv("REGIME_DMM_THREADS", "2")  # the one-process side at the single-fit default
+        serial = select_regimes(data, ks=[3, 2], config=config, workers=1)
+        monkeypatch.setenv("REGIME_DMM_THREADS", "1")
+    parallel = select_regimes(data, ks=[3, 2], config=config, workers=2)
     assert list(parallel.columns) == COLUMNS
     pd.testing.assert_frame_equal(
-        parallel.drop(columns="fit_seconds"), two_regime_table.drop(columns="fit_seconds"), check_exact=True
+        parallel.drop(columns="fit_seconds"), serial.drop(columns="fit_seconds"), check_exact=True
     )
     assert (parallel["fit_seconds"] > 0).all()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
-def test_ctrl_c_stops_the_worker_processes_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_ends_the_worker_processes_and_writes_nothing(tmp_path, sig, code):
     """A terminal's Ctrl-C reaches the whole process group: the workers ignore it (no traceback from each), the
-    parent ends the pool, exits 130, leaves no worker behind and writes no output folder."""
+    parent stops them, exits 130, leaves no worker behind and writes no output folder. A SIGTERM to the parent
+    alone (a scheduler's stop) does the same with exit 143."""
     out = tmp_path / "sel"
     proc = subprocess.Popen(
         [sys.executable, "-m", "regime_dmm.cli", "select", "--regimes", "2..5", "--workers", "2", "--out", str(out)],
@@ -181,16 +192,21 @@ def test_ctrl_c_stops_the_worker_processes_and_writes_nothing(tmp_path):
         text=True,
     )
     workers: list[str] = []
-    while len(workers) < 2 and proc.poll() is None:  # the pool's processes (and the resource tracker)
+    while len(workers) < 2 and proc.poll() is None:  # the fits' processes
         time.sleep(0.2)
         found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
         workers = found.stdout.split()
     assert proc.poll() is None, "select ended before its workers started"
     time.sleep(2.0)  # into the workers' imports or fits
-    os.killpg(proc.pid, signal.SIGINT)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr, stderr
+    if sig == signal.SIGINT:
+        assert "interrupted" in stderr
     end = time.monotonic() + 30
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < end:
         time.sleep(0.2)

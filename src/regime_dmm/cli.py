@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="processes fitting the K side by side (default: one per core, at most one per K; 1: one process, "
         "with each fit's training log)",
+        default=None,
     )
     sel.add_argument("--out", default="regime_dmm_select", help="output folder (default: regime_dmm_select)")
     sel.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -571,6 +572,21 @@ def parse_integers(text: str, option: str, what: str, *, minimum: int) -> list[i
     return list(dict.fromkeys(values))
 
 
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` (128 + SIGTERM, the shell's convention), so that the
+    code under it unwinds (and stops what it started) instead of dying at once."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def cmd_select(args) -> int:
     """``regime-dmm select``: compare numbers of regimes on held-out days; writes selection.csv and .png."""
     ks = parse_regimes(args.regimes)
@@ -580,9 +596,15 @@ def cmd_select(args) -> int:
     config = _config(args, regimes=False)  # --regimes is the range of K compared
     if args.data is None:
         print("data: embedded SIMULATED default (traditional_cre, tokenized_reit)")
-    table = select_regimes(
-        _data(args), ks=ks, config=config, holdout=args.holdout, log=None if args.quiet else print, workers=args.workers
-    )
+    with _sigterm_exits():  # a stop ends the worker processes too (select_regimes kills them on the way out)
+        table = select_regimes(
+            _data(args),
+            ks=ks,
+            config=config,
+            holdout=args.holdout,
+            log=None if args.quiet else print,
+            workers=args.workers,
+        )
     print(f"\nModel selection (held-out: last {args.holdout:.0%} of each market's days; best first):")
     shown = table.drop(columns=[c for c in ("waic", "loo") if table[c].isna().all()])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -270,13 +270,12 @@ def cross_market(
 
 
 def _sd_labels(fit: RegimeFit, market: str, regimes: list[str]) -> list[str]:
-    """``name\nsd`` per regime of ``market`` (daily return sd, input units, in %): names are relative to each
-    market's own volatility, the sds are on one scale."""
-    emission = fit.market(market).emission
-    if "return_sd" not in emission:
-        return list(regimes)
-    sd = np.asarray(emission["return_sd"], dtype=float)
-    return [f"{name}\n{100 * v:.2g}%" for name, v in zip(regimes, sd)]
+    """``name\nsd`` per regime of ``market``: the names shown (:meth:`RegimeFit.display_names`: relative to each
+    market's own volatility, or shared) and the daily return sd in input units, in %, on one scale for all
+    markets (no sd where it is not finite or not known)."""
+    names = fit.display_names().get(market, list(regimes)) if fit.markets else list(regimes)
+    sd = np.asarray(fit.market(market).emission.get("return_sd", [np.nan] * len(names)), dtype=float)
+    return [f"{name}\n{100 * v:.2g}%" if np.isfinite(v) else name for name, v in zip(names, sd)]
 
 
 def plot_cross_market(fit: RegimeFit, pairs: list[dict[str, Any]] | None = None) -> Figure:

@@ -43,8 +43,8 @@ def shared_ladder(daily_sd: Mapping[str, Sequence[float]]) -> np.ndarray:
     """The shared ladder ``(K,)``: per rank, the geometric mean across markets of the regimes' daily return sd
     (input units). ``daily_sd``: market -> its K regimes' sds, least volatile first.
 
-    Raises ``ValueError`` when there is no market, the markets have different K, or an sd is not positive and
-    finite."""
+    Raises ``ValueError`` when there is no market, the markets have different K, an sd is not positive and
+    finite, or a market's sds do not increase (a fit's ladder always does)."""
     if not daily_sd:
         raise ValueError("shared_ladder: no market")
     rows = [np.asarray(v, dtype=float) for v in daily_sd.values()]
@@ -54,6 +54,9 @@ def shared_ladder(daily_sd: Mapping[str, Sequence[float]]) -> np.ndarray:
     if not (np.isfinite(sds).all() and (sds > 0).all()):
         bad = [m for m, r in zip(daily_sd, rows) if not (np.isfinite(r).all() and (r > 0).all())]
         raise ValueError(f"shared_ladder: daily sds must be positive and finite (markets {bad})")
+    unordered = [m for m, r in zip(daily_sd, rows) if (np.diff(r) <= 0).any()]
+    if unordered:
+        raise ValueError(f"shared_ladder: each market's sds must increase, least volatile first (markets {unordered})")
     return np.exp(np.log(sds).mean(0))
 
 

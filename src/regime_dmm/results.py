@@ -239,16 +239,22 @@ class RegimeFit:
             ladder = _round(shared_ladder({m.name: m.emission["return_sd"] for m in self.markets}))
         except ValueError:
             ladder = None
+        applied = "shared" if self.config.model.naming == "shared" and shared is not None else "relative"
+        if applied == "shared":
+            note = (
+                "current_regime and regimes.csv's regime and viterbi use the shared names: each regime named by its "
+                "daily sd on one ladder for all markets (shared_ladder, input units)"
+            )
+        elif self.config.model.naming == "shared":
+            note = "model.naming is shared, but a regime's daily sd is not finite (no ladder): " + RELATIVE_NOTE
+        else:
+            note = RELATIVE_NOTE
         return {
             "regimes": list(self.regimes),
             "naming": {
                 "mode": self.config.model.naming,
-                "note": RELATIVE_NOTE
-                if self.config.model.naming == "relative"
-                else (
-                    "current_regime and regimes.csv's regime and viterbi use the shared names: each regime named "
-                    "by its daily sd on one ladder for all markets (shared_ladder, input units)"
-                ),
+                "applied": applied,
+                "note": note,
                 "shared_ladder": None if ladder is None else dict(zip(self.regimes, ladder)),
             },
             "markets": markets,

@@ -19,26 +19,22 @@ by less than a nat.
 WAIC / LOO need draws from the posterior of the global parameters; the fits here are point
 estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table.attrs["notes"]``).
 
-The fits of the K are independent, so they run side by side in ``workers`` processes (default: one per
-core, at most one per K), each with its share of the cores' torch threads, the largest K first (it takes
-longest). A fit's result does not depend on its thread count, so the table is the same as one process's
-(tested), and on the 2-core machine K = 2..6 on the embedded default take about two thirds of the time
-one process takes (one process's fits gain only about 1.4x from a second thread; README, Speed). The
-processes are started by :mod:`multiprocessing` (spawn: a fresh interpreter, safe beside torch's
-threads, and the same on every OS); Dask (:mod:`regime_dmm.sweep`) is the tool for fits past one
-machine. ``workers=1`` fits in this process and streams each fit's training log.
+The fits of the K are independent, so with ``workers`` > 1 (``None``: one per core, at most one per K; the
+command line's default) they run side by side in spawned processes (:mod:`regime_dmm.processes`), each with
+``cores // workers`` torch threads (overriding ``REGIME_DMM_THREADS``), the largest K first (it takes
+longest). A fit's result does not depend on its thread count, so the table is the one a single process
+gives (tested). On the 2-core machine K = 2..6 on the embedded default took 20.1 s in two processes against
+25.1 s in one in the same run (a fit gains only 1.3-1.4x from a second thread; README, Measured). The
+default here is ``workers=1`` (this process, each fit's training log passed to ``log``): spawned processes
+import the caller's ``__main__`` again, which a script without an ``if __name__ == "__main__":`` guard
+does not survive.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import signal
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -51,6 +47,7 @@ from .data.sources import DataSource, load_source
 from .errors import ConfigError, DataError, TrainingError
 from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
+from .processes import run_in_processes
 from .results import RegimeFit
 from .threads import available_cores
 
@@ -85,7 +82,7 @@ def select_regimes(
     config: FitConfig | None = None,
     holdout: float = 0.2,
     log: Callable[[str], None] | None = None,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> pd.DataFrame:
     """Fit K = each of ``ks`` on the first ``1 - holdout`` of each market's days; score the rest.
 
@@ -97,12 +94,13 @@ def select_regimes(
     (paired standard error of the difference to the best K, nats) and chosen (True on the smallest K
     within one standard error of the best: the K to use).
 
-    ``workers``: processes that fit the K side by side (None: one per core, at most one per K; 1: every
-    fit in this process, with its training log passed to ``log``; see the module docstring). ``fit_seconds``
-    is each fit's own wall time in its process.
+    ``workers``: processes that fit the K side by side (1, the default: every fit in this process, with its
+    training log passed to ``log``; None: one per core, at most one per K; see the module docstring: a script
+    needs the ``__main__`` guard then). ``fit_seconds`` is each fit's own wall time in its process.
 
     Raises :class:`ConfigError` (bad ``ks``, ``holdout`` or ``workers``), :class:`DataError` (a market with
-    too few days for the split) and :class:`TrainingError` when every K failed.
+    too few days for the split), :class:`TrainingError` when every K failed, and, with ``workers`` > 1,
+    :class:`~regime_dmm.processes.ProcessDied` when a fit's process dies (the other fits are stopped).
     """
     config = config or FitConfig()
     ks = _check_ks(ks)
@@ -287,14 +285,6 @@ def _report(row: dict[str, Any], print_: Callable[[str], None]) -> dict[str, Any
     return row
 
 
-def _worker_start() -> None:
-    """Start of a worker process: a terminal's Ctrl-C, which reaches the whole process group, is left to the
-    parent (which ends the pool: no traceback from every worker), and third-party warnings stay out of the
-    terminal (as in the command line)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    warnings.filterwarnings("ignore", module=r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy)(\..*)?")
-
-
 def _fit_in_processes(
     train: pd.DataFrame,
     full: pd.DataFrame,
@@ -304,64 +294,21 @@ def _fit_in_processes(
     threads: int,
     print_: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """The rows of ``ks`` fitted in a pool of ``workers`` spawned processes, largest K first (the longest fits
-    start first), in the order of ``ks``. On any error or interrupt the pool is terminated at once (no fit
-    goes on behind the caller's back) and the error is raised; a SIGTERM to this process ends it so, with
-    ``SystemExit(143)`` (128 + SIGTERM, the shell's convention)."""
-    with _terminated_by_sigterm():
-        pool = _pool(workers)
-        try:
-            pending = {
-                k: pool.apply_async(_fit_and_score, (train, full, config.with_num_regimes(k), None, threads))
-                for k in sorted(ks, reverse=True)
-            }
-            rows: dict[int, dict[str, Any]] = {}
-            while pending:
-                for k in [k for k, job in pending.items() if job.ready()]:
-                    rows[k] = _report(pending.pop(k).get(), print_)
-                if pending:
-                    next(iter(pending.values())).wait(0.2)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
+    """The rows of ``ks`` fitted in ``workers`` spawned processes at a time (:func:`~regime_dmm.processes.
+    run_in_processes`), largest K first (the longest fits start first), returned in the order of ``ks``. A
+    process that dies is a :class:`~regime_dmm.processes.ProcessDied` naming its K; on any error or interrupt
+    the running fits are killed."""
+    calls = [
+        (k, _fit_and_score, (train, full, config.with_num_regimes(k), None, threads)) for k in sorted(ks, reverse=True)
+    ]
+    rows = run_in_processes(calls, workers, on_result=lambda _k, row: _report(row, print_))
     return [rows[k] for k in ks]
 
 
-def _pool(workers: int) -> Any:
-    """A pool of ``workers`` spawned processes that ignore SIGINT from their start (the disposition is inherited
-    across the spawn's exec, so a Ctrl-C during their imports prints no traceback either)."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def _terminated_by_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``SystemExit(143)`` (in the main thread only; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _check_workers(workers: int | None, num_ks: int) -> int:
-    """The number of processes: ``workers``, or (None) one per core, at most ``num_ks``; :class:`ConfigError`
-    when it is not an integer >= 1."""
+    """The number of processes: ``workers``, or (None) one per core (:func:`~regime_dmm.threads.available_cores`:
+    the CPU affinity, not a container's CPU quota), at most ``num_ks``; :class:`ConfigError` when it is not an
+    integer >= 1."""
     if workers is None:
         return max(1, min(available_cores(), num_ks))
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:

@@ -13,6 +13,7 @@ The model is built once per run; the guide once per restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,18 @@ from .svi import LoopState, clear_parameters, materialise, restore_parameters, s
 from .variants import Variant
 
 __all__ = ["FitInterrupted", "StopControl", "TrainedRun", "run_restarts"]
+
+
+def _both(first: Callable[[Any], None], then: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """``first(x)``, then the caller's own ``then(x)`` when it gave one (a caller's epoch callback is kept)."""
+    if then is None:
+        return first
+
+    def both(x: Any) -> None:
+        first(x)
+        then(x)
+
+    return both
 
 
 @dataclass
@@ -118,7 +131,7 @@ def run_restarts(
                 raise FitInterrupted(f"stopped at restart {restart}, epoch {loop_state.epoch}")
 
         hooks.phase(f"training restart {restart}")
-        stop, restart_hooks = hooks.stop, replace(hooks, on_epoch=on_epoch)
+        stop, restart_hooks = hooks.stop, replace(hooks, on_epoch=_both(on_epoch, hooks.on_epoch))
         try:
             with stop.graceful() if stop is not None and variant.polls_stop else nullcontext():
                 outcome = variant.train(

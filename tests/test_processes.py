@@ -1,0 +1,47 @@
+"""Calls side by side in spawned processes (regime_dmm.processes, used by ``select``): results, errors, a process
+that dies, and no process left behind."""
+
+import sys
+
+import pytest
+
+from regime_dmm.processes import ProcessDied, run_in_processes
+
+import helpers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_results_come_back_by_key_and_as_they_arrive():
+    seen = []
+    calls = [(k, helpers.square, (k,)) for k in (3, 1, 2)]
+    results = run_in_processes(calls, workers=2, on_result=lambda key, value: seen.append((key, value)))
+    assert results == {3: 9, 1: 1, 2: 4}
+    assert sorted(seen) == [(1, 1), (2, 4), (3, 9)]
+    with pytest.raises(ValueError, match="workers"):
+        run_in_processes(calls, workers=0)
+
+
+def test_an_exception_in_a_call_is_raised_here():
+    with pytest.raises(ValueError, match="bad market 'x'"):
+        run_in_processes([("a", helpers.fail_with, ("bad market 'x'",))], workers=1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_process_that_dies_is_an_error_and_the_others_are_stopped(tmp_path):
+    """A process killed without a result (out of memory, SIGKILL) is an error naming its call and exit code at
+    once, and the call still running beside it is killed: no wait for a result that never comes."""
+    pid_file = tmp_path / "pid"
+    calls = [
+        ("sleeper", helpers.sleep_after_writing_pid, (str(pid_file), 300.0)),
+        ("K = 5", helpers.exit_without_result, (3, str(pid_file))),  # dies once the sleeper is under way
+    ]
+    with pytest.raises(ProcessDied, match=r"K = 5 ended with exit code 3"):
+        run_in_processes(calls, workers=2)
+    assert not _alive(int(pid_file.read_text()))
