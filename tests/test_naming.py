@@ -5,6 +5,7 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from regime_dmm import FitConfig, fit
@@ -83,9 +84,19 @@ def test_a_fit_names_regimes_as_configured(tmp_path, naming):
         days = frame[frame["market"] == m.name]
         current = summary["markets"][m.name]["current_regime"]
         top = int(m.current_probs.argmax())
+        summed = summary["markets"][m.name]["current_probabilities_shared"]  # a name's regimes' probabilities summed
+        assert sum(summed.values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(summed) == set(shared[m.name])
+        for name, prob in summed.items():
+            own = [k for k, n in enumerate(shared[m.name]) if n == name]
+            assert prob == pytest.approx(float(m.current_probs[own].sum()), abs=1e-6)
+        probs = days[[f"prob_{n}" for n in NAMES]].to_numpy()
+        by_name = {n: probs[:, [k for k, s in enumerate(shared[m.name]) if s == n]].sum(1) for n in set(shared[m.name])}
+        best = pd.DataFrame(by_name).idxmax(axis=1)  # the shared name whose regimes are likeliest together
+        assert (days["shared_regime"].to_numpy() == best.to_numpy()).all()
         if naming == "shared":
             assert (days["regime"] == days["shared_regime"]).all()
-            assert current == shared[m.name][top]
+            assert current == max(summed, key=summed.get)
         else:
             assert current == NAMES[top]
             assert "relative" in summary["naming"]["note"]

@@ -143,8 +143,11 @@ def test_a_rerun_resumes_after_the_finished_refits_and_gives_the_same_bytes(clas
     refits = [line.split(" on ")[0] for line in lines if line.startswith("refit ")]
     assert refits == ["refit 3/4", "refit 4/4"]  # 1 and 2 were kept
     assert lines[0].startswith("walk-forward: 4 refits every 40 dates from 2020-09-01")
-    assert "about" in lines[-1] and "left" in lines[-1]  # the time left, after each refit
+    last_refit = [line for line in lines if line.startswith("refit ")][-1]
+    assert "about" in last_refit and "left" in last_refit  # the time left, after each refit
+    assert lines[-1].startswith("names relabelled against the previous refit")
     assert (copy / WALKFORWARD_FILE).read_bytes() == (out / WALKFORWARD_FILE).read_bytes()
+    assert (copy / REFITS_FILE).read_bytes() == (out / REFITS_FILE).read_bytes()  # kept refits compared as run
 
 
 def test_days_appended_continue_the_folder_to_the_rows_of_one_run(tmp_path, capsys):

@@ -373,15 +373,23 @@ def cmd_fit(args) -> int:
             print()
             print(volatility_table_text(result))
             shown = result.display_names()
+            own_names = {m.name: list(result.regimes) for m in result.markets}
+            if shown != own_names:
+                print("(usage bars and transition matrices: each market's own regimes, named on its own ladder)")
             for m in result.markets:
                 print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
                 print(_print_matrix(result.regimes, m.transition))
                 few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
                 top = int(m.current_probs.argmax())
-                own = "" if shown[m.name][top] == result.regimes[top] else f"; on its own ladder: {result.regimes[top]}"
+                summed = result.shared_probabilities(m.name, m.current_probs) if shown != own_names else None
+                if summed is not None:  # the shared name, with its regimes' probabilities summed
+                    names, p = summed
+                    now, prob = names[int(p.argmax())], float(p.max())
+                    own = f"; on its own ladder: {result.regimes[top]}, p = {m.current_probs.max():.2f}"
+                else:
+                    now, prob, own = result.regimes[top], float(m.current_probs.max()), ""
                 print(
-                    f"current regime ({m.dates[-1].date()}): {shown[m.name][top]}"
-                    f" (p = {m.current_probs.max():.2f}{own}"
+                    f"current regime ({m.dates[-1].date()}): {now} (p = {prob:.2f}{own}"
                     + ("; too few days for this many regimes: not to be trusted)" if few else ")")
                 )
                 print(

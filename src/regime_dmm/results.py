@@ -161,29 +161,52 @@ class RegimeFit:
         shared = self.shared_names() if self.config.model.naming == "shared" else None
         return shared if shared is not None else {m.name: list(self.regimes) for m in self.markets}
 
+    def shared_probabilities(self, market: str, probs: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+        """``probs (..., K)`` over ``market``'s regimes summed by shared name: ``(names, (..., N))`` with the N names
+        the market uses on the shared ladder, least volatile first (a name given to two regimes carries both
+        probabilities); None without a shared ladder (:meth:`shared_names`)."""
+        shared = self.shared_names()
+        if shared is None:
+            return None
+        mine = shared[market]
+        names = [n for n in self.regimes if n in mine]
+        probs = np.asarray(probs, dtype=float)
+        summed = np.stack([probs[..., [k for k, n in enumerate(mine) if n == name]].sum(-1) for name in names], -1)
+        return names, summed
+
+    def _labels(self, m: MarketResult, probs: np.ndarray) -> list[str]:
+        """The name shown for each row of ``probs (T, K)``: under shared naming the shared name of highest summed
+        probability, else the regime of highest probability."""
+        summed = self.shared_probabilities(m.name, probs) if self.config.model.naming == "shared" else None
+        if summed is None:
+            return [self.regimes[k] for k in np.asarray(probs).argmax(-1)]
+        names, p = summed
+        return [names[k] for k in p.argmax(-1)]
+
     def regimes_frame(self) -> pd.DataFrame:
         """Long table, one row per day of each market's grid: date, market, regime (most probable smoothed),
         prob_<name> per regime (smoothed, p(z_t = k | all days)), viterbi, observed (1: a real
         observation; 0: a masked day, whose regime comes from its neighbours), then filtered_<name> per
         regime: p(z_t = k | days up to t) at the fitted parameters (the forward recursion; the
         parameters themselves were fitted on all days - walk-forward refits remove that too), and
-        shared_regime: the most probable regime's name on the volatility ladder shared by all markets
-        (:mod:`regime_dmm.naming`; empty when it does not exist). The prob/filtered columns are keyed by the
-        relative names; ``regime`` and ``viterbi`` show :meth:`display_names` (shared under
-        ``model.naming: shared``)."""
+        shared_regime: the name on the volatility ladder shared by all markets (:mod:`regime_dmm.naming`) whose
+        regimes' smoothed probabilities sum highest (empty when there is no shared ladder). The prob/filtered
+        columns are keyed by the relative names; under ``model.naming: shared`` ``regime`` is ``shared_regime``
+        and ``viterbi`` the path's shared names."""
         frames = []
         shown, shared = self.display_names(), self.shared_names()
         for m in self.markets:
             names = shown[m.name]
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
-            frame["regime"] = [names[k] for k in m.smoothed.argmax(-1)]
+            frame["regime"] = self._labels(m, m.smoothed)
             for k, name in enumerate(self.regimes):
                 frame[f"prob_{name}"] = m.smoothed[:, k]
             frame["viterbi"] = [names[k] for k in m.viterbi]
             frame["observed"] = np.asarray(m.observed, dtype=np.int64)
             for k, name in enumerate(self.regimes):
                 frame[f"filtered_{name}"] = m.filtered[:, k]
-            frame["shared_regime"] = [shared[m.name][k] for k in m.smoothed.argmax(-1)] if shared else ""
+            summed = self.shared_probabilities(m.name, m.smoothed) if shared else None
+            frame["shared_regime"] = [summed[0][k] for k in summed[1].argmax(-1)] if summed else ""
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
@@ -207,7 +230,7 @@ class RegimeFit:
     def summary(self) -> dict[str, Any]:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
-        shown, shared = self.display_names(), self.shared_names()
+        shared = self.shared_names()
         for m in self.markets:
             markets[m.name] = {
                 "daily_sd": dict(zip(self.regimes, _round(m.emission["return_sd"]))),
@@ -221,8 +244,11 @@ class RegimeFit:
                     for r, d, v in zip(self.regimes, m.durations(), _round(m.expected_duration))
                 },
                 "emission": {k: dict(zip(self.regimes, _round(v))) for k, v in m.emission.items()},
-                "current_regime": shown[m.name][int(m.current_probs.argmax())],
+                "current_regime": self._labels(m, m.current_probs[None])[0],
                 "current_probabilities": dict(zip(self.regimes, _round(m.current_probs))),
+                "current_probabilities_shared": None
+                if shared is None
+                else dict(zip(*_shared_current(self.shared_probabilities(m.name, m.current_probs)))),
                 "first_date": m.dates[0].strftime("%Y-%m-%d"),
                 "last_date": m.dates[-1].strftime("%Y-%m-%d"),
                 "num_days": int(len(m.dates)),
@@ -302,6 +328,12 @@ def emission_overlap(mean1: float, sd1: float, mean2: float, sd2: float) -> tupl
     distance = (mean1 - mean2) ** 2 / (4.0 * (v1 + v2)) + 0.5 * math.log((v1 + v2) / (2.0 * sd1 * sd2))
     bc = math.exp(-distance)
     return bc, math.sqrt(max(0.0, 1.0 - bc))
+
+
+def _shared_current(summed: tuple[list[str], np.ndarray] | None) -> tuple[list[str], list[float]]:
+    """``(names, rounded probabilities)`` of :meth:`RegimeFit.shared_probabilities` for one day."""
+    assert summed is not None
+    return summed[0], _round(summed[1])
 
 
 def _round(values, digits: int = 6):

@@ -73,6 +73,7 @@ COLUMNS = [
 #: Days per block in the batch-means standard error of a held-out difference.
 SE_BLOCK_DAYS = 20
 
+BIC_NOTE = "bic: lower is better, on the training days; shown beside the choice, which is by held-out log-likelihood"
 WAIC_NOTE = "waic/loo: not computed (the fits are point estimates; WAIC and LOO need posterior draws)"
 
 
@@ -132,7 +133,7 @@ def select_regimes(
     table["note"] = table["note"].fillna("")
     table = table.sort_values("heldout_loglik", ascending=False, na_position="last", kind="stable")
     table = table.reset_index(drop=True)
-    table.attrs["notes"] = [WAIC_NOTE]
+    table.attrs["notes"] = [BIC_NOTE, WAIC_NOTE]
     table.attrs["holdout"] = holdout
     return table
 
