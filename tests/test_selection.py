@@ -156,18 +156,15 @@ def test_cli_select(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-@pytest.mark.parametrize("mode", ["classic", "dmm"])
-def test_fits_in_worker_processes_give_the_table_of_one_process(two_regime_table, mode, monkeypatch):
+def test_fits_in_worker_processes_give_the_table_of_one_process(monkeypatch):
     """The K fitted side by side in spawned processes (one torch thread each) give the same rows as the fits one
-    after another in this process with two threads: same held-out and training scores, BIC, choice and order."""
-    if mode == "classic":
-        config, data, serial = CLASSIC, _two_regimes(), two_regime_table
-    else:
-        config = FitConfig().replace(training={"epochs": 40, "anneal_epochs": 10})
-        data = _two_regimes(days=500)
-        monkeypatch.setenv("REGIME_DMM_THREADS", "2")  # the one-process side at the single-fit default
-        serial = select_regimes(data, ks=[3, 2], config=config, workers=1)
-        monkeypatch.setenv("REGIME_DMM_THREADS", "1")
+    after another in this process with two threads (the DMM, the default model): same held-out and training
+    scores, BIC, choice and order."""
+    config = FitConfig().replace(training={"epochs": 40, "anneal_epochs": 10})
+    data = _two_regimes(days=500)
+    monkeypatch.setenv("REGIME_DMM_THREADS", "2")  # the one-process side at the single-fit default
+    serial = select_regimes(data, ks=[3, 2], config=config, workers=1)
+    monkeypatch.setenv("REGIME_DMM_THREADS", "1")
     parallel = select_regimes(data, ks=[3, 2], config=config, workers=2)
     assert list(parallel.columns) == COLUMNS
     pd.testing.assert_frame_equal(

@@ -1,0 +1,36 @@
+"""Calls for tests/test_processes.py: module-level and importing nothing heavy, so that a spawned process that
+imports them by name starts in moments."""
+
+
+def square(x: int) -> int:
+    """``x * x``."""
+    return x * x
+
+
+def fail_with(message: str) -> None:
+    """Raise ``ValueError(message)``."""
+    raise ValueError(message)
+
+
+def exit_without_result(code: int, after: str | None = None) -> None:
+    """End the process with ``code``, as a kill or the out-of-memory killer would (no result sent); with ``after``,
+    once that file exists (at most a minute later)."""
+    import os
+    import time
+
+    end = time.monotonic() + 60
+    while after is not None and not os.path.exists(after) and time.monotonic() < end:
+        time.sleep(0.05)
+    os._exit(code)
+
+
+def sleep_after_writing_pid(path: str, seconds: float) -> int:
+    """Write this process's id to ``path``, then sleep ``seconds``; returns the id."""
+    import os
+    import time
+
+    with open(path + ".tmp", "w", encoding="ascii") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)  # whole or absent
+    time.sleep(seconds)
+    return os.getpid()
