@@ -73,3 +73,12 @@ def stop_after(polls: int):
         return calls["n"] >= polls
 
     return requested
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (Linux ``/proc``; a zombie, exited but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

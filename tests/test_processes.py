@@ -5,21 +5,15 @@ import sys
 
 import pytest
 
-import process_calls as helpers
+import process_calls
 from regime_dmm.processes import ProcessDied, run_in_processes
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+import helpers
 
 
 def test_results_come_back_by_key_and_as_they_arrive():
     seen = []
-    calls = [(k, helpers.square, (k,)) for k in (3, 2)]
+    calls = [(k, process_calls.square, (k,)) for k in (3, 2)]
     results = run_in_processes(calls, workers=2, on_result=lambda key, value: seen.append((key, value)))
     assert results == {3: 9, 2: 4}
     assert sorted(seen) == [(2, 4), (3, 9)]
@@ -27,7 +21,7 @@ def test_results_come_back_by_key_and_as_they_arrive():
         run_in_processes(calls, workers=0)
     # an exception in a call is raised here, as the call raised it
     with pytest.raises(ValueError, match="bad market 'x'"):
-        run_in_processes([("a", helpers.fail_with, ("bad market 'x'",))], workers=1)
+        run_in_processes([("a", process_calls.fail_with, ("bad market 'x'",))], workers=1)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
@@ -36,9 +30,9 @@ def test_a_process_that_dies_is_an_error_and_the_others_are_stopped(tmp_path):
     once, and the call still running beside it is killed: no wait for a result that never comes."""
     pid_file = tmp_path / "pid"
     calls = [
-        ("sleeper", helpers.sleep_after_writing_pid, (str(pid_file), 300.0)),
-        ("K = 5", helpers.exit_without_result, (3, str(pid_file))),  # dies once the sleeper is under way
+        ("sleeper", process_calls.sleep_after_writing_pid, (str(pid_file), 300.0)),
+        ("K = 5", process_calls.exit_without_result, (3, str(pid_file))),  # dies once the sleeper is under way
     ]
     with pytest.raises(ProcessDied, match=r"K = 5 ended with exit code 3"):
         run_in_processes(calls, workers=2)
-    assert not _alive(int(pid_file.read_text()))
+    assert not helpers.process_alive(int(pid_file.read_text()))

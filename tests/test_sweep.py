@@ -21,7 +21,7 @@ from regime_dmm.cli import main
 from regime_dmm.errors import ConfigError, DataError
 from regime_dmm.sweep import SWEEP_COLUMNS, best_k_table, plan_sweep, run_task, sweep
 
-from helpers import two_regime_market, write_csv_frame
+from helpers import process_alive, two_regime_market, write_csv_frame
 
 EPOCHS = 8
 CONFIG = rd.FitConfig().replace(training={"epochs": EPOCHS, "restarts": 1})
@@ -303,14 +303,6 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_ctrl_c_in_a_terminal_stops_the_workers_through_the_parent(tmp_path):
@@ -325,9 +317,9 @@ def test_ctrl_c_in_a_terminal_stops_the_workers_through_the_parent(tmp_path):
     assert proc.returncode == 130, stderr
     assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr, stderr
     end = time.monotonic() + 30
-    while any(_alive(p) for p in workers) and time.monotonic() < end:
+    while any(process_alive(p) for p in workers) and time.monotonic() < end:
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)], "worker processes outlived the sweep"
+    assert not [p for p in workers if process_alive(p)], "worker processes outlived the sweep"
     assert "interrupted" in stderr
     table = pd.read_csv(out / "sweep.csv")  # the finished tasks kept, the others cancelled
     assert len(table) == 3 * 3 * 4 and (table["status"] == "ok").sum() >= 1
