@@ -34,3 +34,23 @@ def sleep_after_writing_pid(path: str, seconds: float) -> int:
     os.replace(path + ".tmp", path)  # whole or absent
     time.sleep(seconds)
     return os.getpid()
+
+
+class NeedsTwo(Exception):
+    """An exception whose constructor needs two arguments: pickle cannot rebuild it from its message alone."""
+
+    def __init__(self, message: str, table: object):
+        super().__init__(message)
+        self.table = table
+
+
+def fail_with_needs_two(message: str) -> None:
+    """Raise :class:`NeedsTwo`."""
+    raise NeedsTwo(message, table=[1, 2])
+
+
+def run_sleeper_then_wait(pid_file: str) -> None:
+    """In a process of its own (a parent to be killed): run a sleeper call through ``run_in_processes``."""
+    from regime_dmm.processes import run_in_processes
+
+    run_in_processes([("sleeper", sleep_after_writing_pid, (pid_file, 300.0))], workers=1)

@@ -302,6 +302,12 @@ def test_a_market_too_short_or_flat_for_a_fit_waits_for_a_later_refit():
     first_late = table.loc[table["market"] == "late", "fit_date"].min()
     assert first_late > "2020-09-01"  # not before it has 30 traded returns
     assert (table.loc[table["market"] == "a", "date"] > "2020-06-01").all() and len(table[table["market"] == "a"]) > 100
+    # the refits' relabelled days: market a from the second refit on, the late market once two refits fitted it
+    refits = table.attrs["refits"]
+    first_a = refits.loc[refits["market"] == "a", "refit"].min()
+    assert first_a == 1 and (refits.loc[refits["market"] == "a", "overlap_days"] > 0).all()
+    late_rows = refits[refits["market"] == "late"]
+    assert len(late_rows) >= 1 and (late_rows["fit_date"] > first_late).all()
 
 
 def test_a_stop_between_a_continued_part_s_two_files_duplicates_no_row(tmp_path):

@@ -12,6 +12,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -588,6 +589,9 @@ def _sigterm_exits() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -402,7 +402,7 @@ def volatility_table_text(fit: RegimeFit) -> str:
     cells = max([10] + [len(r) + 2 for r in regimes])
     head = "names are relative to each market's own volatility" if relative else "model.naming: shared"
     if relative and fit.config.model.naming == "shared":
-        head += "; model.naming is shared, but a regime's daily sd is not finite: no shared ladder"
+        head += "; model.naming is shared, but the daily sds are not finite or not increasing: no shared ladder"
     lines = [
         f"daily return sd by regime (input units; {head}):",
         f"{'market':<{pad}}" + "".join(f"{r:<{cells}}" for r in regimes).rstrip(),

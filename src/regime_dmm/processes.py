@@ -22,9 +22,11 @@ fits past one machine.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -72,12 +74,23 @@ def run_in_processes(
                 # the process object is small, so start() returns at once (the call, which may be large, goes
                 # through the pipe below): SIGINT is ignored here for moments only
                 process = context.Process(target=_child, args=(child_end,), daemon=True)
-                _start_ignoring_sigint(process)
-                child_end.close()  # the child holds its end: EOF here once it exits
+                try:
+                    _start_ignoring_sigint(process)
+                except BaseException:
+                    conn.close()
+                    raise
+                finally:
+                    child_end.close()  # the child holds its end: EOF here once it exits
                 running[key] = (process, conn)
-                started.append((conn, fn, args))
-            for conn, fn, args in started:  # each send waits for its process to start reading: they start together
-                conn.send((fn, args))
+                started.append((key, conn, fn, args))
+            for key, conn, fn, args in started:  # each send waits for its process to read: they start together
+                try:
+                    conn.send((fn, args))
+                except (BrokenPipeError, ConnectionResetError, EOFError):  # it died before it read its call
+                    process, conn = running.pop(key)
+                    conn.close()
+                    process.join()
+                    raise _died(key, process.exitcode) from None
             ready = wait([conn for _, conn in running.values()], timeout=1.0)
             for key in [k for k, (_, conn) in running.items() if conn in ready]:
                 process, conn = running.pop(key)
@@ -85,15 +98,14 @@ def run_in_processes(
                     status, value = conn.recv()
                 except EOFError:  # the process is gone without sending
                     process.join()
-                    raise ProcessDied(
-                        f"the process running {key} ended with exit code {process.exitcode} before it returned a "
-                        "result (killed, or out of memory?)"
-                    ) from None
+                    raise _died(key, process.exitcode) from None
                 finally:
                     conn.close()
                 process.join()
                 if status == "error":
-                    raise value
+                    error, trace = value
+                    error.__cause__ = _RemoteTraceback(trace)  # the child's traceback, as concurrent.futures gives it
+                    raise error
                 results[key] = value
                 if on_result is not None:
                     on_result(key, value)
@@ -105,10 +117,33 @@ def run_in_processes(
     return results
 
 
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a child process (its text), attached as the ``__cause__``."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _died(key: Hashable, code: int | None) -> ProcessDied:
+    return ProcessDied(
+        f"the process running {key} ended with exit code {code} before it returned a result (killed, or out of memory?)"
+    )
+
+
 def _child(conn: Connection) -> None:
     """The body of a process: receive ``(fn, args)``, run the call, send ``("ok", result)`` or ``("error",
-    exception)``. A parent that stopped while sending leaves nothing to run: the process ends quietly."""
+    (exception, traceback text))``. An exception that would not come back whole through pickle (one whose
+    constructor needs more than its message) is sent as a :class:`RegimeDMMError` naming its type. A parent that
+    stopped while sending leaves nothing to run, and a parent that dies (killed, out of memory) ends this process
+    too: the process ends quietly either way."""
     warnings.filterwarnings("ignore", module=QUIET)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # no orphan fit running on after its parent is gone
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
     try:
         fn, args = conn.recv()
     except (EOFError, OSError, pickle.UnpicklingError):
@@ -116,13 +151,28 @@ def _child(conn: Connection) -> None:
     try:
         message: tuple[str, Any] = ("ok", fn(*args))
     except Exception as exc:  # every failure goes back to the parent, which raises it
-        message = ("error", exc)
+        message = ("error", (_sendable(exc), traceback.format_exc()))
     try:
         conn.send(message)
-    except Exception as exc:  # a result or exception that does not pickle
-        conn.send(("error", RegimeDMMError(f"{type(message[1]).__name__} that cannot be sent back: {exc}")))
+    except Exception as exc:  # a result that does not pickle
+        conn.send(("error", (RegimeDMMError(f"a result that cannot be sent back: {exc}"), traceback.format_exc())))
     finally:
         conn.close()
+
+
+def _sendable(exc: Exception) -> Exception:
+    """``exc`` if it survives a pickle round trip, else a :class:`RegimeDMMError` with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RegimeDMMError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _exit_with(sentinel: int) -> None:
+    """Wait for the parent process's sentinel (ready when it ends), then end this process at once."""
+    wait([sentinel])
+    os._exit(1)
 
 
 def _start_ignoring_sigint(process: Any) -> None:

@@ -148,8 +148,8 @@ class RegimeFit:
 
     def shared_names(self) -> dict[str, list[str]] | None:
         """Each market's regimes named on one volatility ladder for all markets (:mod:`regime_dmm.naming`): market
-        -> K names in the order of :attr:`regimes`; None when a regime's daily sd is not finite (a Student-t
-        with df <= 2 has none)."""
+        -> K names in the order of :attr:`regimes`; None when the daily sds are not finite (a Student-t with
+        df <= 2 has none) or not increasing."""
         try:
             return shared_names({m.name: m.emission["return_sd"] for m in self.markets}, self.regimes)
         except ValueError:
@@ -272,7 +272,8 @@ class RegimeFit:
                 "daily sd on one ladder for all markets (shared_ladder, input units)"
             )
         elif self.config.model.naming == "shared":
-            note = "model.naming is shared, but a regime's daily sd is not finite (no ladder): " + RELATIVE_NOTE
+            note = "model.naming is shared, but the daily sds are not finite or not increasing (no ladder): "
+            note += RELATIVE_NOTE
         else:
             note = RELATIVE_NOTE
         return {

@@ -75,6 +75,7 @@ __all__ = [
     "read_plan",
     "rebuild_refit",
     "relabelled_days",
+    "refit_regimes",
     "REFITS_FILE",
     "rows_between",
     "run_configuration",
@@ -294,17 +295,16 @@ def _walk(
     columns = _columns(names)
     table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
     table = table[columns].reset_index(drop=True)
+    if out is not None:  # the table first: the refits' comparison below is a report on it
+        text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
     if stop is not None:
         stop.phase = "comparing the refits' regimes"
-    relabels = pd.DataFrame(
-        [row for i in range(1, len(refits)) for row in relabelled_days(refits[i - 1], refits[i], frame, resolved, i)],
-        columns=REFITS_COLUMNS,
-    )
+    relabels = _relabel_table(refits, frame, resolved, print_)
     table.attrs["refits"] = relabels
     if len(relabels):
-        share = relabels.groupby("refit").apply(
-            lambda g: g["relabelled_days"].sum() / max(int(g["overlap_days"].sum()), 1), include_groups=False
-        )
+        sums = relabels.groupby("refit")[["relabelled_days", "overlap_days"]].sum()
+        share = sums["relabelled_days"] / sums["overlap_days"].clip(lower=1)
         worst = int(share.idxmax())
         when = relabels.loc[relabels["refit"] == worst, "fit_date"].iloc[0]
         print_(
@@ -312,11 +312,8 @@ def _walk(
             f"largest {share.max():.1%} (refit {worst + 1} on {when})"
         )
     if out is not None:
-        text = table.to_csv(index=False, float_format="%.6f", lineterminator="\n")
-        atomic_write_text(
-            Path(out) / REFITS_FILE, relabels.to_csv(index=False, float_format="%.6f", lineterminator="\n")
-        )
-        atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
+        text = relabels.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+        atomic_write_text(Path(out) / REFITS_FILE, text)
     return table
 
 
@@ -334,36 +331,38 @@ def rebuild_refit(
     return FittedModel.build(config, pipeline, panel, saved["params"], getattr(torch, config.training.dtype))
 
 
+def refit_regimes(info: dict[str, Any], frame: pd.DataFrame, config: FitConfig) -> dict[str, pd.Series]:
+    """The regimes a refit gave: per market, the most probable smoothed regime (its index) of each observed day of
+    its own training rows, at its own parameters and normalisation (:func:`rebuild_refit`: the rows it was fitted
+    on, so every one of its markets is there). ``info``: the refit's ``params``, ``markets``, ``features``,
+    ``fit_date`` and ``low`` (its window's first date, None: expanding). Raises what :func:`rebuild_refit` raises."""
+    fitted = rebuild_refit(info, frame, info["low"], info["fit_date"], config)
+    _, post = fitted.posterior()
+    smoothed = post.smoothed.numpy()
+    return {
+        s.name: pd.Series(smoothed[m, : s.length].argmax(-1), index=s.dates)[np.asarray(s.observed, dtype=bool)]
+        for m, s in enumerate(fitted.panel.series)
+    }
+
+
 def relabelled_days(
     earlier: dict[str, Any], later: dict[str, Any], frame: pd.DataFrame, config: FitConfig, refit: int
 ) -> list[dict[str, Any]]:
     """How many of the days two refits both saw the later one names differently, per market they share.
 
-    ``earlier`` / ``later``: a refit's ``params``, ``markets``, ``features`` (its pipeline), ``fit_date`` and
-    ``low`` (its window's first date, None: expanding). The days both saw are the run's rows from the later
-    window's start to the earlier refit's date; each refit gives every observed day the most probable smoothed
-    regime (its own parameters and normalisation, those rows only), and a day is relabelled when the two
-    differ. Returns one dict per shared market with ``refit`` (the later one's index), ``fit_date`` (ISO),
-    ``market``, ``overlap_days``, ``relabelled_days`` and ``relabelled_share`` (NaN for no day); none when the
-    rows leave no fit (a market without enough rows there is left out)."""
-    low, high = later["low"], earlier["fit_date"]
-    labels = []
-    for refit_info in (earlier, later):
-        try:
-            fitted = rebuild_refit(refit_info, frame, low, high, config)
-        except (DataError, CheckpointError):
-            return []
-        _, post = fitted.posterior()
-        smoothed = post.smoothed.numpy()
-        labels.append(
-            {
-                s.name: pd.Series(smoothed[m, : s.length].argmax(-1), index=s.dates)[np.asarray(s.observed, dtype=bool)]
-                for m, s in enumerate(fitted.panel.series)
-            }
-        )
+    ``earlier`` / ``later``: as :func:`refit_regimes` takes them. A day both saw (in both refits' training rows) is
+    relabelled when the two refits' regimes (:func:`refit_regimes`) differ. Returns one dict per market both
+    fitted with ``refit`` (the later one's index), ``fit_date`` (ISO), ``market``, ``overlap_days``,
+    ``relabelled_days`` and ``relabelled_share`` (NaN for no shared day)."""
+    return _compare(refit_regimes(earlier, frame, config), refit_regimes(later, frame, config), later, refit)
+
+
+def _compare(
+    before: dict[str, pd.Series], after: dict[str, pd.Series], later: dict[str, Any], refit: int
+) -> list[dict[str, Any]]:
     rows = []
-    for market in [m for m in later["markets"] if m in labels[0] and m in labels[1]]:
-        a, b = labels[0][market].align(labels[1][market], join="inner")
+    for market in [m for m in later["markets"] if m in before and m in after]:
+        a, b = before[market].align(after[market], join="inner")
         changed = int((a != b).sum())
         rows.append(
             {
@@ -376,6 +375,28 @@ def relabelled_days(
             }
         )
     return rows
+
+
+def _relabel_table(
+    refits: list[dict[str, Any]], frame: pd.DataFrame, config: FitConfig, print_: Callable[[str], None]
+) -> pd.DataFrame:
+    """The relabelled days of each refit against the one before (each refit's regimes computed once). A report
+    on a finished run: a refit whose regimes cannot be rebuilt is named in the log and left out, never an error
+    that would lose the run."""
+    regimes: list[dict[str, pd.Series] | None] = []
+    for i, info in enumerate(refits):
+        try:
+            regimes.append(refit_regimes(info, frame, config))
+        except Exception as exc:  # a diagnostic: say so and go on
+            print_(f"refit {i + 1} on {info['fit_date'].date()}: its regimes could not be compared ({exc})")
+            regimes.append(None)
+    rows = [
+        row
+        for i in range(1, len(refits))
+        if regimes[i - 1] is not None and regimes[i] is not None
+        for row in _compare(regimes[i - 1], regimes[i], refits[i], i)  # type: ignore[arg-type]
+    ]
+    return pd.DataFrame(rows, columns=REFITS_COLUMNS)
 
 
 def last_refit(
