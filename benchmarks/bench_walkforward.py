@@ -194,6 +194,13 @@ def main() -> None:
         refit_every=args.refit_every, start=str(ret.index[test_first - 1].date()), refit_epochs=args.refit_epochs
     )
     table = rd.walk_forward(prices, config, plan=plan, out=Path(args.out) / "regime_dmm", progress=True)
+    refits = table.attrs["refits"]  # issue #19: how many of the days two refits both saw the later one renames
+    pooled = refits["relabelled_days"].sum() / max(int(refits["overlap_days"].sum()), 1)
+    print(
+        f"regime-dmm relabelled days per refit: median {refits['relabelled_share'].median():.1%}, "
+        f"largest {refits['relabelled_share'].max():.1%}, pooled {pooled:.1%} over {len(refits)} refits",
+        flush=True,
+    )
     names = config.model.names()
     risk = [f"filtered_{n}" for n in names[1:]] if args.regimes == 2 else [f"filtered_{n}" for n in names[-2:]]
     score(
