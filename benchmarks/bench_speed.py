@@ -277,17 +277,18 @@ def bench_update() -> None:
 
 # ---- (d) select ---------------------------------------------------------------------------------------------
 def bench_select() -> None:
-    """``select`` over K = 2..6 as the command line runs it (the K side by side in one process per core), and in
-    one process (``workers=1``) beside it; the two tables must agree."""
+    """``select`` over K = 2..6 with the K side by side in two processes or more (one thread each on 2 cores) and in
+    one process (two threads: the command line's default on 2 cores); the two tables must agree."""
     from regime_dmm.selection import select_regimes
     from regime_dmm.threads import available_cores
 
     print("== (d) select K = 2..6 on the embedded default ==")
     tables = {}
-    for workers in (None, 1):
+    side_by_side = max(2, min(available_cores(), 5))
+    for workers in (side_by_side, 1):
         start = time.perf_counter()
         tables[workers] = select_regimes(None, ks=range(2, 7), workers=workers)
-        label = f"default ({min(available_cores(), 5)} processes)" if workers is None else "one process"
+        label = f"{workers} processes" if workers > 1 else "one process (the default on 2 cores)"
         table = tables[workers]
         fits = ", ".join(f"K={int(r.K)} {r.fit_seconds:.1f} s" for r in table.sort_values("K").itertuples())
         chosen = int(table.loc[table["chosen"], "K"].iloc[0])
@@ -295,7 +296,7 @@ def bench_select() -> None:
             f"{label}: wall {time.perf_counter() - start:.1f} s; best K by held-out log-likelihood: "
             f"{int(table.iloc[0]['K'])}; chosen {chosen} ({fits})"
         )
-    same = tables[None].drop(columns="fit_seconds").equals(tables[1].drop(columns="fit_seconds"))
+    same = tables[side_by_side].drop(columns="fit_seconds").equals(tables[1].drop(columns="fit_seconds"))
     print(f"same table: {same}")
     print()
 

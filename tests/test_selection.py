@@ -209,3 +209,17 @@ def test_a_stop_ends_the_worker_processes_and_writes_nothing(tmp_path, sig, code
         time.sleep(0.2)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "worker processes outlived select"
     assert not out.exists()
+
+
+def test_default_workers_give_each_fit_two_cores(monkeypatch):
+    """The command line's default (workers=None): one process per two cores, at most one per K - on 2 cores one
+    process (a fit there runs best on two threads); on 16 cores, five K at once."""
+    from regime_dmm import selection
+
+    monkeypatch.setattr(selection, "available_cores", lambda: 2)
+    assert selection._check_workers(None, 5) == 1
+    monkeypatch.setattr(selection, "available_cores", lambda: 16)
+    assert selection._check_workers(None, 5) == 5 and selection._check_workers(None, 3) == 3
+    monkeypatch.setattr(selection, "available_cores", lambda: 1)
+    assert selection._check_workers(None, 5) == 1
+    assert selection._check_workers(2, 5) == 2 and selection._check_workers(8, 3) == 3

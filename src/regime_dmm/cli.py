@@ -148,8 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--workers",
         type=int,
-        help="processes fitting the K side by side (default: one per core, at most one per K; 1: one process, "
-        "with each fit's training log)",
+        help="processes fitting the K side by side (default: one per two cores, at most one per K - one process "
+        "on a 2-core machine; 1: one process, with each fit's training log)",
         default=None,
     )
     sel.add_argument("--out", default="regime_dmm_select", help="output folder (default: regime_dmm_select)")

@@ -19,15 +19,17 @@ by less than a nat.
 WAIC / LOO need draws from the posterior of the global parameters; the fits here are point
 estimates (MAP / maximum likelihood), so those columns are left NaN (see ``table.attrs["notes"]``).
 
-The fits of the K are independent, so with ``workers`` > 1 (``None``: one per core, at most one per K; the
-command line's default) they run side by side in spawned processes (:mod:`regime_dmm.processes`), each with
-``cores // workers`` torch threads (overriding ``REGIME_DMM_THREADS``), the largest K first (it takes
-longest). A fit's result does not depend on its thread count, so the table is the one a single process
-gives (tested). On the 2-core machine K = 2..6 on the embedded default took 20.1 s in two processes against
-25.1 s in one in the same run (a fit gains only 1.3-1.4x from a second thread; README, Measured). The
-default here is ``workers=1`` (this process, each fit's training log passed to ``log``): spawned processes
-import the caller's ``__main__`` again, which a script without an ``if __name__ == "__main__":`` guard
-does not survive.
+The fits of the K are independent, so with ``workers`` > 1 they run side by side in spawned processes
+(:mod:`regime_dmm.processes`), each with ``cores // workers`` torch threads (overriding
+``REGIME_DMM_THREADS``), the largest K first (it takes longest). A fit's result does not depend on its thread
+count, so the table is the one a single process gives (tested). ``workers=None`` (the command line's default)
+gives one process per two cores, at most one per K: a single fit runs best on two threads
+(:data:`~regime_dmm.threads.SINGLE_FIT_THREADS`), and on the 2-core machine two one-thread processes were
+no faster than one two-thread process - 20.1 s against 25.1 s in one run, 36.1 s against 26.2 s in another
+(each process also pays about 3 s to start Python and torch; README, Measured) - so there it fits in one
+process; machines with more cores fit several K at once. The Python default is ``workers=1``: spawned
+processes import the caller's ``__main__`` again, which a script without an ``if __name__ == "__main__":``
+guard does not survive.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from .fitting import fit
 from .nowcast import evaluate_panel, extend_panel
 from .processes import run_in_processes
 from .results import RegimeFit
-from .threads import available_cores
+from .threads import SINGLE_FIT_THREADS, available_cores
 
 __all__ = ["COLUMNS", "bic", "plot_selection", "score_fit", "select_regimes", "training_part"]
 
@@ -96,8 +98,8 @@ def select_regimes(
     within one standard error of the best: the K to use).
 
     ``workers``: processes that fit the K side by side (1, the default: every fit in this process, with its
-    training log passed to ``log``; None: one per core, at most one per K; see the module docstring: a script
-    needs the ``__main__`` guard then). ``fit_seconds`` is each fit's own wall time in its process.
+    training log passed to ``log``; None: one per two cores, at most one per K; see the module docstring: a
+    script needs the ``__main__`` guard then). ``fit_seconds`` is each fit's own wall time in its process.
 
     Raises :class:`ConfigError` (bad ``ks``, ``holdout`` or ``workers``), :class:`DataError` (a market with
     too few days for the split), :class:`TrainingError` when every K failed, and, with ``workers`` > 1,
@@ -307,11 +309,12 @@ def _fit_in_processes(
 
 
 def _check_workers(workers: int | None, num_ks: int) -> int:
-    """The number of processes: ``workers``, or (None) one per core (:func:`~regime_dmm.threads.available_cores`:
-    the CPU affinity, not a container's CPU quota), at most ``num_ks``; :class:`ConfigError` when it is not an
-    integer >= 1."""
+    """The number of processes: ``workers``, or (None) one per :data:`~regime_dmm.threads.SINGLE_FIT_THREADS`
+    cores (:func:`~regime_dmm.threads.available_cores`: the CPU affinity, not a container's CPU quota), at most
+    ``num_ks``: each fit keeps the two threads a single fit runs best on, so a 2-core machine fits in one process;
+    :class:`ConfigError` when it is not an integer >= 1."""
     if workers is None:
-        return max(1, min(available_cores(), num_ks))
+        return max(1, min(available_cores() // SINGLE_FIT_THREADS, num_ks))
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     return min(int(workers), num_ks)
