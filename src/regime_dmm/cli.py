@@ -27,7 +27,7 @@ from .backtest import BACKTEST_FILE, StrategySpec, backtest, plot_equity, read_r
 from .calibration import calibrate, write_calibration
 from .config import FitConfig
 from .data import load_prices, simulate_default, write_csv
-from .errors import ConfigError, RegimeDMMError, RegimeWarning
+from .errors import QUIET_MODULES, ConfigError, RegimeDMMError, RegimeWarning
 from .fitting import FitInterrupted, StopControl, fit, load_resume_state, resume_fit, warning_lines
 from .nowcast import filter_update, forecast_table
 from .outputs import write_outputs
@@ -747,11 +747,6 @@ def cmd_report(args) -> int:
         names = [p.name for p in paths] + ["summary.json"]
     print(f"wrote {out}/: {' '.join(names)}")
     return 0
-
-
-#: Libraries whose warnings (deprecations, migration notices, NaN notes the fit handles itself) are kept
-#: off the terminal: the package's own warnings are its ``WARNING ...`` lines.
-QUIET_MODULES = r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy|h5netcdf|h5py|tqdm)(\..*)?"
 
 
 #: Subcommands whose ``--out`` names a folder they write into.

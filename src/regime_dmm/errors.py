@@ -5,7 +5,20 @@ subclass of :class:`RegimeDMMError`; the CLI turns these into a one-line message
 exit code 2. Anything else escaping is a bug.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RegimeDMMError", "RegimeWarning", "TrainingError"]
+__all__ = [
+    "QUIET_MODULES",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "RegimeDMMError",
+    "RegimeWarning",
+    "TrainingError",
+]
+
+#: Libraries whose warnings (deprecations, migration notices, NaN notes the fit handles itself) are kept off the
+#: terminal, by the command line and by the processes it starts: the package's own warnings are its
+#: ``WARNING ...`` lines (:class:`RegimeWarning`).
+QUIET_MODULES = r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy|h5netcdf|h5py|tqdm)(\..*)?"
 
 
 class RegimeDMMError(Exception):

@@ -28,16 +28,14 @@ import signal
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .errors import RegimeDMMError
+from .errors import QUIET_MODULES, RegimeDMMError
 
-__all__ = ["ProcessDied", "run_in_processes"]
-
-#: Modules whose warnings a process keeps off the terminal (as the command line does).
-QUIET = r"(arviz|xarray|pyro|torch|matplotlib|pandas|numpy|scipy)(\..*)?"
+__all__ = ["ProcessDied", "run_in_processes", "sigint_ignored"]
 
 
 class ProcessDied(RegimeDMMError):
@@ -75,7 +73,8 @@ def run_in_processes(
                 # through the pipe below): SIGINT is ignored here for moments only
                 process = context.Process(target=_child, args=(child_end,), daemon=True)
                 try:
-                    _start_ignoring_sigint(process)
+                    with sigint_ignored():
+                        process.start()
                 except BaseException:
                     conn.close()
                     raise
@@ -140,7 +139,7 @@ def _child(conn: Connection) -> None:
     constructor needs more than its message) is sent as a :class:`RegimeDMMError` naming its type. A parent that
     stopped while sending leaves nothing to run, and a parent that dies (killed, out of memory) ends this process
     too: the process ends quietly either way."""
-    warnings.filterwarnings("ignore", module=QUIET)
+    warnings.filterwarnings("ignore", module=QUIET_MODULES)
     parent = multiprocessing.parent_process()
     if parent is not None:  # no orphan fit running on after its parent is gone
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
@@ -175,15 +174,18 @@ def _exit_with(sentinel: int) -> None:
     os._exit(1)
 
 
-def _start_ignoring_sigint(process: Any) -> None:
-    """Start ``process`` with SIGINT ignored from its first instruction (inherited across the spawn's exec);
-    this process's own handler is put back at once (only the main thread may touch handlers: elsewhere the
-    process starts with this one's disposition)."""
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored within the block, for starting processes: they inherit it (an ignored signal stays ignored
+    across fork and exec, and Python then installs no KeyboardInterrupt handler), so a Ctrl-C in the terminal,
+    which reaches the whole process group, interrupts only this process, which stops them itself instead of each
+    dying with a traceback of its own. The handler is restored afterwards; outside the main thread nothing is
+    changed (signals are not ours to change there: the processes start with this one's disposition)."""
     if threading.current_thread() is not threading.main_thread():
-        process.start()
+        yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        process.start()
+        yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

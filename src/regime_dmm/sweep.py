@@ -42,7 +42,6 @@ import json
 import math
 import re
 import resource
-import signal
 import sys
 import time
 import uuid
@@ -64,6 +63,7 @@ from .data.sources import DataSource
 from .errors import ConfigError, DataError, RegimeDMMError
 from .fitting import FitInterrupted, fit
 from .outputs import write_outputs
+from .processes import sigint_ignored
 from .selection import bic, score_fit, training_part
 from .threads import WORKER_ENVIRONMENT, available_cores
 
@@ -399,7 +399,8 @@ def _client(distributed: Any, workers: int | None, scheduler: str | None) -> Ite
     import dask
 
     # a task whose worker dies is retried once; the worker processes start with one OpenMP/BLAS thread
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), _terminal_interrupts_ignored():
+    # the local workers start ignoring Ctrl-C: this process stops them (the cluster is closed on the way out)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), sigint_ignored():
         cluster = distributed.LocalCluster(
             n_workers=available_cores() if workers is None else workers,
             threads_per_worker=1,
@@ -410,24 +411,6 @@ def _client(distributed: Any, workers: int | None, scheduler: str | None) -> Ite
         )
     with cluster, distributed.Client(cluster) as client:
         yield client
-
-
-@contextmanager
-def _terminal_interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored while the local worker processes start: they inherit it (an ignored signal stays ignored
-    across fork and exec, and Python then installs no KeyboardInterrupt handler), so a Ctrl-C in the terminal,
-    which reaches the whole process group, interrupts only this process, which stops the workers itself (the
-    cluster is closed on the way out) instead of each worker dying with a traceback of its own. The handler
-    is restored afterwards (outside the main thread nothing is changed)."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals are not ours to change
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _describe(client: Any) -> str:
