@@ -373,22 +373,21 @@ def cmd_fit(args) -> int:
             print(usage_bars_text(result))
             print()
             print(volatility_table_text(result))
-            shown = result.display_names()
-            own_names = {m.name: list(result.regimes) for m in result.markets}
-            if shown != own_names:
+            described = result.summary()  # once: the current regime (shown names) and the regimes never left
+            summary, shared = described["markets"], described["naming"]["applied"] == "shared"
+            if shared:
                 print("(usage bars and transition matrices: each market's own regimes, named on its own ladder)")
             for m in result.markets:
                 print(f"\nTransition matrix, {m.name} (rows: from, columns: to):")
                 print(_print_matrix(result.regimes, m.transition))
                 few = any(w["kind"] == "few_days" and w["market"] == m.name for w in result.regime_warnings)
-                top = int(m.current_probs.argmax())
-                summed = result.shared_probabilities(m.name, m.current_probs) if shown != own_names else None
-                if summed is not None:  # the shared name, with its regimes' probabilities summed
-                    names, p = summed
-                    now, prob = names[int(p.argmax())], float(p.max())
+                now = summary[m.name]["current_regime"]
+                if shared:  # the shared name, with its regimes' probabilities summed
+                    prob = summary[m.name]["current_probabilities_shared"][now]
+                    top = int(m.current_probs.argmax())
                     own = f"; on its own ladder: {result.regimes[top]}, p = {m.current_probs.max():.2f}"
                 else:
-                    now, prob, own = result.regimes[top], float(m.current_probs.max()), ""
+                    prob, own = float(m.current_probs.max()), ""
                 print(
                     f"current regime ({m.dates[-1].date()}): {now} (p = {prob:.2f}{own}"
                     + ("; too few days for this many regimes: not to be trusted)" if few else ")")
@@ -398,9 +397,9 @@ def cmd_fit(args) -> int:
                     f"be traded), {m.shifts_per_year():.1f} smoothed (sees later days), "
                     f"{m.shifts_per_year('viterbi'):.1f} Viterbi"
                 )
-                durations = result.summary()["markets"][m.name]["never_left"]
-                if durations:
-                    print(f"never left in the sample: {', '.join(durations)} (no duration can be estimated)")
+                never_left = summary[m.name]["never_left"]
+                if never_left:
+                    print(f"never left in the sample: {', '.join(never_left)} (no duration can be estimated)")
             for line in pooling_lines(result):
                 print(line)
             print(f"\nlog-likelihood (input units): {result.log_likelihood:.3f}")

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["NAMINGS", "RELATIVE_NOTE", "shared_ladder", "shared_names"]
+__all__ = ["NAMINGS", "RELATIVE_NOTE", "shared_ladder", "shared_names", "sum_by_name"]
 
 #: The values of ``model.naming``.
 NAMINGS = ("relative", "shared")
@@ -72,3 +72,12 @@ def shared_names(daily_sd: Mapping[str, Sequence[float]], names: Sequence[str]) 
         market: [names[int(np.searchsorted(cuts, sd, side="right"))] for sd in np.asarray(sds, dtype=float)]
         for market, sds in daily_sd.items()
     }
+
+
+def sum_by_name(names: Sequence[str], order: Sequence[str], probs: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``probs (..., K)`` over a market's K regimes summed by name: ``(used, (..., N))`` with the N names of
+    ``order`` that ``names`` (each regime's shared name) uses, in that order; a name given to two regimes carries
+    both probabilities."""
+    used = [n for n in order if n in names]
+    probs = np.asarray(probs, dtype=float)
+    return used, np.stack([probs[..., [k for k, n in enumerate(names) if n == name]].sum(-1) for name in used], -1)

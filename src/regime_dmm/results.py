@@ -23,7 +23,7 @@ from .errors import RegimeDMMError
 from .fitted import FittedModel
 from .inference import forecast as forecast_probs
 from .inference import stationary_distribution, viterbi
-from .naming import RELATIVE_NOTE, shared_ladder, shared_names
+from .naming import RELATIVE_NOTE, shared_ladder, shared_names, sum_by_name
 
 __all__ = ["NEVER_LEFT_SAMPLES", "MarketResult", "RegimeFit", "compute_results", "emission_overlap"]
 
@@ -166,22 +166,7 @@ class RegimeFit:
         the market uses on the shared ladder, least volatile first (a name given to two regimes carries both
         probabilities); None without a shared ladder (:meth:`shared_names`)."""
         shared = self.shared_names()
-        if shared is None:
-            return None
-        mine = shared[market]
-        names = [n for n in self.regimes if n in mine]
-        probs = np.asarray(probs, dtype=float)
-        summed = np.stack([probs[..., [k for k, n in enumerate(mine) if n == name]].sum(-1) for name in names], -1)
-        return names, summed
-
-    def _labels(self, m: MarketResult, probs: np.ndarray) -> list[str]:
-        """The name shown for each row of ``probs (T, K)``: under shared naming the shared name of highest summed
-        probability, else the regime of highest probability."""
-        summed = self.shared_probabilities(m.name, probs) if self.config.model.naming == "shared" else None
-        if summed is None:
-            return [self.regimes[k] for k in np.asarray(probs).argmax(-1)]
-        names, p = summed
-        return [names[k] for k in p.argmax(-1)]
+        return None if shared is None else sum_by_name(shared[market], self.regimes, probs)
 
     def regimes_frame(self) -> pd.DataFrame:
         """Long table, one row per day of each market's grid: date, market, regime (most probable smoothed),
@@ -194,19 +179,23 @@ class RegimeFit:
         columns are keyed by the relative names; under ``model.naming: shared`` ``regime`` is ``shared_regime``
         and ``viterbi`` the path's shared names."""
         frames = []
-        shown, shared = self.display_names(), self.shared_names()
+        shared = self.shared_names()
+        applied = shared is not None and self.config.model.naming == "shared"
         for m in self.markets:
-            names = shown[m.name]
             frame = pd.DataFrame({"date": m.dates.strftime("%Y-%m-%d"), "market": m.name})
-            frame["regime"] = self._labels(m, m.smoothed)
+            shared_regime: list[str] | str = ""
+            if shared is not None:  # the shared name whose regimes are likeliest together
+                used, summed = sum_by_name(shared[m.name], self.regimes, m.smoothed)
+                shared_regime = [used[k] for k in summed.argmax(-1)]
+            frame["regime"] = shared_regime if applied else [self.regimes[k] for k in m.smoothed.argmax(-1)]
             for k, name in enumerate(self.regimes):
                 frame[f"prob_{name}"] = m.smoothed[:, k]
-            frame["viterbi"] = [names[k] for k in m.viterbi]
+            path_names = shared[m.name] if shared is not None and applied else self.regimes
+            frame["viterbi"] = [path_names[k] for k in m.viterbi]
             frame["observed"] = np.asarray(m.observed, dtype=np.int64)
             for k, name in enumerate(self.regimes):
                 frame[f"filtered_{name}"] = m.filtered[:, k]
-            summed = self.shared_probabilities(m.name, m.smoothed) if shared else None
-            frame["shared_regime"] = [summed[0][k] for k in summed[1].argmax(-1)] if summed else ""
+            frame["shared_regime"] = shared_regime
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
@@ -231,7 +220,9 @@ class RegimeFit:
         """Plain-data summary (the contents of ``summary.json``)."""
         markets = {}
         shared = self.shared_names()
+        applied = shared is not None and self.config.model.naming == "shared"
         for m in self.markets:
+            now = None if shared is None else sum_by_name(shared[m.name], self.regimes, m.current_probs)
             markets[m.name] = {
                 "daily_sd": dict(zip(self.regimes, _round(m.emission["return_sd"]))),
                 "shared_name": None if shared is None else dict(zip(self.regimes, shared[m.name])),
@@ -244,11 +235,11 @@ class RegimeFit:
                     for r, d, v in zip(self.regimes, m.durations(), _round(m.expected_duration))
                 },
                 "emission": {k: dict(zip(self.regimes, _round(v))) for k, v in m.emission.items()},
-                "current_regime": self._labels(m, m.current_probs[None])[0],
+                "current_regime": now[0][int(now[1].argmax())]
+                if now is not None and applied
+                else self.regimes[int(m.current_probs.argmax())],
                 "current_probabilities": dict(zip(self.regimes, _round(m.current_probs))),
-                "current_probabilities_shared": None
-                if shared is None
-                else dict(zip(*_shared_current(self.shared_probabilities(m.name, m.current_probs)))),
+                "current_probabilities_shared": None if now is None else dict(zip(now[0], _round(now[1]))),
                 "first_date": m.dates[0].strftime("%Y-%m-%d"),
                 "last_date": m.dates[-1].strftime("%Y-%m-%d"),
                 "num_days": int(len(m.dates)),
@@ -265,8 +256,7 @@ class RegimeFit:
             ladder = _round(shared_ladder({m.name: m.emission["return_sd"] for m in self.markets}))
         except ValueError:
             ladder = None
-        applied = "shared" if self.config.model.naming == "shared" and shared is not None else "relative"
-        if applied == "shared":
+        if applied:
             note = (
                 "current_regime and regimes.csv's regime and viterbi use the shared names: each regime named by its "
                 "daily sd on one ladder for all markets (shared_ladder, input units)"
@@ -280,7 +270,7 @@ class RegimeFit:
             "regimes": list(self.regimes),
             "naming": {
                 "mode": self.config.model.naming,
-                "applied": applied,
+                "applied": "shared" if applied else "relative",
                 "note": note,
                 "shared_ladder": None if ladder is None else dict(zip(self.regimes, ladder)),
             },
@@ -329,12 +319,6 @@ def emission_overlap(mean1: float, sd1: float, mean2: float, sd2: float) -> tupl
     distance = (mean1 - mean2) ** 2 / (4.0 * (v1 + v2)) + 0.5 * math.log((v1 + v2) / (2.0 * sd1 * sd2))
     bc = math.exp(-distance)
     return bc, math.sqrt(max(0.0, 1.0 - bc))
-
-
-def _shared_current(summed: tuple[list[str], np.ndarray] | None) -> tuple[list[str], list[float]]:
-    """``(names, rounded probabilities)`` of :meth:`RegimeFit.shared_probabilities` for one day."""
-    assert summed is not None
-    return summed[0], _round(summed[1])
 
 
 def _round(values, digits: int = 6):
