@@ -221,7 +221,7 @@ def _walk(
     previous: dict[str, torch.Tensor] | None = None
     previous_markets: tuple[str, ...] = ()
     blocks: list[pd.DataFrame] = []
-    refits: list[dict[str, Any]] = []  # each refit's parameters, markets, pipeline, date and window start
+    refits: list[dict[str, Any]] = []  # each refit's date, markets and the regimes it gave (relabelled_days)
     started, refitted = time.perf_counter(), 0
     for i, pos in enumerate(positions):
         fit_date = dates[pos]
@@ -244,7 +244,7 @@ def _walk(
                 _write_part(part, block, previous, previous_markets, fit_date, until, saved["features"])
                 print_(f"refit {i + 1}/{len(positions)} on {fit_date.date()}: {len(more)} rows added (no refit)")
             blocks.append(block)
-            refits.append(dict(saved, fit_date=fit_date, low=low))
+            refits.append(_refit_record(dict(saved, fit_date=fit_date, low=low), frame, resolved, print_))
             bar.update(1)
             continue
         if stop is not None:
@@ -281,8 +281,7 @@ def _walk(
         if part is not None:
             _write_part(part, block, previous, markets, fit_date, until, fitted.pipeline.to_dict())
         blocks.append(block)
-        features = fitted.pipeline.to_dict()
-        refits.append(dict(params=previous, markets=markets, features=features, fit_date=fit_date, low=low))
+        refits.append({"fit_date": fit_date, "markets": markets, "regimes": _regimes(fitted)})
         refitted += 1
         spent = time.perf_counter() - started
         left = _duration(spent / refitted * (len(positions) - i - 1))
@@ -300,7 +299,7 @@ def _walk(
         atomic_write_text(Path(out) / WALKFORWARD_FILE, text)
     if stop is not None:
         stop.phase = "comparing the refits' regimes"
-    relabels = _relabel_table(refits, frame, resolved, print_)
+    relabels = _relabel_table(refits)
     table.attrs["refits"] = relabels
     if len(relabels):
         sums = relabels.groupby("refit")[["relabelled_days", "overlap_days"]].sum()
@@ -336,7 +335,12 @@ def refit_regimes(info: dict[str, Any], frame: pd.DataFrame, config: FitConfig) 
     its own training rows, at its own parameters and normalisation (:func:`rebuild_refit`: the rows it was fitted
     on, so every one of its markets is there). ``info``: the refit's ``params``, ``markets``, ``features``,
     ``fit_date`` and ``low`` (its window's first date, None: expanding). Raises what :func:`rebuild_refit` raises."""
-    fitted = rebuild_refit(info, frame, info["low"], info["fit_date"], config)
+    return _regimes(rebuild_refit(info, frame, info["low"], info["fit_date"], config))
+
+
+def _regimes(fitted: FittedModel) -> dict[str, pd.Series]:
+    """Per market of ``fitted``, the most probable smoothed regime of each observed day of its fitted rows (the
+    fitted model's posterior, computed once and kept)."""
     _, post = fitted.posterior()
     smoothed = post.smoothed.numpy()
     return {
@@ -354,20 +358,22 @@ def relabelled_days(
     relabelled when the two refits' regimes (:func:`refit_regimes`) differ. Returns one dict per market both
     fitted with ``refit`` (the later one's index), ``fit_date`` (ISO), ``market``, ``overlap_days``,
     ``relabelled_days`` and ``relabelled_share`` (NaN for no shared day)."""
-    return _compare(refit_regimes(earlier, frame, config), refit_regimes(later, frame, config), later, refit)
+    before = {"regimes": refit_regimes(earlier, frame, config)}
+    after = {"fit_date": later["fit_date"], "markets": later["markets"], "regimes": refit_regimes(later, frame, config)}
+    return _compare(before, after, refit)
 
 
-def _compare(
-    before: dict[str, pd.Series], after: dict[str, pd.Series], later: dict[str, Any], refit: int
-) -> list[dict[str, Any]]:
+def _compare(before: dict[str, Any], after: dict[str, Any], refit: int) -> list[dict[str, Any]]:
+    """The rows of :func:`relabelled_days` from two refit records (``regimes``; the later one's ``fit_date`` and
+    ``markets``)."""
     rows = []
-    for market in [m for m in later["markets"] if m in before and m in after]:
-        a, b = before[market].align(after[market], join="inner")
+    for market in [m for m in after["markets"] if m in before["regimes"] and m in after["regimes"]]:
+        a, b = before["regimes"][market].align(after["regimes"][market], join="inner")
         changed = int((a != b).sum())
         rows.append(
             {
                 "refit": refit,
-                "fit_date": later["fit_date"].strftime("%Y-%m-%d"),
+                "fit_date": after["fit_date"].strftime("%Y-%m-%d"),
                 "market": market,
                 "overlap_days": int(len(a)),
                 "relabelled_days": changed,
@@ -377,24 +383,29 @@ def _compare(
     return rows
 
 
-def _relabel_table(
-    refits: list[dict[str, Any]], frame: pd.DataFrame, config: FitConfig, print_: Callable[[str], None]
-) -> pd.DataFrame:
-    """The relabelled days of each refit against the one before (each refit's regimes computed once). A report
-    on a finished run: a refit whose regimes cannot be rebuilt is named in the log and left out, never an error
-    that would lose the run."""
-    regimes: list[dict[str, pd.Series] | None] = []
-    for i, info in enumerate(refits):
-        try:
-            regimes.append(refit_regimes(info, frame, config))
-        except Exception as exc:  # a diagnostic: say so and go on
-            print_(f"refit {i + 1} on {info['fit_date'].date()}: its regimes could not be compared ({exc})")
-            regimes.append(None)
+def _refit_record(
+    info: dict[str, Any], frame: pd.DataFrame, config: FitConfig, print_: Callable[[str], None]
+) -> dict[str, Any]:
+    """The record of a refit kept from an earlier run (its part file's ``info``): its date, markets and regimes,
+    rebuilt from its saved parameters. The comparison is a report on the run: a refit whose regimes cannot be
+    rebuilt is named in the log and has none (left out of the comparison), never an error that would stop the
+    run."""
+    try:
+        regimes = refit_regimes(info, frame, config)
+    except Exception as exc:  # a diagnostic: say so and go on
+        print_(f"refit on {info['fit_date'].date()}: its regimes could not be compared ({exc})")
+        regimes = None
+    return {"fit_date": info["fit_date"], "markets": tuple(info["markets"]), "regimes": regimes}
+
+
+def _relabel_table(refits: list[dict[str, Any]]) -> pd.DataFrame:
+    """The relabelled days of each refit against the one before (refit records: ``fit_date``, ``markets`` and
+    ``regimes``, None where they could not be rebuilt)."""
     rows = [
         row
         for i in range(1, len(refits))
-        if regimes[i - 1] is not None and regimes[i] is not None
-        for row in _compare(regimes[i - 1], regimes[i], refits[i], i)  # type: ignore[arg-type]
+        if refits[i - 1]["regimes"] is not None and refits[i]["regimes"] is not None
+        for row in _compare(refits[i - 1], refits[i], i)
     ]
     return pd.DataFrame(rows, columns=REFITS_COLUMNS)
 
