@@ -249,12 +249,6 @@ def plot_selection(table: pd.DataFrame) -> Figure:
 # ---------------------------------------------------------------------------
 
 
-def _fit(
-    train: pd.DataFrame, config: FitConfig, log: Callable[[str], None] | None, threads: int | None = None
-) -> RegimeFit:
-    return fit(train, config, log=log, warn=False, threads=threads)
-
-
 def _fit_and_score(
     train: pd.DataFrame,
     full: pd.DataFrame,
@@ -267,7 +261,7 @@ def _fit_and_score(
     k = config.model.num_regimes
     start = time.perf_counter()
     try:
-        result = _fit(train, config, log, threads)
+        result = fit(train, config, log=log, warn=False, threads=threads)
     except TrainingError as exc:
         return {"K": k, "fit_seconds": round(time.perf_counter() - start, 3), "note": f"failed: {exc}"}
     seconds = time.perf_counter() - start
